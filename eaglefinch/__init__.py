@@ -1,0 +1,1 @@
+"""eaglefinch: command line and demo that tie the domain packages together."""

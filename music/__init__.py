@@ -1,0 +1,1 @@
+"""music domain package (depends on rwkv_core)."""

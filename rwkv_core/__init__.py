@@ -1,0 +1,1 @@
+"""Backbone of Eagle (RWKV-5.2) and Finch (RWKV-6)."""

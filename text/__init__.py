@@ -1,0 +1,1 @@
+"""text domain package (depends on rwkv_core)."""

@@ -1,0 +1,1 @@
+"""visual domain package (depends on rwkv_core)."""
