@@ -1,10 +1,9 @@
 """Chunked WKV in plain PyTorch: the CPU path for training and prefill.
 
 Within a chunk of L tokens the recurrence becomes dense algebra (kernels/README.md derives it).
-Every exponent is a difference of inclusive log-decay cumsums taken in the "later minus earlier"
-direction, so it is <= 0 and nothing overflows, however strong the decay: the intra-chunk
-weights are built per key channel as an [L, L, N] tensor instead of being split into
-exp(a_t) * exp(-a_i) (which overflows fp32 for strong decays).
+Every exponent is a sum of log decays, so it is <= 0 and nothing overflows however strong the
+decay: the intra-chunk weights are built per key channel as an [L, L, N] tensor instead of being
+split into exp(a_t) * exp(-a_i), which overflows fp32 for strong decays.
 """
 import torch
 import torch.nn.functional as F
@@ -35,22 +34,25 @@ def wkv_chunked(r, k, v, w_log, u, state=None, chunk_size=16):
     C = (T + pad) // L
     # [B, H, C, L, N]
     r, k, v, w_log = (x.view(B, C, L, H, N).permute(0, 3, 1, 2, 4) for x in (r, k, v, w_log))
-    a = w_log.cumsum(dim=3)                      # inclusive cumsum a_t
-    a_prev = a - w_log                           # exclusive cumsum a_{t-1}
-    a_last = a[:, :, :, -1:, :]                  # [B, H, C, 1, N]
+    # decay sums are built as exact segment sums, never as differences of running totals: a huge
+    # early decay would otherwise cancel catastrophically against the small later ones
+    a = w_log.cumsum(dim=3)                                           # sum_{m <= t} w_m
+    a_prev = F.pad(a[:, :, :, :-1], (0, 0, 1, 0))                     # sum_{m < t} w_m (from chunk start)
+    to_end = F.pad(w_log.flip(3).cumsum(3).flip(3)[:, :, :, 1:], (0, 0, 0, 1))  # sum_{m > t} w_m
+    a_last = a[:, :, :, -1]                                           # [B, H, C, N]
 
-    # intra-chunk: A[t, i] = sum_c r_t[c] k_i[c] exp(a_{t-1}[c] - a_i[c]) for i < t
-    causal = torch.ones(L, L, dtype=torch.bool, device=r.device).tril(-1)[..., None]   # [L, L, 1]
-    diff = a_prev[..., :, None, :] - a[..., None, :, :]                                # [B,H,C,L,L,N]
-    decay = torch.where(causal, diff, float("-inf")).exp()
+    # intra-chunk: A[t, i] = sum_n r_t[n] k_i[n] exp(sum_{i < m < t} w_m[n]) for i < t
+    causal = torch.ones(L, L, dtype=torch.bool, device=r.device).tril(-1)[..., None]   # [L(t), L(i), 1]
+    after_i = torch.where(causal, w_log[..., :, None, :], 0.0).cumsum(3)   # [.., t, i, n]: sum_{i < m <= t}
+    between = F.pad(after_i[:, :, :, :-1], (0, 0, 0, 0, 1, 0))            # sum_{i < m < t}
+    decay = torch.where(causal, between, float("-inf")).exp()             # [B, H, C, L, L, N]
     A = torch.einsum("bhctn,bhcin,bhctin->bhcti", r, k, decay)
-    bonus = (r * u[:, None, None, :] * k).sum(-1, keepdim=True)                       # [B,H,C,L,1]
+    bonus = (r * u[:, None, None, :] * k).sum(-1, keepdim=True)           # [B, H, C, L, 1]
     y = A @ v + bonus * v
 
     # inter-chunk: carry S across chunks; per-chunk increments computed in parallel
-    k_to_end = k * (a_last - a).exp()                                                  # [B,H,C,L,N]
-    increments = k_to_end.transpose(-1, -2) @ v                                        # [B,H,C,N,N]
-    chunk_decay = a_last.squeeze(3).exp()                                              # [B,H,C,N]
+    increments = (k * to_end.exp()).transpose(-1, -2) @ v                             # [B, H, C, N, N]
+    chunk_decay = a_last.exp()                                                         # [B, H, C, N]
     starts = []
     for c in range(C):
         starts.append(S)

@@ -1,0 +1,143 @@
+"""Loading and saving checkpoints in the official BlinkDL layout (a flat state dict).
+
+Loading never unpickles arbitrary objects: `.pth` goes through `torch.load(weights_only=True)`
+and `.safetensors` through safetensors. Every problem becomes one `CheckpointError` that names
+the file and, where it applies, the key and the expected shape.
+"""
+import contextlib
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .config import RWKVConfig
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used, with the reason."""
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def read_state_dict(path) -> tuple[dict, dict]:
+    """Read a flat {name: tensor} dict and its metadata ({} for .pth) from .pth or .safetensors."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: the file is empty")
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+        except Exception as e:  # safetensors raises its own error types for corrupt files
+            raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "weights_only" in str(e) or "Unsupported global" in str(e) or "GLOBAL" in str(e):
+            reason = "it contains pickled code or objects other than tensors, which are refused"
+        raise CheckpointError(f"{path}: not a loadable PyTorch checkpoint: {reason}") from None
+    if not isinstance(sd, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                           for k, v in sd.items()):
+        raise CheckpointError(f"{path}: expected a flat {{name: tensor}} state dict (official layout)")
+    return sd, {}
+
+
+def infer_config(sd: dict, source="checkpoint") -> RWKVConfig:
+    """Version and every dimension from keys and shapes (rwkv-math.md §3.1)."""
+    def get(key):
+        if key not in sd:
+            raise CheckpointError(f"{source}: missing key {key!r}; is this an Eagle (v5.2) or Finch (v6) model?")
+        return sd[key]
+
+    if any(k.endswith("._strategy") or k == "_strategy" for k in sd):
+        raise CheckpointError(f"{source}: converted by the rwkv package for one strategy; load the original .pth")
+    if "blocks.0.att.time_maa_x" in sd:
+        arch = "finch"
+    elif "blocks.0.att.time_mix_k" in sd:
+        arch = "eagle"
+        if get("blocks.0.att.time_decay").dim() != 2:
+            raise CheckpointError(f"{source}: RWKV-5.0/5.1 (per-head decay) is not supported, only 5.2 and 6.0")
+    elif any(k.startswith("blocks.") and k.endswith(".att.time_state") for k in sd) and "emb.weight" not in sd:
+        raise CheckpointError(f"{source}: contains only tuned states (att.time_state); load it with "
+                              f"a base model (state=...)")
+    else:
+        raise CheckpointError(f"{source}: not an Eagle/Finch checkpoint (no blocks.0.att.time_maa_x "
+                              f"or blocks.0.att.time_mix_k key)")
+    block_ids = {int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))}
+    V, C = get("emb.weight").shape
+    H, N = get("blocks.0.att.time_faaaa").shape
+    kwargs = dict(arch=arch, n_layer=max(block_ids) + 1, n_embd=C, vocab_size=V, head_size=N,
+                  dim_att=get("blocks.0.att.key.weight").shape[0],
+                  dim_ffn=get("blocks.0.ffn.key.weight").shape[0],
+                  tuned_state="blocks.0.att.time_state" in sd)
+    if arch == "finch":
+        kwargs["mix_lora_dim"] = get("blocks.0.att.time_maa_w1").shape[1] // 5
+        kwargs["decay_lora_dim"] = get("blocks.0.att.time_decay_w1").shape[1]
+    try:
+        return RWKVConfig(**kwargs)
+    except ValueError as e:
+        raise CheckpointError(f"{source}: inconsistent dimensions ({e})") from None
+
+
+def check_state_dict(sd: dict, cfg: RWKVConfig, source="checkpoint") -> None:
+    """Every expected key present with its expected shape, nothing unexpected."""
+    from .model import RWKV
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in RWKV(cfg).state_dict().items()}
+    for key, shape in expected.items():
+        if key not in sd:
+            raise CheckpointError(f"{source}: missing key {key!r} (expected shape {list(shape)})")
+        if tuple(sd[key].shape) != shape:
+            raise CheckpointError(f"{source}: key {key!r} has shape {list(sd[key].shape)}, "
+                                  f"expected {list(shape)}")
+        if not sd[key].is_floating_point():
+            raise CheckpointError(f"{source}: key {key!r} has dtype {sd[key].dtype}, expected a float")
+    unexpected = sorted(set(sd) - set(expected))
+    if unexpected:
+        raise CheckpointError(f"{source}: unexpected key {unexpected[0]!r}"
+                              + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""))
+
+
+def load_model(path, dtype=torch.float32, device="cpu"):
+    from .model import RWKV
+    sd, meta = read_state_dict(path)
+    cfg = infer_config(sd, source=str(path))
+    if "config" in meta:  # our safetensors carry the full config (ctx_len and the rest)
+        cfg = RWKVConfig.from_dict({**json.loads(meta["config"]), "tuned_state": cfg.tuned_state})
+    check_state_dict(sd, cfg, source=str(path))
+    with torch.device("meta"):
+        model = RWKV(cfg)
+    model.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in sd.items()}, assign=True)
+    return model
+
+
+def save_model(model, path, dtype=None) -> None:
+    """Official layout, written atomically; `.safetensors` also stores the config as metadata."""
+    path = Path(path)
+    sd = {k: v.detach().to(dtype or v.dtype).contiguous().cpu() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import save_file
+            save_file(sd, str(tmp), metadata={"config": json.dumps(model.cfg.to_dict()), "format": "pt"})
+        else:
+            torch.save(sd, tmp)

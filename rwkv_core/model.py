@@ -1,0 +1,274 @@
+"""Eagle (RWKV-5.2) and Finch (RWKV-6): one model, the version differences in small named modules.
+
+Parameter names and shapes are the official BlinkDL ones, so `state_dict()` is the official
+checkpoint layout. Equations: ../shared/reference/rwkv-math.md §1 (restated in docstrings).
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from kernels import wkv
+
+from .config import RWKVConfig
+from .state import RWKVState
+
+
+def token_shift(x, prev):
+    """The previous token's input for every position: [B, T, C] from x [B, T, C] and prev [B, C]."""
+    return torch.cat([prev[:, None], x[:, :-1]], dim=1)
+
+
+def _layer_ratios(layer_id, n_layer):
+    r0 = layer_id / (n_layer - 1) if n_layer > 1 else 0.0   # official code divides by zero at L = 1
+    r1 = 1.0 - layer_id / n_layer
+    return r0, r1
+
+
+class TimeMix(nn.Module):
+    """Shared part of the time-mix: projections, WKV, per-head GroupNorm (ln_x), SiLU gate, output.
+
+    Subclasses compute (r, k, v, g, w_log) from the input and its token-shifted copy.
+    """
+
+    def __init__(self, cfg: RWKVConfig, layer_id: int):
+        super().__init__()
+        C, A, H, N = cfg.n_embd, cfg.dim_att, cfg.n_head, cfg.head_size
+        self.n_head, self.head_size = H, N
+        r0, _ = _layer_ratios(layer_id, cfg.n_layer)
+        n = torch.arange(A, dtype=torch.float32)
+        self.time_faaaa = nn.Parameter((r0 * (1 - n / (A - 1)) + 0.1 * ((n + 1) % 3 - 1)).view(H, N))
+        self.receptance = nn.Linear(C, A, bias=False)
+        self.key = nn.Linear(C, A, bias=False)
+        self.value = nn.Linear(C, A, bias=False)
+        self.gate = nn.Linear(C, A, bias=False)
+        self.output = nn.Linear(A, C, bias=False)
+        self.ln_x = nn.GroupNorm(H, A, eps=64e-5)  # = GroupNorm(y / 8) with eps 1e-5 of the v5.2 code
+        if cfg.tuned_state:
+            self.time_state = nn.Parameter(torch.zeros(H, N, N))  # official layout [head, value, key]
+
+    def initial_wkv(self, batch_size, device):
+        """The WKV state a sequence starts from: zeros, or the tuned state ([B, H, key, value], fp32)."""
+        if hasattr(self, "time_state"):
+            return self.time_state.float().transpose(1, 2).expand(batch_size, -1, -1, -1)
+        return torch.zeros(batch_size, self.n_head, self.head_size, self.head_size, device=device)
+
+    def forward(self, x, shift, wkv_state):
+        """x: [B, T, C] (ln1 output); shift: [B, C]; wkv_state: [B, H, N, N] fp32.
+
+        Returns (out [B, T, C], new shift [B, C], new wkv state)."""
+        B, T, _ = x.shape
+        H, N = self.n_head, self.head_size
+        r, k, v, g, w_log = self.mix(x, token_shift(x, shift))
+        y, wkv_state = wkv(r.view(B, T, H, N), k.view(B, T, H, N), v.view(B, T, H, N),
+                           w_log, self.time_faaaa.float(), wkv_state)
+        y = F.group_norm(y.reshape(B * T, H * N).float(), H, self.ln_x.weight.float(),
+                         self.ln_x.bias.float(), self.ln_x.eps).view(B, T, H * N)
+        return self.output(y.to(x.dtype) * g), x[:, -1], wkv_state
+
+
+class TimeMixEagle(TimeMix):
+    """v5.2: static lerps (weight on the current token) and a static per-channel decay."""
+
+    def __init__(self, cfg: RWKVConfig, layer_id: int):
+        super().__init__(cfg, layer_id)
+        C, A = cfg.n_embd, cfg.dim_att
+        r0, r1 = _layer_ratios(layer_id, cfg.n_layer)
+        ddd = (torch.arange(C, dtype=torch.float32) / C).view(1, 1, C)
+        self.time_mix_k = nn.Parameter(ddd ** r1)
+        self.time_mix_v = nn.Parameter(ddd ** r1 + 0.3 * r0)
+        self.time_mix_r = nn.Parameter(ddd ** (0.5 * r1))
+        self.time_mix_g = nn.Parameter(ddd ** (0.5 * r1))
+        n = torch.arange(A, dtype=torch.float32)
+        decay = -6 + 5 * (n / (A - 1)) ** (0.7 + 1.3 * r0)
+        self.time_decay = nn.Parameter(decay.view(self.n_head, self.head_size))
+
+    def mix(self, x, prev):
+        xk = torch.lerp(prev, x, self.time_mix_k)
+        xv = torch.lerp(prev, x, self.time_mix_v)
+        xr = torch.lerp(prev, x, self.time_mix_r)
+        xg = torch.lerp(prev, x, self.time_mix_g)
+        w_log = -torch.exp(self.time_decay.float())                      # [H, N], log of w = exp(-exp(d))
+        return self.receptance(xr), self.key(xk), self.value(xv), F.silu(self.gate(xg)), w_log
+
+
+class TimeMixFinch(TimeMix):
+    """v6: data-dependent lerp (ddlerp, one 5-way LoRA, order w,k,v,r,g) and per-token decay (LoRA)."""
+
+    def __init__(self, cfg: RWKVConfig, layer_id: int):
+        super().__init__(cfg, layer_id)
+        C, A, D, Dd = cfg.n_embd, cfg.dim_att, cfg.mix_lora_dim, cfg.decay_lora_dim
+        r0, r1 = _layer_ratios(layer_id, cfg.n_layer)
+        ddd = (torch.arange(C, dtype=torch.float32) / C).view(1, 1, C)
+        self.time_maa_x = nn.Parameter(1 - ddd ** r1)
+        self.time_maa_w = nn.Parameter(1 - ddd ** r1)
+        self.time_maa_k = nn.Parameter(1 - ddd ** r1)
+        self.time_maa_v = nn.Parameter(1 - (ddd ** r1 + 0.3 * r0))
+        self.time_maa_r = nn.Parameter(1 - ddd ** (0.5 * r1))
+        self.time_maa_g = nn.Parameter(1 - ddd ** (0.5 * r1))
+        self.time_maa_w1 = nn.Parameter(torch.zeros(C, 5 * D))
+        self.time_maa_w2 = nn.Parameter(torch.empty(5, D, C).uniform_(-0.01, 0.01))
+        n = torch.arange(A, dtype=torch.float32)
+        self.time_decay = nn.Parameter((-6 + 5 * (n / (A - 1)) ** (0.7 + 1.3 * r0)).view(1, 1, A))
+        self.time_decay_w1 = nn.Parameter(torch.zeros(C, Dd))
+        self.time_decay_w2 = nn.Parameter(torch.empty(Dd, A).uniform_(-0.01, 0.01))
+
+    def mix(self, x, prev):
+        B, T, C = x.shape
+        delta = prev - x
+        # one LoRA produces the five data-dependent lerp offsets
+        h = torch.tanh((x + delta * self.time_maa_x) @ self.time_maa_w1)          # [B, T, 5D]
+        h = h.view(B * T, 5, -1).transpose(0, 1)                                 # [5, BT, D]
+        mw, mk, mv, mr, mg = torch.bmm(h, self.time_maa_w2).view(5, B, T, C).unbind(0)
+        xw = x + delta * (self.time_maa_w + mw)
+        xk = x + delta * (self.time_maa_k + mk)
+        xv = x + delta * (self.time_maa_v + mv)
+        xr = x + delta * (self.time_maa_r + mr)
+        xg = x + delta * (self.time_maa_g + mg)
+        d = self.time_decay + torch.tanh(xw @ self.time_decay_w1) @ self.time_decay_w2   # [B, T, A]
+        w_log = -torch.exp(d.float()).view(B, T, self.n_head, self.head_size)            # fp32, <= 0
+        return self.receptance(xr), self.key(xk), self.value(xv), F.silu(self.gate(xg)), w_log
+
+
+class ChannelMix(nn.Module):
+    """Squared-ReLU FFN with token shift. Subclasses name the lerp weights as the checkpoints do."""
+
+    def __init__(self, cfg: RWKVConfig, layer_id: int):
+        super().__init__()
+        C, Fd = cfg.n_embd, cfg.dim_ffn
+        self.key = nn.Linear(C, Fd, bias=False)
+        self.receptance = nn.Linear(C, C, bias=False)
+        self.value = nn.Linear(Fd, C, bias=False)
+        _, r1 = _layer_ratios(layer_id, cfg.n_layer)
+        self._init_mix(ddd=(torch.arange(C, dtype=torch.float32) / C).view(1, 1, C) ** r1)
+
+    def forward(self, x, shift):
+        xk, xr = self.mix(x, token_shift(x, shift))
+        k = torch.relu(self.key(xk)).square()
+        return torch.sigmoid(self.receptance(xr)) * self.value(k), x[:, -1]
+
+
+class ChannelMixEagle(ChannelMix):
+    def _init_mix(self, ddd):
+        self.time_mix_k = nn.Parameter(ddd.clone())
+        self.time_mix_r = nn.Parameter(ddd.clone())
+
+    def mix(self, x, prev):  # weight on the current token
+        return torch.lerp(prev, x, self.time_mix_k), torch.lerp(prev, x, self.time_mix_r)
+
+
+class ChannelMixFinch(ChannelMix):
+    def _init_mix(self, ddd):
+        self.time_maa_k = nn.Parameter(1 - ddd)
+        self.time_maa_r = nn.Parameter(1 - ddd)
+
+    def mix(self, x, prev):  # weight on the previous token
+        return torch.lerp(x, prev, self.time_maa_k), torch.lerp(x, prev, self.time_maa_r)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: RWKVConfig, layer_id: int):
+        super().__init__()
+        finch = cfg.arch == "finch"
+        self.ln1 = nn.LayerNorm(cfg.n_embd)
+        self.ln2 = nn.LayerNorm(cfg.n_embd)
+        if layer_id == 0:
+            self.ln0 = nn.LayerNorm(cfg.n_embd)
+        self.att = (TimeMixFinch if finch else TimeMixEagle)(cfg, layer_id)
+        self.ffn = (ChannelMixFinch if finch else ChannelMixEagle)(cfg, layer_id)
+
+    def forward(self, x, att_shift, wkv_state, ffn_shift):
+        dx, att_shift, wkv_state = self.att(self.ln1(x), att_shift, wkv_state)
+        x = x + dx
+        dx, ffn_shift = self.ffn(self.ln2(x), ffn_shift)
+        return x + dx, att_shift, wkv_state, ffn_shift
+
+
+class RWKV(nn.Module):
+    """Embedding -> ln0 -> blocks -> ln_out -> head.
+
+    `logits, state = model(idx, state)` for training (whole sequences), prefill (chunks with the
+    state carried) and decode (T = 1) alike; `forward_hidden` gives the ln_out output instead of
+    logits, and both accept input embeddings in place of ids (for image or music front-ends).
+    """
+
+    def __init__(self, cfg: RWKVConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
+        self.ln_out = nn.LayerNorm(cfg.n_embd)
+        self.head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.grad_checkpointing = False
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self):
+        """Official initialisation of the matrices (rwkv-math.md §2.3); time_* are set by the modules."""
+        cfg = self.cfg
+        if self.head.weight.is_meta:
+            return
+        self.emb.weight.uniform_(-1e-4, 1e-4)
+        V, C = cfg.vocab_size, cfg.n_embd
+        nn.init.orthogonal_(self.head.weight, gain=0.5 * (V / C) ** 0.5 if V > C else 0.5)
+        for i, block in enumerate(self.blocks):
+            att, ffn = block.att, block.ffn
+            att.ln_x.weight.copy_(torch.full_like(att.ln_x.weight, ((1 + i) / cfg.n_layer) ** 0.7))
+            for m in (att.output, ffn.value, ffn.receptance):
+                nn.init.zeros_(m.weight)
+            for m in (att.key, att.gate):
+                nn.init.orthogonal_(m.weight, gain=0.1)
+            for m in (att.receptance, att.value, ffn.key):
+                nn.init.orthogonal_(m.weight, gain=1.0)
+
+    def initial_state(self, batch_size: int, device=None) -> RWKVState:
+        """The state a fresh sequence starts from (zeros, or the tuned WKV state of state-tuned models)."""
+        device = device or self.emb.weight.device
+        dtype = self.emb.weight.dtype
+        C = self.cfg.n_embd
+        shift = torch.zeros(self.cfg.n_layer, batch_size, C, device=device, dtype=dtype)
+        wkv_state = torch.stack([b.att.initial_wkv(batch_size, device) for b in self.blocks])
+        return RWKVState(shift, wkv_state, shift.clone())
+
+    def forward_hidden(self, idx=None, state=None, *, embeds=None):
+        """Returns (hidden [B, T, C] after ln_out, new state). Give `idx` [B, T] or `embeds` [B, T, C]."""
+        if (idx is None) == (embeds is None):
+            raise ValueError("give exactly one of idx [B, T] and embeds [B, T, C]")
+        x = self.emb(idx) if embeds is None else embeds.to(self.emb.weight.dtype)
+        B, T, C = x.shape
+        if T == 0:
+            raise ValueError("empty input: T must be at least 1")
+        if state is None:
+            state = self.initial_state(B, x.device)
+        elif state.batch_size != B:
+            raise ValueError(f"state is for batch {state.batch_size}, input has batch {B}")
+        x = self.blocks[0].ln0(x)
+        att_shift, wkv_state, ffn_shift = [], [], []
+        for i, block in enumerate(self.blocks):
+            args = (x, state.att_shift[i], state.wkv[i], state.ffn_shift[i])
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                out = torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)
+            else:
+                out = block(*args)
+            x = out[0]
+            att_shift.append(out[1]); wkv_state.append(out[2]); ffn_shift.append(out[3])
+        new_state = RWKVState(torch.stack(att_shift), torch.stack(wkv_state), torch.stack(ffn_shift))
+        return self.ln_out(x), new_state
+
+    def forward(self, idx=None, state=None, *, embeds=None):
+        """Returns (logits [B, T, V], new state). The state given is never modified."""
+        hidden, state = self.forward_hidden(idx, state, embeds=embeds)
+        return self.head(hidden), state
+
+    @classmethod
+    def from_pretrained(cls, path, dtype=torch.float32, device="cpu") -> "RWKV":
+        """Load an official BlinkDL .pth (v5.2 or v6), or a .safetensors file; dims are inferred."""
+        from .checkpoint import load_model
+        return load_model(path, dtype=dtype, device=device)
+
+    def save_pretrained(self, path, dtype=None) -> None:
+        """Write the official layout: .pth (flat state dict) or .safetensors (config in metadata)."""
+        from .checkpoint import save_model
+        save_model(self, path, dtype=dtype)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())

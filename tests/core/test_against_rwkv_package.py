@@ -1,0 +1,70 @@
+"""Our logits and states against the official `rwkv` package (0.8.32, 'cpu fp32', TorchScript on)."""
+import pytest
+import torch
+
+from official_ckpt import random_official_state_dict
+from rwkv_core import RWKV, RWKVConfig
+
+rwkv_model = pytest.importorskip("rwkv.model")
+
+CASES = [  # arch, layers, width, vocab, head size, LoRA dims, decay, tuned state
+    ("eagle", 2, 128, 65536, 64, None, "slow", False),
+    ("eagle", 3, 192, 1000, 64, None, "fast", False),
+    ("finch", 2, 128, 65536, 64, (32, 64), "slow", False),
+    ("finch", 2, 256, 777, 64, (64, 128), "fast", False),
+    ("finch", 3, 128, 1000, 64, (32, 64), "fast", True),
+]
+PROMPT_LEN, CONTINUATION = 64, 6
+
+
+def rel_err(ours, ref):
+    return ((ours - ref).abs().max() / ref.abs().max()).item()
+
+
+def compare_with_package(path, model, vocab_size, seed=0):
+    """Every position of a 64-token prompt, then token-by-token continuation with the state carried."""
+    ref = rwkv_model.RWKV(model=str(path), strategy="cpu fp32", verbose=False)
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, vocab_size, (PROMPT_LEN + CONTINUATION,), generator=g).tolist()
+    ref_logits, ref_state = ref.forward(tokens[:PROMPT_LEN], None, full_output=True)
+    with torch.no_grad():
+        logits, state = model(torch.tensor([tokens[:PROMPT_LEN]]))
+    assert rel_err(logits[0], ref_logits) <= 1e-4
+    for layer in range(model.cfg.n_layer):  # pip state: [att shift, wkv [H, key, value], ffn shift] per layer
+        assert rel_err(state.wkv[layer, 0], ref_state[3 * layer + 1]) <= 1e-4
+    for t in tokens[PROMPT_LEN:]:
+        ref_logits, ref_state = ref.forward([t], ref_state)
+        with torch.no_grad():
+            logits, state = model(torch.tensor([[t]]), state)
+        assert rel_err(logits[0, 0], ref_logits) <= 1e-4
+
+
+@pytest.mark.parametrize("arch,n_layer,n_embd,vocab,head_size,lora,decay,tuned", CASES,
+                         ids=[f"{c[0]}-L{c[1]}-C{c[2]}-V{c[3]}-{c[6]}{'-state' if c[7] else ''}" for c in CASES])
+def test_official_checkpoint_matches_package(tmp_path, arch, n_layer, n_embd, vocab, head_size, lora, decay, tuned):
+    mix_lora, decay_lora = lora or (32, 64)
+    sd = random_official_state_dict(arch, n_layer, n_embd, vocab, head_size, mix_lora, decay_lora, decay, tuned)
+    path = tmp_path / "model.pth"
+    torch.save(sd, path)
+    model = RWKV.from_pretrained(path)
+    cfg = model.cfg
+    assert (cfg.arch, cfg.n_layer, cfg.n_embd, cfg.vocab_size, cfg.n_head, cfg.tuned_state) == \
+        (arch, n_layer, n_embd, vocab, n_embd // head_size, tuned)
+    if arch == "finch":
+        assert (cfg.mix_lora_dim, cfg.decay_lora_dim) == (mix_lora, decay_lora)
+    compare_with_package(path, model, vocab)
+
+
+@pytest.mark.parametrize("arch", ["eagle", "finch"])
+def test_package_loads_what_we_save(tmp_path, arch):
+    torch.manual_seed(0)
+    model = RWKV(RWKVConfig(arch=arch, n_layer=2, n_embd=128, vocab_size=500))
+    with torch.no_grad():  # the official init zeroes several matrices: perturb everything
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    path = tmp_path / "ours.pth"
+    model.save_pretrained(path)
+    compare_with_package(path, model, 500, seed=1)
+    reloaded = RWKV.from_pretrained(path)
+    for (k, a), (_, b) in zip(model.state_dict().items(), reloaded.state_dict().items()):
+        assert torch.equal(a, b), k
