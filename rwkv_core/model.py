@@ -270,5 +270,15 @@ class RWKV(nn.Module):
         from .checkpoint import save_model
         save_model(self, path, dtype=dtype)
 
+    def add_tuned_state(self) -> None:
+        """Give every layer a trainable initial WKV state (att.time_state, zeros) if it has none."""
+        if not self.cfg.tuned_state:
+            self.cfg.tuned_state = True
+            w = self.emb.weight
+            for block in self.blocks:
+                att = block.att
+                att.time_state = nn.Parameter(torch.zeros(att.n_head, att.head_size, att.head_size,
+                                                          device=w.device, dtype=w.dtype))
+
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

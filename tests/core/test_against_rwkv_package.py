@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from official_ckpt import random_official_state_dict
+from .official_ckpt import random_official_state_dict
 from rwkv_core import RWKV, RWKVConfig
 
 rwkv_model = pytest.importorskip("rwkv.model")

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from official_ckpt import random_official_state_dict
+from .official_ckpt import random_official_state_dict
 from rwkv_core import RWKV, RWKVConfig, RWKVState, list_presets
 from rwkv_core.checkpoint import infer_config
 

@@ -1,0 +1,34 @@
+"""The `eaglefinch` command: one subcommand group per domain (text, music, visual)."""
+import argparse
+import sys
+
+
+def build_parser():
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    parser = argparse.ArgumentParser(prog="eaglefinch", parents=[common],
+                                     description="Eagle (RWKV-5) and Finch (RWKV-6) models for text, music and vision")
+    domains = parser.add_subparsers(dest="domain", required=True, metavar="DOMAIN")
+    from text.cli import add_commands as add_text
+    add_text(domains.add_parser("text", help="text models: generate", parents=[common]), common)
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+        return 0
+    except KeyboardInterrupt:
+        print("eaglefinch: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # one line for the user; --debug shows the traceback
+        if args.debug:
+            raise
+        print(f"eaglefinch: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""`eaglefinch text ...` subcommands: prepare, train, generate."""
+import sys
+from pathlib import Path
+
+
+def load_model(path):
+    """An official .pth / .safetensors file, or a training run folder (its model.safetensors)."""
+    from rwkv_core import RWKV
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.safetensors"
+        if not path.exists():
+            raise FileNotFoundError(f"{path.parent}: a run folder must contain model.safetensors")
+    return RWKV.from_pretrained(path).eval()
+
+
+def cmd_prepare(args):
+    from .prepare import prepare
+    from .tokenizer import WorldTokenizer
+    prepare(args.inputs, args.out, WorldTokenizer(), val_fraction=args.val_fraction, overwrite=args.overwrite,
+            metadata={"tokenizer": "rwkv_vocab_v20230424"})
+
+
+def cmd_train(args):
+    if args.deepspeed:
+        from .train import train_text_deepspeed
+        train_text_deepspeed(args.config, args.data, args.out, args.deepspeed, max_steps=args.max_steps,
+                             resume=args.resume, seed=args.seed, init=args.init)
+        return
+    from .train import train_text
+    train_text(args.config, args.data, args.out, max_steps=args.max_steps, resume=args.resume, seed=args.seed,
+               init=args.init)
+
+
+def cmd_generate(args):
+    from rwkv_core.sampling import SamplerConfig
+    from .generate import generate_text
+    from .train import tokenizer_for
+
+    sampler = SamplerConfig(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                            presence_penalty=args.presence_penalty, frequency_penalty=args.frequency_penalty,
+                            penalty_decay=args.penalty_decay)
+    model = load_model(args.checkpoint)
+
+    def write(_row, text):
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    sys.stdout.write(args.prompt)
+    generate_text(model, [args.prompt], args.max_tokens, sampler, tokenizer=tokenizer_for(args.checkpoint),
+                  stop=args.stop or (), seed=args.seed, on_text=write)
+    sys.stdout.write("\n")
+
+
+def add_commands(parser, common):
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("prepare", parents=[common], help="tokenise .txt/.jsonl files or folders into shards")
+    p.add_argument("inputs", nargs="+", help=".txt or .jsonl files, or folders of them")
+    p.add_argument("--out", required=True, help="output folder (train/ and val/ shards)")
+    p.add_argument("--val-fraction", type=float, default=0.01)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.set_defaults(func=cmd_prepare)
+
+    t = sub.add_parser("train", parents=[common], help="train or fine-tune a text model")
+    t.add_argument("--config", required=True, help="JSON with model/train/text sections (configs/text-tiny.json)")
+    t.add_argument("--data", required=True, help="folder written by `eaglefinch text prepare`")
+    t.add_argument("--out", required=True, help="run folder (checkpoints, metrics.jsonl, loss.png)")
+    t.add_argument("--max-steps", type=int)
+    t.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--init", help="start from this checkpoint (official .pth or ours)")
+    t.add_argument("--deepspeed", metavar="DS_CONFIG", help="DeepSpeed JSON config (run under the deepspeed launcher)")
+    t.set_defaults(func=cmd_train)
+
+    g = sub.add_parser("generate", parents=[common], help="continue a prompt, streaming text to stdout")
+    g.add_argument("--checkpoint", required=True, help="official .pth, .safetensors, or a run folder")
+    g.add_argument("--prompt", required=True)
+    g.add_argument("--max-tokens", type=int, default=200)
+    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--top-p", type=float, default=0.85, help="nucleus mass; 1.0 = no truncation")
+    g.add_argument("--top-k", type=int, default=0, help="0 = off")
+    g.add_argument("--presence-penalty", type=float, default=0.0)
+    g.add_argument("--frequency-penalty", type=float, default=0.0)
+    g.add_argument("--penalty-decay", type=float, default=0.996)
+    g.add_argument("--stop", action="append", help="stop at this string (repeatable)")
+    g.add_argument("--seed", type=int, default=None)
+    g.set_defaults(func=cmd_generate)

@@ -1,0 +1,73 @@
+"""Text training: the shared trainer on World-tokenised shards, with an optional trimmed vocabulary."""
+import json
+import shutil
+from pathlib import Path
+
+from rwkv_core import RWKV, RWKVConfig
+from rwkv_core.data import TokenDataset
+from rwkv_core.train import NextTokenTask, TrainConfig, train
+
+from .subset import MappedTokens, SubsetTokenizer, used_ids
+from .tokenizer import WorldTokenizer
+
+VOCAB_FILE = "vocab_subset.json"
+
+
+def load_config(path) -> dict:
+    try:
+        d = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: cannot read the training config ({e})") from None
+    unknown = sorted(set(d) - {"model", "train", "text"})
+    if unknown:
+        raise ValueError(f"{path}: unknown sections {unknown}; expected model, train, text")
+    return d
+
+
+def train_text(config_path, data_dir, out_dir, *, max_steps=None, resume=False, seed=None, init=None,
+               progress=True) -> float:
+    """Train (or fine-tune from `init`) a text model; the run folder gets model.safetensors & co."""
+    cfg = load_config(config_path)
+    train_cfg = TrainConfig.from_dict(cfg.get("train", {}))
+    if max_steps is not None:
+        train_cfg.max_steps = max_steps
+    if seed is not None:
+        train_cfg.seed = seed
+    out_dir = Path(out_dir)
+    train_data = TokenDataset(data_dir, "train")
+    val_data = TokenDataset(data_dir, "val") if (Path(data_dir) / "val").exists() else None
+    if val_data is not None and len(val_data) < train_cfg.ctx_len + 1:
+        val_data = None  # too little held-out text for one window
+    if init:
+        model = RWKV.from_pretrained(init)
+        trim = False  # an official model keeps its full vocabulary
+    else:
+        model_cfg = RWKVConfig.from_dict(cfg["model"])
+        trim = cfg.get("text", {}).get("trim_vocab", False)
+        if trim:
+            vocab_path = out_dir / VOCAB_FILE
+            if resume and vocab_path.exists():
+                ids = json.loads(vocab_path.read_text())["world_ids"]
+            else:
+                ids = used_ids(train_data, *([val_data] if val_data else []))
+            model_cfg.vocab_size = len(ids)
+        model = RWKV(model_cfg)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if trim:
+        SubsetTokenizer(WorldTokenizer(), ids).save(out_dir / VOCAB_FILE)
+        train_data = MappedTokens(train_data, ids)
+        val_data = val_data and MappedTokens(val_data, ids)
+    elif (out_dir / VOCAB_FILE).exists():
+        (out_dir / VOCAB_FILE).unlink()
+    if Path(config_path).resolve() != (out_dir / "config.json").resolve():
+        shutil.copyfile(config_path, out_dir / "config.json")
+    return train(NextTokenTask(model, train_cfg.l2wrap), train_cfg, train_data, out_dir, val_data=val_data,
+                 resume=resume, progress=progress)
+
+
+def tokenizer_for(checkpoint):
+    """The tokenizer a checkpoint was trained with: World, or the run's trimmed subset of it."""
+    world = WorldTokenizer()
+    path = Path(checkpoint)
+    subset = (path if path.is_dir() else path.parent) / VOCAB_FILE
+    return SubsetTokenizer.load(world, subset) if subset.exists() else world
