@@ -32,24 +32,71 @@ def cmd_train(args):
                init=args.init)
 
 
-def cmd_generate(args):
+def sampler_from(args):
     from rwkv_core.sampling import SamplerConfig
+    return SamplerConfig(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                         presence_penalty=args.presence_penalty, frequency_penalty=args.frequency_penalty,
+                         penalty_decay=args.penalty_decay)
+
+
+def load_state(path):
+    from rwkv_core import RWKVState
+    return RWKVState.load(path) if path else None
+
+
+def write_stdout(text):
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def cmd_generate(args):
     from .generate import generate_text
     from .train import tokenizer_for
 
-    sampler = SamplerConfig(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                            presence_penalty=args.presence_penalty, frequency_penalty=args.frequency_penalty,
-                            penalty_decay=args.penalty_decay)
     model = load_model(args.checkpoint)
+    state = load_state(args.load_state)
+    write_stdout(args.prompt)
+    _, state = generate_text(model, [args.prompt], args.max_tokens, sampler_from(args),
+                             tokenizer=tokenizer_for(args.checkpoint), stop=args.stop or (), seed=args.seed,
+                             state=state, on_text=lambda _row, text: write_stdout(text))
+    write_stdout("\n")
+    if args.save_state:
+        state.save(args.save_state)
 
-    def write(_row, text):
-        sys.stdout.write(text)
-        sys.stdout.flush()
 
-    sys.stdout.write(args.prompt)
-    generate_text(model, [args.prompt], args.max_tokens, sampler, tokenizer=tokenizer_for(args.checkpoint),
-                  stop=args.stop or (), seed=args.seed, on_text=write)
-    sys.stdout.write("\n")
+def cmd_chat(args):
+    from .chat import ChatSession
+    from .train import tokenizer_for
+
+    session = ChatSession(load_model(args.checkpoint), tokenizer_for(args.checkpoint), sampler_from(args),
+                          seed=args.seed, state=load_state(args.load_state), max_tokens=args.max_tokens)
+    interactive = sys.stdin.isatty()
+    while True:
+        if interactive:
+            write_stdout("User: ")
+        line = sys.stdin.readline()
+        if not line:
+            break
+        if not line.strip():
+            continue
+        write_stdout("Assistant:")
+        session.ask(line.strip(), on_text=write_stdout)
+        write_stdout("\n\n")
+    if args.save_state and session.state is not None:
+        session.state.save(args.save_state)
+
+
+def add_sampling_args(p):
+    p.add_argument("--max-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=0.85, help="nucleus mass; 1.0 = no truncation")
+    p.add_argument("--top-k", type=int, default=0, help="0 = off")
+    p.add_argument("--presence-penalty", type=float, default=0.0)
+    p.add_argument("--frequency-penalty", type=float, default=0.0)
+    p.add_argument("--penalty-decay", type=float, default=0.996)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--load-state", help="continue from a saved state (skips re-reading a long prompt)")
+    p.add_argument("--save-state", help="save the state at the end (.safetensors)")
 
 
 def add_commands(parser, common):
@@ -76,13 +123,11 @@ def add_commands(parser, common):
     g = sub.add_parser("generate", parents=[common], help="continue a prompt, streaming text to stdout")
     g.add_argument("--checkpoint", required=True, help="official .pth, .safetensors, or a run folder")
     g.add_argument("--prompt", required=True)
-    g.add_argument("--max-tokens", type=int, default=200)
-    g.add_argument("--temperature", type=float, default=1.0)
-    g.add_argument("--top-p", type=float, default=0.85, help="nucleus mass; 1.0 = no truncation")
-    g.add_argument("--top-k", type=int, default=0, help="0 = off")
-    g.add_argument("--presence-penalty", type=float, default=0.0)
-    g.add_argument("--frequency-penalty", type=float, default=0.0)
-    g.add_argument("--penalty-decay", type=float, default=0.996)
     g.add_argument("--stop", action="append", help="stop at this string (repeatable)")
-    g.add_argument("--seed", type=int, default=None)
+    add_sampling_args(g)
     g.set_defaults(func=cmd_generate)
+
+    c = sub.add_parser("chat", parents=[common], help="chat on stdin/stdout, the state carried across turns")
+    c.add_argument("--checkpoint", required=True, help="official .pth, .safetensors, or a run folder")
+    add_sampling_args(c)
+    c.set_defaults(func=cmd_chat)

@@ -1,4 +1,6 @@
 """Text generation on top of the shared loop: tokenize, sample, stream decoded text, stop strings."""
+import dataclasses
+
 from rwkv_core.generate import Generation
 from rwkv_core.sampling import SamplerConfig
 
@@ -23,6 +25,9 @@ def generate_text(model, prompts, max_new_tokens, sampler=SamplerConfig(), *, to
         if max(toks) >= V:
             raise ValueError(f"prompt {p[:30]!r} has token id {max(toks)} but the model's vocabulary has "
                              f"{V} entries: was it trained with the World tokenizer?")
+    if tokenizer.id_limit < V:  # the padding rows of the head are not tokens: never sample them
+        banned = tuple(sampler.banned_tokens) + tuple(range(tokenizer.id_limit, V))
+        sampler = dataclasses.replace(sampler, banned_tokens=banned)
     gen = Generation(model, ids, max_new_tokens, sampler, state=state, stop_ids=stop_ids, seed=seed)
     decoders = [StreamDecoder(tokenizer) for _ in prompts]
     texts = [""] * len(prompts)

@@ -31,7 +31,7 @@ class SubsetTokenizer:
         self.to_subset = {w: i for i, w in enumerate(self.ids)}
         if any(b + 1 not in self.to_subset for b in range(256)) or self.to_subset.get(0) != 0:
             raise ValueError("a vocabulary subset must keep id 0 (as 0) and the 256 byte tokens")
-        self.vocab_size = len(self.ids)
+        self.vocab_size = self.id_limit = len(self.ids)
         self.eot_id = 0
 
     def encode(self, text: str) -> list[int]:

@@ -108,6 +108,7 @@ class WorldTokenizer:
         self.vocab_path = Path(vocab_path) if vocab_path is not None else VOCAB_FILE
         vocab = load_vocab(self.vocab_path)
         self._id_to_bytes = {self.eot_id: b"", **vocab}
+        self.id_limit = max(vocab) + 1  # ids from here to vocab_size are padding rows of the model
         self._bytes_to_id = {token: idx for idx, token in vocab.items()}
         self._regex = None  # compiled on first encode (1-2 s): decoding does not need it
 
