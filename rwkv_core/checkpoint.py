@@ -141,3 +141,35 @@ def save_model(model, path, dtype=None) -> None:
             save_file(sd, str(tmp), metadata={"config": json.dumps(model.cfg.to_dict()), "format": "pt"})
         else:
             torch.save(sd, tmp)
+
+
+def save_tuned_state(model, path) -> None:
+    if not model.cfg.tuned_state:
+        raise ValueError("the model has no tuned state (train with train_mode='state' first)")
+    sd = {f"blocks.{i}.att.time_state": b.att.time_state.detach().cpu().contiguous()
+          for i, b in enumerate(model.blocks)}
+    with atomic_path(path) as tmp:
+        if Path(path).suffix == ".safetensors":
+            from safetensors.torch import save_file
+            save_file(sd, str(tmp))
+        else:
+            torch.save(sd, tmp)
+
+
+def load_tuned_state(model, path) -> None:
+    """Give `model` the tuned initial states stored in `path` (official time_state keys only)."""
+    sd, _ = read_state_dict(path)
+    cfg = model.cfg
+    expected = {f"blocks.{i}.att.time_state" for i in range(cfg.n_layer)}
+    if set(sd) != expected:
+        extra = sorted(set(sd) - expected) or sorted(expected - set(sd))
+        raise CheckpointError(f"{path}: a state file must hold exactly blocks.0..{cfg.n_layer - 1}.att.time_state; "
+                              f"check key {extra[0]!r}")
+    shape = [cfg.n_head, cfg.head_size, cfg.head_size]
+    for key, value in sd.items():
+        if list(value.shape) != shape:
+            raise CheckpointError(f"{path}: key {key!r} has shape {list(value.shape)}, expected {shape}")
+    model.add_tuned_state()
+    with torch.no_grad():
+        for i, block in enumerate(model.blocks):
+            block.att.time_state.copy_(sd[f"blocks.{i}.att.time_state"])

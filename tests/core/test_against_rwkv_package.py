@@ -68,3 +68,20 @@ def test_package_loads_what_we_save(tmp_path, arch):
     reloaded = RWKV.from_pretrained(path)
     for (k, a), (_, b) in zip(model.state_dict().items(), reloaded.state_dict().items()):
         assert torch.equal(a, b), k
+
+
+def test_state_tuned_file_loads_in_the_package(tmp_path):
+    """A tuned state saved by us as official time_state keys, merged into the base file the way
+    ChatRWKV's state merger does, gives the package the same logits as our model with that state."""
+    sd = random_official_state_dict("finch", 2, 128, 1000, decay="fast")
+    torch.save(sd, tmp_path / "base.pth")
+    model = RWKV.from_pretrained(tmp_path / "base.pth")
+    model.add_tuned_state()
+    with torch.no_grad():
+        for block in model.blocks:
+            block.att.time_state.normal_(0, 0.3)
+    model.save_tuned_state(tmp_path / "state.pth")
+    merged = {**sd, **torch.load(tmp_path / "state.pth", weights_only=True)}
+    torch.save(merged, tmp_path / "merged.pth")
+    reloaded = RWKV.from_pretrained(tmp_path / "base.pth", state=tmp_path / "state.pth")
+    compare_with_package(tmp_path / "merged.pth", reloaded, 1000)
