@@ -18,6 +18,12 @@ def token_shift(x, prev):
     return torch.cat([prev[:, None], x[:, :-1]], dim=1)
 
 
+def reverse_positions(x, span):
+    """x [B, T, C] with positions start..end-1 in reverse order."""
+    start, end = span
+    return torch.cat([x[:, :start], x[:, start:end].flip(1), x[:, end:]], dim=1)
+
+
 def _layer_ratios(layer_id, n_layer):
     r0 = layer_id / (n_layer - 1) if n_layer > 1 else 0.0   # official code divides by zero at L = 1
     r1 = 1.0 - layer_id / n_layer
@@ -229,8 +235,11 @@ class RWKV(nn.Module):
         wkv_state = torch.stack([b.att.initial_wkv(batch_size, device) for b in self.blocks])
         return RWKVState(shift, wkv_state, shift.clone())
 
-    def forward_hidden(self, idx=None, state=None, *, embeds=None):
-        """Returns (hidden [B, T, C] after ln_out, new state). Give `idx` [B, T] or `embeds` [B, T, C]."""
+    def forward_hidden(self, idx=None, state=None, *, embeds=None, reverse_span=None):
+        """Returns (hidden [B, T, C] after ln_out, new state). Give `idx` [B, T] or `embeds` [B, T, C].
+
+        reverse_span: (start, end) positions that odd-numbered blocks read backwards (flipped before
+        the block, flipped back after): VisualRWKV's bidirectional scan of the image tokens."""
         if (idx is None) == (embeds is None):
             raise ValueError("give exactly one of idx [B, T] and embeds [B, T, C]")
         x = self.emb(idx) if embeds is None else embeds.to(self.emb.weight.dtype)
@@ -244,19 +253,22 @@ class RWKV(nn.Module):
         x = self.blocks[0].ln0(x)
         att_shift, wkv_state, ffn_shift = [], [], []
         for i, block in enumerate(self.blocks):
+            flip = reverse_span is not None and i % 2 == 1
+            if flip:
+                x = reverse_positions(x, reverse_span)
             args = (x, state.att_shift[i], state.wkv[i], state.ffn_shift[i])
             if self.grad_checkpointing and torch.is_grad_enabled():
                 out = torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)
             else:
                 out = block(*args)
-            x = out[0]
+            x = reverse_positions(out[0], reverse_span) if flip else out[0]
             att_shift.append(out[1]); wkv_state.append(out[2]); ffn_shift.append(out[3])
         new_state = RWKVState(torch.stack(att_shift), torch.stack(wkv_state), torch.stack(ffn_shift))
         return self.ln_out(x), new_state
 
-    def forward(self, idx=None, state=None, *, embeds=None):
+    def forward(self, idx=None, state=None, *, embeds=None, reverse_span=None):
         """Returns (logits [B, T, V], new state). The state given is never modified."""
-        hidden, state = self.forward_hidden(idx, state, embeds=embeds)
+        hidden, state = self.forward_hidden(idx, state, embeds=embeds, reverse_span=reverse_span)
         return self.head(hidden), state
 
     @classmethod

@@ -143,3 +143,29 @@ def test_config_rejects_bad_values(tmp_path):
     p.write_text(json.dumps({"arch": "finch", "n_layr": 2}))
     with pytest.raises(ValueError, match="unknown config keys"):
         RWKVConfig.load(p)
+
+
+def test_reverse_span_equals_its_definition():
+    """Odd blocks read the span backwards: run the blocks by hand with the flips and compare."""
+    model = random_model("finch")
+    model = RWKV(RWKVConfig(**{**model.cfg.to_dict(), "n_layer": 3}))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    idx = torch.randint(0, 300, (2, 12))
+    span = (3, 9)
+    with torch.no_grad():
+        ours, _ = model(idx, reverse_span=span)
+        x = model.blocks[0].ln0(model.emb(idx))
+        s = model.initial_state(2)
+        for i, block in enumerate(model.blocks):
+            if i % 2:
+                x = torch.cat([x[:, :3], x[:, 3:9].flip(1), x[:, 9:]], 1)
+            x = block(x, s.att_shift[i], s.wkv[i], s.ffn_shift[i])[0]
+            if i % 2:
+                x = torch.cat([x[:, :3], x[:, 3:9].flip(1), x[:, 9:]], 1)
+        ref = model.head(model.ln_out(x))
+        plain, _ = model(idx)
+    assert torch.allclose(ours, ref, atol=1e-6)
+    assert not torch.allclose(ours, plain, atol=1e-3)
+    assert torch.allclose(ours[:, :3], plain[:, :3], atol=1e-6)  # positions before the span see no change
