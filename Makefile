@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 EXTRAS ?= test,data
 
-.PHONY: install demo test clean
+.PHONY: install demo test gpu-test bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,13 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q tests --ignore=tests/triton
 	TRITON_INTERPRET=1 $(PY) -m pytest -q tests/triton
+
+# on a CUDA machine: the GPU tests and the WKV benchmark (results go in BENCHMARKS.md)
+gpu-test: $(STAMP)
+	$(PY) -m pytest -q tests/gpu tests/triton
+
+bench: $(STAMP)
+	$(PY) bench/wkv.py
 
 clean:
 	rm -rf $(VENV) runs *.egg-info

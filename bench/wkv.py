@@ -1,0 +1,193 @@
+"""WKV benchmark: ours (Triton) vs flash-linear-attention's chunk_rwkv6 / fused_recurrent_rwkv6 vs our
+chunked PyTorch path, in one process, bf16 inputs, fp32 state, `triton.testing.do_bench` medians.
+
+    python bench/wkv.py [--quick] [--json out.json]
+
+Prints ms, the ratio fla / ours (> 1: ours faster) and the fraction of the memory-traffic floor
+(floor time / our time, floor = bytes each input read once and each output written once, at the
+device-to-device copy bandwidth measured here). fla is optional (skipped if not importable).
+"""
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import triton
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from kernels import wkv_chunked, wkv_decode_            # noqa: E402
+from kernels.triton import chunk_wkv                    # noqa: E402
+
+try:
+    from fla.ops.rwkv6 import chunk_rwkv6, fused_recurrent_rwkv6
+except Exception as exc:  # noqa: BLE001
+    chunk_rwkv6 = fused_recurrent_rwkv6 = None
+    FLA_ERROR = repr(exc)
+else:
+    FLA_ERROR = None
+
+TRAIN_SHAPES = [(8, 4096, 32, 64), (1, 32768, 32, 64), (16, 1024, 40, 64)]
+DECODE_SHAPES = [(1, 32, 64), (64, 32, 64), (256, 32, 64)]
+
+
+def bench(fn):
+    """Median ms of fn over do_bench's repetitions (it clears L2 between calls)."""
+    return triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
+
+
+def copy_bandwidth():
+    """Device-to-device copy bandwidth in bytes/s (read + write), the floor's denominator."""
+    x = torch.empty(2 ** 30, dtype=torch.uint8, device="cuda")
+    y = torch.empty_like(x)
+    ms = bench(lambda: y.copy_(x))
+    return 2 * x.numel() / (ms * 1e-3)
+
+
+def inputs(B, T, H, N, dtype=torch.bfloat16, grad=False):
+    g = torch.Generator(device="cuda").manual_seed(0)
+    r, k, v = (torch.randn(B, T, H, N, device="cuda", generator=g).to(dtype) for _ in range(3))
+    w = -torch.exp(torch.randn(B, T, H, N, device="cuda", generator=g) - 1).to(dtype)
+    u = (torch.randn(H, N, device="cuda", generator=g) * 0.5).to(dtype)
+    xs = [r, k, v, w, u]
+    return [x.requires_grad_(grad) for x in xs]
+
+
+def train_floor_bytes(B, T, H, N, elt=2):
+    act = B * T * H * N * elt
+    state = B * H * N * N * 4
+    return 5 * act + 2 * state, 14 * act + 5 * state   # forward; forward + backward
+
+
+def fwd_bwd(f, xs):
+    def run():
+        o, ht = f(*xs)
+        torch.autograd.grad([o, ht], xs, [do_cache[o.shape], dht_cache[ht.shape]])
+    return run
+
+
+do_cache, dht_cache = {}, {}
+
+
+def time_train(B, T, H, N, bw, with_torch):
+    row = {"shape": f"B{B} T{T} H{H} N{N}"}
+    xs = inputs(B, T, H, N, grad=True)
+    do_cache[(B, T, H, N)] = torch.randn(B, T, H, N, device="cuda", dtype=torch.bfloat16)
+    dht_cache[(B, H, N, N)] = torch.randn(B, H, N, N, device="cuda")
+    ours = lambda r, k, v, w, u: chunk_wkv(r, k, v, w, u)                          # noqa: E731
+    with torch.no_grad():
+        row["ours_fwd"] = bench(lambda: ours(*xs))
+    row["ours_fwdbwd"] = bench(fwd_bwd(ours, xs))
+    if chunk_rwkv6 is not None:
+        fla = lambda r, k, v, w, u: chunk_rwkv6(r, k, v, w, u, scale=1.0,                 # noqa: E731
+                                                output_final_state=True)
+        with torch.no_grad():
+            row["fla_fwd"] = bench(lambda: fla(*xs))
+            o_fla, _ = fla(*xs)
+            o_ours, _ = ours(*xs)
+            row["ours_vs_fla_rel"] = ((o_ours.float() - o_fla.float()).norm() / o_fla.float().norm()).item()
+        row["fla_fwdbwd"] = bench(fwd_bwd(fla, xs))
+    if with_torch:
+        try:
+            with torch.no_grad():
+                row["torch_fwd"] = bench(lambda: wkv_chunked(*xs))
+            row["torch_fwdbwd"] = bench(fwd_bwd(wkv_chunked, xs))
+        except torch.OutOfMemoryError:
+            row["torch_fwd"] = row.get("torch_fwd", float("nan"))
+            row["torch_fwdbwd"] = float("nan")
+        torch.cuda.empty_cache()
+    fb, fbb = train_floor_bytes(B, T, H, N)
+    row["floor_fwd"] = fb / bw * 1e3
+    row["floor_fwdbwd"] = fbb / bw * 1e3
+    return row
+
+
+def time_decode(B, H, N, bw):
+    row = {"shape": f"decode B{B} H{H} N{N}"}
+    r, k, v, w, u = inputs(B, 1, H, N)
+    state = torch.randn(B, H, N, N, device="cuda")
+    idx = torch.arange(B, device="cuda").flip(0).contiguous()
+    row["ours"] = bench(lambda: wkv_decode_(r, k, v, w, u, state))
+    row["ours_idx"] = bench(lambda: wkv_decode_(r, k, v, w, u, state, idx))
+    if fused_recurrent_rwkv6 is not None:
+        row["fla"] = bench(lambda: fused_recurrent_rwkv6(r, k, v, w, u, scale=1.0, initial_state=state,
+                                                         output_final_state=True))
+    with torch.no_grad():
+        row["torch"] = bench(lambda: wkv_decode_(r, k, v, w, u, state, backend="torch"))
+    row["floor"] = (2 * B * H * N * N * 4 + 5 * B * H * N * 2) / bw * 1e3
+    return row
+
+
+def fmt(x, digits=3):
+    return "–" if x is None or x != x else f"{x:.{digits}f}"
+
+
+def train_lines(r):
+    lines = []
+    for p, key in (("fwd", "fwd"), ("fwd+bwd", "fwdbwd")):
+        ours, fla = r[f"ours_{key}"], r.get(f"fla_{key}")
+        lines.append(f"| {r['shape']} | {p} | {fmt(ours)} | {fmt(fla)} | "
+                     f"{fmt(fla / ours if fla else None, 2)} | {fmt(r.get(f'torch_{key}'))} | "
+                     f"{fmt(r[f'floor_{key}'])} | {fmt(r[f'floor_{key}'] / ours, 2)} |")
+    return lines
+
+
+def decode_line(r):
+    fla = r.get("fla")
+    return (f"| {r['shape']} | {fmt(r['ours'] * 1e3, 1)} | {fmt(r['ours_idx'] * 1e3, 1)} | "
+            f"{fmt(fla * 1e3 if fla else None, 1)} | {fmt(fla / r['ours'] if fla else None, 1)} | "
+            f"{fmt(r['torch'] * 1e3, 1)} | {fmt(r['floor'] * 1e3, 2)} | {fmt(r['floor'] / r['ours'], 3)} |")
+
+
+TRAIN_HEAD = ("| shape (bf16) | pass | ours ms | fla ms | fla/ours | torch-chunked ms | floor ms | floor/ours |\n"
+              "|---|---|---|---|---|---|---|---|")
+DECODE_HEAD = ("| decode step T=1 (bf16 in, fp32 state) | ours µs | ours + slot idx µs | fla µs | fla/ours "
+               "| torch µs | floor µs | floor/ours |\n|---|---|---|---|---|---|---|---|")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="headline shape and decode B=1 only")
+    ap.add_argument("--no-torch", action="store_true", help="skip the chunked PyTorch path")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    props = torch.cuda.get_device_properties(0)
+    bw = copy_bandwidth()
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True).stdout.strip()
+    except OSError:
+        commit = ""
+    print(f"device {props.name}, torch {torch.__version__}, triton {triton.__version__}, "
+          f"commit {commit or '?'}, copy bandwidth {bw / 1e12:.2f} TB/s, fla: "
+          f"{'ok' if FLA_ERROR is None else FLA_ERROR}", flush=True)
+    train = TRAIN_SHAPES[:1] if args.quick else TRAIN_SHAPES
+    decode = DECODE_SHAPES[:1] if args.quick else DECODE_SHAPES
+    rows, drows = [], []
+    print(DECODE_HEAD, flush=True)
+    for shape in decode:
+        drows.append(time_decode(*shape, bw))
+        print(decode_line(drows[-1]), flush=True)
+    print(TRAIN_HEAD, flush=True)
+    for i, shape in enumerate(train):
+        rows.append(time_train(*shape, bw, with_torch=not args.no_torch and i == 0))
+        for line in train_lines(rows[-1]):
+            print(line, flush=True)
+        if "ours_vs_fla_rel" in rows[-1]:
+            print(f"  ||o_ours - o_fla|| / ||o_fla|| = {rows[-1]['ours_vs_fla_rel']:.2e}", flush=True)
+        if args.json:
+            Path(args.json).write_text(json.dumps({"device": props.name, "commit": commit, "bw": bw,
+                                                   "train": rows, "decode": drows}, indent=1))
+    print("\nsummary")
+    print(DECODE_HEAD)
+    for r in drows:
+        print(decode_line(r))
+    print(TRAIN_HEAD)
+    for r in rows:
+        for line in train_lines(r):
+            print(line)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,490 @@
+"""Chunked WKV in Triton: forward and backward for training and prefill (Finch and Eagle).
+
+Layering (as in flash-linear-attention): Triton kernels -> host functions `chunk_wkv_fwd` /
+`chunk_wkv_bwd` -> `ChunkWKVFunction` (autograd) -> public `chunk_wkv`.
+
+Algorithm (derivations in kernels/README.md, "Chunked Triton kernels"):
+  forward   1. `_fwd_state_kernel`: one program per (sequence, head) scans the chunks of BT tokens and
+               stores the state at the start of every chunk (fp32) and the final state.
+            2. `_fwd_out_kernel`: one program per (chunk, head) starts from the stored chunk state and
+               walks the chunk in sub-blocks of BS=16 tokens: inter-block part by `tl.dot` against the
+               running state, intra-block part exactly, column by column (every exponent <= 0).
+  backward  3. `_bwd_state_kernel`: reverse scan of the state gradient; stores the gradient at the end
+               of every chunk, and dh0.
+            4. `_bwd_chunk_kernel`: one program per (chunk, head): a forward sweep over the sub-blocks
+               (dr, which needs the state) and a reverse sweep (dk, dv, which need the state gradient);
+               dw from the suffix-sum identity, du as per-chunk partial sums.
+
+Tokens are addressed as a flat [B*T, H, N] array of rows: sequence n holds rows [bos, eos), from
+`cu_seqlens` (packed, B=1) or bos = n*T. Decays are handled in log2 units (w * log2 e) so that the
+kernels use exp2. All arithmetic is fp32; the dot operands are fp32 too (precision: see utils).
+"""
+import torch
+import triton
+import triton.language as tl
+
+from .utils import dot_precision, new_buffer
+
+LOG2E = tl.constexpr(1.4426950408889634)
+SUB = 16  # sub-block BS: the smallest tl.dot tile; the intra-block part costs BS exp2 per element
+
+
+# ---------------------------------------------------------------------------------------------
+# device helpers
+# ---------------------------------------------------------------------------------------------
+
+@triton.jit
+def _seq_bounds(i_n, cu_seqlens, chunk_offsets, T, BT: tl.constexpr, IS_VARLEN: tl.constexpr):
+    """First row, end row and first global chunk index of sequence i_n."""
+    if IS_VARLEN:
+        bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+        eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
+        boc = tl.load(chunk_offsets + i_n).to(tl.int64)
+    else:
+        bos = i_n.to(tl.int64) * T
+        eos = bos + T
+        boc = i_n.to(tl.int64) * tl.cdiv(T, BT)
+    return bos, eos, boc
+
+
+@triton.jit
+def _chunk_ids(cu_seqlens, chunk_offsets, chunk_indices, T, H: tl.constexpr, BT: tl.constexpr,
+               IS_VARLEN: tl.constexpr):
+    """Decode the (chunk, head) program ids: sequence, head, local chunk, bounds, global chunk."""
+    i_c, i_nh = tl.program_id(0), tl.program_id(1)
+    if IS_VARLEN:
+        i_h = i_nh
+        i_n = tl.load(chunk_indices + 2 * i_c)
+        c = tl.load(chunk_indices + 2 * i_c + 1).to(tl.int64)
+    else:
+        i_n = i_nh // H
+        i_h = i_nh % H
+        c = i_c.to(tl.int64)
+    bos, eos, boc = _seq_bounds(i_n, cu_seqlens, chunk_offsets, T, BT, IS_VARLEN)
+    return i_h, c, bos, eos - bos, boc + c
+
+
+@triton.jit
+def _load_block(ptr, row0, L, stride, BR: tl.constexpr, N: tl.constexpr):
+    """Rows [row0, row0 + BR) of a [rows, N] view as fp32 [BR, N]; rows >= L read as 0."""
+    rows = row0 + tl.arange(0, BR)
+    cols = tl.arange(0, N)
+    x = tl.load(ptr + rows[:, None] * stride + cols[None, :], mask=(rows < L)[:, None], other=0.)
+    return x.to(tl.float32)
+
+
+@triton.jit
+def _store_block(ptr, x, row0, L, stride, BR: tl.constexpr, N: tl.constexpr):
+    rows = row0 + tl.arange(0, BR)
+    cols = tl.arange(0, N)
+    tl.store(ptr + rows[:, None] * stride + cols[None, :], x.to(ptr.dtype.element_ty),
+             mask=(rows < L)[:, None])
+
+
+@triton.jit
+def _load_cols(ptr, row0, L, stride, col0, BR: tl.constexpr, BC: tl.constexpr):
+    """Rows [row0, row0 + BR), columns [col0, col0 + BC) as fp32 [BR, BC]; rows >= L read as 0."""
+    rows = row0 + tl.arange(0, BR)
+    cols = col0 + tl.arange(0, BC)
+    x = tl.load(ptr + rows[:, None] * stride + cols[None, :], mask=(rows < L)[:, None], other=0.)
+    return x.to(tl.float32)
+
+
+@triton.jit
+def _state_ptrs(ptr, col0, N: tl.constexpr, BV: tl.constexpr):
+    """Pointers to the [N, BV] column slice of an [N, N] fp32 state."""
+    return ptr + tl.arange(0, N)[:, None] * N + col0 + tl.arange(0, BV)[None, :]
+
+
+@triton.jit
+def _load_row(ptr, row, L, stride, N: tl.constexpr):
+    """Row `row` as fp32 [N]; 0 when row >= L."""
+    cols = tl.arange(0, N)
+    return tl.load(ptr + row * stride + cols, mask=(cols < N) & (row < L), other=0.).to(tl.float32)
+
+
+@triton.jit
+def _load_state(ptr, N: tl.constexpr):
+    cols = tl.arange(0, N)
+    return tl.load(ptr + cols[:, None] * N + cols[None, :])
+
+
+@triton.jit
+def _store_state(ptr, S, N: tl.constexpr):
+    cols = tl.arange(0, N)
+    tl.store(ptr + cols[:, None] * N + cols[None, :], S)
+
+
+@triton.jit
+def _to_end(w):
+    """Exclusive suffix sum of w along rows (log2 decay from after row t to the block end), summed
+    directly rather than as g_last - g: same-sign terms keep its relative error small for strong decays."""
+    return tl.cumsum(w, axis=0, reverse=True) - w
+
+
+@triton.jit
+def _intra_out(r, gb, k_ptr, v_ptr, w_ptr, t0, L, s_x, s_w, BS: tl.constexpr, N: tl.constexpr):
+    """Exact in-block output o[t] = sum_{j<t} (sum_i r[t,i] k_j[i] 2^(gb[t,i] - g_j[i])) v_j.
+
+    r, gb: [BS, N] (gb = exclusive log2-decay cumsum). Key/value rows are re-read one at a time
+    (L1 hits) and g_j is their running inclusive cumsum, so every exponent taken is <= 0. Each score
+    column is a row-reduction whose [:, None] broadcast keeps the layout: no shuffles, no score matrix.
+    """
+    idx = tl.arange(0, BS)
+    o = tl.zeros([BS, N], dtype=tl.float32)
+    g_j = tl.zeros([N], dtype=tl.float32)
+    for j in range(BS):
+        k_j = _load_row(k_ptr, t0 + j, L, s_x, N)
+        v_j = _load_row(v_ptr, t0 + j, L, s_x, N)
+        g_j += _load_row(w_ptr, t0 + j, L, s_w, N) * LOG2E
+        e = tl.exp2(tl.where((idx > j)[:, None], gb - g_j[None, :], float("-inf")))
+        o += tl.sum(r * k_j[None, :] * e, axis=1)[:, None] * v_j[None, :]
+    return o
+
+
+@triton.jit
+def _intra_dr(do, gb, k_ptr, v_ptr, w_ptr, t0, L, s_x, s_w, BS: tl.constexpr, N: tl.constexpr):
+    """In-block part of dr: dr[t] = sum_{j<t} (do[t] . v_j) k_j 2^(gb[t] - g_j). do, gb: [BS, N]."""
+    idx = tl.arange(0, BS)
+    dr = tl.zeros([BS, N], dtype=tl.float32)
+    g_j = tl.zeros([N], dtype=tl.float32)
+    for j in range(BS):
+        k_j = _load_row(k_ptr, t0 + j, L, s_x, N)
+        v_j = _load_row(v_ptr, t0 + j, L, s_x, N)
+        g_j += _load_row(w_ptr, t0 + j, L, s_w, N) * LOG2E
+        e = tl.exp2(tl.where((idx > j)[:, None], gb - g_j[None, :], float("-inf")))
+        dA_j = tl.sum(do * v_j[None, :], axis=1)                               # dA[:, j]
+        dr += dA_j[:, None] * k_j[None, :] * e
+    return dr
+
+
+@triton.jit
+def _intra_dkdv(k, v, g, r_ptr, do_ptr, w_ptr, t0, L, s_x, s_w, BS: tl.constexpr, N: tl.constexpr):
+    """In-block parts of dk and dv, looping over the later row j (t < j):
+        dk[t] += (do_j . v[t]) r_j 2^(gb_j - g[t]),   dv[t] += A[j, t] do_j,
+        A[j, t] = sum_i r_j[i] k[t,i] 2^(gb_j[i] - g[t,i]).   k, v, g: [BS, N]."""
+    idx = tl.arange(0, BS)
+    dk = tl.zeros([BS, N], dtype=tl.float32)
+    dv = tl.zeros([BS, N], dtype=tl.float32)
+    g_j = tl.zeros([N], dtype=tl.float32)
+    for j in range(BS):
+        r_j = _load_row(r_ptr, t0 + j, L, s_x, N)
+        do_j = _load_row(do_ptr, t0 + j, L, s_x, N)
+        gb_j = g_j
+        g_j += _load_row(w_ptr, t0 + j, L, s_w, N) * LOG2E
+        e = tl.exp2(tl.where((idx < j)[:, None], gb_j[None, :] - g, float("-inf")))
+        re = r_j[None, :] * e
+        dk += tl.sum(v * do_j[None, :], axis=1)[:, None] * re
+        dv += tl.sum(k * re, axis=1)[:, None] * do_j[None, :]
+    return dk, dv
+
+
+# ---------------------------------------------------------------------------------------------
+# kernels
+# ---------------------------------------------------------------------------------------------
+
+@triton.jit
+def _fwd_state_kernel(k, v, w, h0, ht, states, cu_seqlens, chunk_offsets, T, s_w,
+                      H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
+                      HAS_H0: tl.constexpr, IS_VARLEN: tl.constexpr, PREC: tl.constexpr):
+    """Grid (N // BV, num_seqs * H): the [N, BV] value-slice of one head's state, scanned over chunks.
+    states[chunk, h] = state before the chunk; ht = state after the sequence."""
+    i_v, i_nh = tl.program_id(0), tl.program_id(1)
+    i_n, i_h = i_nh // H, i_nh % H
+    bos, eos, boc = _seq_bounds(i_n, cu_seqlens, chunk_offsets, T, BT, IS_VARLEN)
+    L = eos - bos
+    s_x = H * N
+    k_ptr = k + bos * s_x + i_h * N
+    v_ptr = v + bos * s_x + i_h * N
+    w_ptr = w + bos * s_w + i_h * N
+    if HAS_H0:
+        S = tl.load(_state_ptrs(h0 + i_nh.to(tl.int64) * N * N, i_v * BV, N, BV))
+    else:
+        S = tl.zeros([N, BV], dtype=tl.float32)
+    for c in range(0, tl.cdiv(L, BT)):
+        tl.store(_state_ptrs(states + ((boc + c) * H + i_h) * N * N, i_v * BV, N, BV), S)
+        k_b = _load_block(k_ptr, c * BT, L, s_x, BT, N)
+        v_b = _load_cols(v_ptr, c * BT, L, s_x, i_v * BV, BT, BV)
+        w_b = _load_block(w_ptr, c * BT, L, s_w, BT, N) * LOG2E
+        g_last = tl.sum(w_b, axis=0)
+        k_d = k_b * tl.exp2(_to_end(w_b))
+        S = S * tl.exp2(g_last)[:, None] + tl.dot(tl.trans(k_d), v_b, input_precision=PREC)
+    tl.store(_state_ptrs(ht + i_nh.to(tl.int64) * N * N, i_v * BV, N, BV), S)
+
+
+@triton.jit
+def _fwd_out_kernel(r, k, v, w, u, o, states, cu_seqlens, chunk_offsets, chunk_indices, T, s_w,
+                    H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, BS: tl.constexpr,
+                    IS_VARLEN: tl.constexpr, PREC: tl.constexpr):
+    """Grid (chunks, num_seqs * H) or (total chunks, H) when packed. Writes o for one chunk."""
+    i_h, c, bos, L, gc = _chunk_ids(cu_seqlens, chunk_offsets, chunk_indices, T, H, BT, IS_VARLEN)
+    s_x = H * N
+    off = bos * s_x + i_h * N
+    w_ptr = w + bos * s_w + i_h * N
+    S = _load_state(states + (gc * H + i_h) * N * N, N)
+    u_h = tl.load(u + i_h * N + tl.arange(0, N)).to(tl.float32)
+    for s in tl.static_range(BT // BS):
+        t0 = c * BT + s * BS
+        r_b = _load_block(r + off, t0, L, s_x, BS, N)
+        k_b = _load_block(k + off, t0, L, s_x, BS, N)
+        v_b = _load_block(v + off, t0, L, s_x, BS, N)
+        w_b = _load_block(w_ptr, t0, L, s_w, BS, N) * LOG2E
+        g = tl.cumsum(w_b, axis=0)
+        gb = g - w_b
+        o_b = tl.dot(r_b * tl.exp2(gb), S, input_precision=PREC)
+        o_b += _intra_out(r_b, gb, k + off, v + off, w_ptr, t0, L, s_x, s_w, BS, N)
+        o_b += tl.sum(r_b * u_h[None, :] * k_b, axis=1)[:, None] * v_b
+        _store_block(o + off, o_b, t0, L, s_x, BS, N)
+        if s < BT // BS - 1:
+            g_last = tl.sum(w_b, axis=0)
+            k_d = k_b * tl.exp2(_to_end(w_b))
+            S = S * tl.exp2(g_last)[:, None] + tl.dot(tl.trans(k_d), v_b, input_precision=PREC)
+
+
+@triton.jit
+def _bwd_state_kernel(r, w, do, dht, dh0, dstates, cu_seqlens, chunk_offsets, T, s_w,
+                      H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
+                      HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr, IS_VARLEN: tl.constexpr,
+                      PREC: tl.constexpr):
+    """Grid (N // BV, num_seqs * H). dstates[chunk, h] = gradient of the state after the chunk; dh0."""
+    i_v, i_nh = tl.program_id(0), tl.program_id(1)
+    i_n, i_h = i_nh // H, i_nh % H
+    bos, eos, boc = _seq_bounds(i_n, cu_seqlens, chunk_offsets, T, BT, IS_VARLEN)
+    L = eos - bos
+    s_x = H * N
+    r_ptr = r + bos * s_x + i_h * N
+    do_ptr = do + bos * s_x + i_h * N
+    w_ptr = w + bos * s_w + i_h * N
+    if HAS_DHT:
+        dS = tl.load(_state_ptrs(dht + i_nh.to(tl.int64) * N * N, i_v * BV, N, BV))
+    else:
+        dS = tl.zeros([N, BV], dtype=tl.float32)
+    NT = tl.cdiv(L, BT)
+    for i in range(0, NT):
+        c = NT - 1 - i
+        tl.store(_state_ptrs(dstates + ((boc + c) * H + i_h) * N * N, i_v * BV, N, BV), dS)
+        r_b = _load_block(r_ptr, c * BT, L, s_x, BT, N)
+        do_b = _load_cols(do_ptr, c * BT, L, s_x, i_v * BV, BT, BV)
+        w_b = _load_block(w_ptr, c * BT, L, s_w, BT, N) * LOG2E
+        g = tl.cumsum(w_b, axis=0)
+        g_last = tl.sum(w_b, axis=0)
+        r_d = r_b * tl.exp2(g - w_b)
+        dS = dS * tl.exp2(g_last)[:, None] + tl.dot(tl.trans(r_d), do_b, input_precision=PREC)
+    if STORE_DH0:
+        tl.store(_state_ptrs(dh0 + i_nh.to(tl.int64) * N * N, i_v * BV, N, BV), dS)
+
+
+@triton.jit
+def _bwd_chunk_kernel(r, k, v, w, u, do, states, dstates, dr, dk, dv, dwbuf, du_part,
+                      cu_seqlens, chunk_offsets, chunk_indices, T, s_w,
+                      H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, BS: tl.constexpr,
+                      IS_VARLEN: tl.constexpr, PREC: tl.constexpr):
+    """Grid as `_fwd_out_kernel`. Writes dr, dk, dv, dw (fp32, per token) and du (per chunk)."""
+    i_h, c, bos, L, gc = _chunk_ids(cu_seqlens, chunk_offsets, chunk_indices, T, H, BT, IS_VARLEN)
+    NS: tl.constexpr = BT // BS
+    s_x = H * N
+    off = bos * s_x + i_h * N
+    w_ptr = w + bos * s_w + i_h * N
+    u_h = tl.load(u + i_h * N + tl.arange(0, N)).to(tl.float32)
+    S = _load_state(states + (gc * H + i_h) * N * N, N)
+
+    # forward sweep: dr needs the state before each token. dwbuf <- -(inclusive prefix of r*dr)
+    R_run = tl.zeros([N], dtype=tl.float32)
+    du_acc = tl.zeros([N], dtype=tl.float32)
+    for s in tl.static_range(NS):
+        t0 = c * BT + s * BS
+        r_b = _load_block(r + off, t0, L, s_x, BS, N)
+        k_b = _load_block(k + off, t0, L, s_x, BS, N)
+        v_b = _load_block(v + off, t0, L, s_x, BS, N)
+        do_b = _load_block(do + off, t0, L, s_x, BS, N)
+        w_b = _load_block(w_ptr, t0, L, s_w, BS, N) * LOG2E
+        g = tl.cumsum(w_b, axis=0)
+        gb = g - w_b
+        g_last = tl.sum(w_b, axis=0)
+        dr_b = tl.exp2(gb) * tl.dot(do_b, tl.trans(S), input_precision=PREC)
+        dr_b += _intra_dr(do_b, gb, k + off, v + off, w_ptr, t0, L, s_x, s_w, BS, N)
+        rdr = r_b * dr_b
+        _store_block(dwbuf + off, -(R_run[None, :] + tl.cumsum(rdr, axis=0)), t0, L, s_x, BS, N)
+        R_run += tl.sum(rdr, axis=0)
+        vdo = tl.sum(v_b * do_b, axis=1)
+        dr_b += u_h[None, :] * k_b * vdo[:, None]
+        _store_block(dr + off, dr_b, t0, L, s_x, BS, N)
+        du_acc += tl.sum(r_b * k_b * vdo[:, None], axis=0)
+        k_d = k_b * tl.exp2(_to_end(w_b))
+        S = S * tl.exp2(g_last)[:, None] + tl.dot(tl.trans(k_d), v_b, input_precision=PREC)
+    # S is now the state after the chunk; carry = Q_end + sum_chunk(r*dr)
+    dS_end = _load_state(dstates + (gc * H + i_h) * N * N, N)
+    carry = tl.sum(S * dS_end, axis=1) + R_run
+    tl.debug_barrier()  # the reverse sweep re-reads dwbuf rows written by other threads
+
+    # reverse sweep: dk, dv need the state gradient after each token
+    dS = dS_end
+    K_run = tl.zeros([N], dtype=tl.float32)
+    for s in tl.static_range(NS):
+        t0 = c * BT + (NS - 1 - s) * BS
+        r_b = _load_block(r + off, t0, L, s_x, BS, N)
+        k_b = _load_block(k + off, t0, L, s_x, BS, N)
+        v_b = _load_block(v + off, t0, L, s_x, BS, N)
+        do_b = _load_block(do + off, t0, L, s_x, BS, N)
+        w_b = _load_block(w_ptr, t0, L, s_w, BS, N) * LOG2E
+        g = tl.cumsum(w_b, axis=0)
+        gb = g - w_b
+        g_last = tl.sum(w_b, axis=0)
+        dk_b, dv_b = _intra_dkdv(k_b, v_b, g, r + off, do + off, w_ptr, t0, L, s_x, s_w, BS, N)
+        to_end = tl.exp2(_to_end(w_b))
+        dk_b += to_end * tl.dot(v_b, tl.trans(dS), input_precision=PREC)
+        dv_b += tl.dot(k_b * to_end, dS, input_precision=PREC)
+        # dw[s] = Q_end + sum_{t>s} r*dr - sum_{m>=s} k*dk   (in-chunk sums)
+        kdk = k_b * dk_b
+        k_suffix = K_run[None, :] + tl.sum(kdk, axis=0)[None, :] - tl.cumsum(kdk, axis=0) + kdk
+        K_run += tl.sum(kdk, axis=0)
+        dw_b = _load_block(dwbuf + off, t0, L, s_x, BS, N) + carry[None, :] - k_suffix
+        _store_block(dwbuf + off, dw_b, t0, L, s_x, BS, N)
+        vdo = tl.sum(v_b * do_b, axis=1)
+        dk_b += u_h[None, :] * r_b * vdo[:, None]
+        dv_b += tl.sum(r_b * u_h[None, :] * k_b, axis=1)[:, None] * do_b
+        _store_block(dk + off, dk_b, t0, L, s_x, BS, N)
+        _store_block(dv + off, dv_b, t0, L, s_x, BS, N)
+        if s < NS - 1:
+            r_d = r_b * tl.exp2(gb)
+            dS = dS * tl.exp2(g_last)[:, None] + tl.dot(tl.trans(r_d), do_b, input_precision=PREC)
+    tl.store(du_part + (gc * H + i_h) * N + tl.arange(0, N), du_acc)
+
+
+# ---------------------------------------------------------------------------------------------
+# host functions
+# ---------------------------------------------------------------------------------------------
+
+def _num_warps(N):
+    return 4 if N <= 64 else 8
+
+
+def _scan_block_v(lay):
+    """Value-slice width of the sequential scans: narrower slices when few (sequence, head) pairs,
+    so that long single sequences still spread over the SMs."""
+    return max(16, min(lay.N, 16 if lay.num_seqs * lay.H < 256 else 32))
+
+
+def prepare_chunks(cu_seqlens, chunk_size, cu_seqlens_cpu=None):
+    """Per-sequence first chunk index [num_seqs] and the (sequence, local chunk) table [chunks, 2].
+
+    Uses `cu_seqlens_cpu` when given, else copies cu_seqlens to the host (one sync).
+    """
+    lens = (cu_seqlens_cpu if cu_seqlens_cpu is not None else cu_seqlens.cpu()).long().diff()
+    n_chunks = (lens + chunk_size - 1) // chunk_size
+    offsets = torch.cat([n_chunks.new_zeros(1), n_chunks.cumsum(0)[:-1]])
+    seq = torch.repeat_interleave(torch.arange(len(lens)), n_chunks)
+    local = torch.arange(int(n_chunks.sum())) - torch.repeat_interleave(offsets, n_chunks)
+    table = torch.stack([seq, local], dim=1).to(torch.int32)
+    dev = cu_seqlens.device
+    return offsets.to(torch.int32).to(dev), table.contiguous().to(dev), int(n_chunks.sum())
+
+
+class _Layout:
+    """Shapes and index tables shared by forward and backward."""
+
+    def __init__(self, r, w, cu_seqlens, chunk_size, cu_seqlens_cpu=None):
+        B, T, H, N = r.shape
+        self.B, self.T, self.H, self.N, self.BT = B, T, H, N, chunk_size
+        self.static_w = w.dim() == 2
+        self.s_w = 0 if self.static_w else H * N
+        self.varlen = cu_seqlens is not None
+        if self.varlen:
+            self.num_seqs = cu_seqlens.numel() - 1
+            self.chunk_offsets, self.chunk_indices, self.num_chunks = prepare_chunks(
+                cu_seqlens, chunk_size, cu_seqlens_cpu)
+            self.cu_seqlens = cu_seqlens
+            self.out_grid = (self.num_chunks, H)
+        else:
+            self.num_seqs = B
+            nt = triton.cdiv(T, chunk_size)
+            self.num_chunks = B * nt
+            self.chunk_offsets = self.chunk_indices = self.cu_seqlens = None
+            self.out_grid = (nt, B * H)
+
+
+def chunk_wkv_fwd(r, k, v, w, u, h0, lay, prec):
+    """Returns o [B, T, H, N] (r's dtype), ht [num_seqs, H, N, N] fp32, chunk states fp32."""
+    H, N, BT = lay.H, lay.N, lay.BT
+    o = new_buffer(r.shape, r.dtype, r.device)
+    ht = new_buffer((lay.num_seqs, H, N, N), torch.float32, r.device)
+    states = new_buffer((lay.num_chunks, H, N, N), torch.float32, r.device)
+    BV = _scan_block_v(lay)
+    _fwd_state_kernel[(N // BV, lay.num_seqs * H)](
+        k, v, w, h0, ht, states, lay.cu_seqlens, lay.chunk_offsets, lay.T, lay.s_w,
+        H=H, N=N, BT=BT, BV=BV, HAS_H0=h0 is not None, IS_VARLEN=lay.varlen, PREC=prec,
+        num_warps=_num_warps(N))
+    _fwd_out_kernel[lay.out_grid](
+        r, k, v, w, u, o, states, lay.cu_seqlens, lay.chunk_offsets, lay.chunk_indices, lay.T,
+        lay.s_w, H=H, N=N, BT=BT, BS=SUB, IS_VARLEN=lay.varlen, PREC=prec, num_warps=_num_warps(N))
+    return o, ht, states
+
+
+def chunk_wkv_bwd(r, k, v, w, u, states, do, dht, need_dh0, lay, prec):
+    """Returns dr, dk, dv (input dtypes), dw (w's shape and dtype), du [H, N], dh0 or None."""
+    H, N, BT = lay.H, lay.N, lay.BT
+    dstates = new_buffer((lay.num_chunks, H, N, N), torch.float32, r.device)
+    dh0 = new_buffer((lay.num_seqs, H, N, N), torch.float32, r.device) if need_dh0 else None
+    BV = _scan_block_v(lay)
+    _bwd_state_kernel[(N // BV, lay.num_seqs * H)](
+        r, w, do, dht, dh0, dstates, lay.cu_seqlens, lay.chunk_offsets, lay.T, lay.s_w,
+        H=H, N=N, BT=BT, BV=BV, HAS_DHT=dht is not None, STORE_DH0=need_dh0, IS_VARLEN=lay.varlen,
+        PREC=prec, num_warps=_num_warps(N))
+    dr = new_buffer(r.shape, r.dtype, r.device)
+    dk = new_buffer(k.shape, k.dtype, k.device)
+    dv = new_buffer(v.shape, v.dtype, v.device)
+    dwbuf = new_buffer(r.shape, torch.float32, r.device)
+    du_part = new_buffer((lay.num_chunks, H, N), torch.float32, r.device)
+    _bwd_chunk_kernel[lay.out_grid](
+        r, k, v, w, u, do, states, dstates, dr, dk, dv, dwbuf, du_part,
+        lay.cu_seqlens, lay.chunk_offsets, lay.chunk_indices, lay.T, lay.s_w,
+        H=H, N=N, BT=BT, BS=SUB, IS_VARLEN=lay.varlen, PREC=prec, num_warps=_num_warps(N))
+    dw = dwbuf.sum(dim=(0, 1)) if lay.static_w else dwbuf
+    return dr, dk, dv, dw.to(w.dtype), du_part.sum(0).to(u.dtype), dh0
+
+
+class ChunkWKVFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, r, k, v, w, u, h0, cu_seqlens, chunk_size, cu_seqlens_cpu):
+        lay = _Layout(r, w, cu_seqlens, chunk_size, cu_seqlens_cpu)
+        prec = dot_precision(r.dtype)
+        o, ht, states = chunk_wkv_fwd(r, k, v, w, u, h0, lay, prec)
+        ctx.save_for_backward(r, k, v, w, u, states)
+        ctx.lay, ctx.prec, ctx.has_h0 = lay, prec, h0 is not None
+        return o, ht
+
+    @staticmethod
+    def backward(ctx, do, dht):
+        r, k, v, w, u, states = ctx.saved_tensors
+        need_dh0 = ctx.has_h0 and ctx.needs_input_grad[5]
+        dr, dk, dv, dw, du, dh0 = chunk_wkv_bwd(
+            r, k, v, w, u, states, do.contiguous(), None if dht is None else dht.contiguous(),
+            need_dh0, ctx.lay, ctx.prec)
+        return dr, dk, dv, dw, du, dh0, None, None, None
+
+
+def chunk_wkv(r, k, v, w_log, u, initial_state=None, cu_seqlens=None, chunk_size=64,
+              cu_seqlens_cpu=None):
+    """Chunked Triton WKV (Finch per-token decay or Eagle static decay), differentiable.
+
+    Args:
+        r, k, v: [B, T, H, N] CUDA tensors (bf16/fp16/fp32); N a power of two >= 16.
+        w_log: log decay <= 0 (finite): [B, T, H, N] (Finch) or [H, N] (Eagle, never expanded).
+        u: [H, N] bonus.
+        initial_state: [num_seqs, H, N, N] fp32 (indexed [key, value]) or None; not modified.
+        cu_seqlens: packed sequences: int tensor [num_seqs + 1] of row offsets into T, with B = 1.
+        chunk_size: tokens per chunk (multiple of 16); 64 on the GPU.
+        cu_seqlens_cpu: optional host copy of cu_seqlens (avoids a device sync).
+
+    Returns:
+        (out [B, T, H, N] in r's dtype, final_state [num_seqs, H, N, N] fp32).
+    """
+    B, T, H, N = r.shape
+    if cu_seqlens is not None and B != 1:
+        raise ValueError(f"chunk_wkv: packed sequences (cu_seqlens) need B = 1, got B = {B}")
+    if chunk_size % SUB or N < 16 or N & (N - 1):
+        raise ValueError(f"chunk_wkv: need chunk_size % {SUB} == 0 and N a power of two >= 16")
+    r, k, v, u = (x.contiguous() for x in (r, k, v, u))
+    w_log = w_log.contiguous() if w_log.dim() == 2 else w_log.expand(B, T, H, N).contiguous()
+    h0 = None if initial_state is None else initial_state.float().contiguous()
+    return ChunkWKVFunction.apply(r, k, v, w_log, u, h0, cu_seqlens, chunk_size, cu_seqlens_cpu)

@@ -1,0 +1,89 @@
+"""Triton WKV kernels on the GPU at real shapes (skipped without CUDA): bf16 and fp32 against the fp64
+oracle, packed sequences, T = 65536 with strong decays, decode. Run on the device:
+    python -m pytest -q tests/gpu tests/triton
+Kernel buffers are NaN-poisoned here too (EAGLEFINCH_WKV_POISON=1 is set below before any call)."""
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    pytest.skip("needs CUDA", allow_module_level=True)
+
+os.environ.setdefault("EAGLEFINCH_WKV_POISON", "1")
+
+from kernels import wkv, wkv_chunked, wkv_decode_, wkv_reference        # noqa: E402
+from kernels.triton import chunk_wkv                                     # noqa: E402
+from kernels.triton.testing import assert_close, check_fwd_bwd, make_inputs, rel_err  # noqa: E402
+
+DEV = "cuda"
+TOL = {torch.bfloat16: 2e-3, torch.float16: 2e-3, torch.float32: 1e-5}
+
+
+def _fn(cu=None):
+    return lambda r, k, v, w, u, h0: wkv(r, k, v, w, u, h0, backend="triton", cu_seqlens=cu)
+
+
+def _assert_close(result, tol):
+    print(result[0])
+    assert_close(*result, tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("static_w", [False, True])
+def test_real_shape(dtype, static_w):
+    inputs = make_inputs(2, 1000, 4, 64, dtype, DEV, static_w=static_w, seed=1)
+    if static_w and dtype == torch.float16:
+        # Eagle's dw sums over all B*T tokens and overflows fp16: keep that parameter in fp32
+        inputs[3] = inputs[3].float()
+    h0 = torch.randn(2, 4, 64, 64, device=DEV)
+    _assert_close(check_fwd_bwd(_fn(), inputs, h0), TOL[dtype])
+
+
+def test_packed_sequences_bf16():
+    lens = [1, 63, 64, 65, 700, 3, 200]
+    cu = torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist(), dtype=torch.int32, device=DEV)
+    inputs = make_inputs(1, sum(lens), 4, 64, torch.bfloat16, DEV, seed=2)
+    h0 = torch.randn(len(lens), 4, 64, 64, device=DEV)
+    _assert_close(check_fwd_bwd(_fn(cu), inputs, h0, cu_seqlens=cu), TOL[torch.bfloat16])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_long_sequence_strong_decay(dtype):
+    """T = 65536, log decays down to ~ -150 per step: finite everywhere, close to an fp64 chunked oracle."""
+    B, T, H, N = 1, 65536, 2, 64
+    r, k, v, w, u = make_inputs(B, T, H, N, dtype, DEV, decay="strong", seed=3)
+    leaves = [x.clone().requires_grad_() for x in (r, k, v, w, u)]
+    o, ht = chunk_wkv(*leaves)
+    do, dht = torch.randn_like(o), torch.randn_like(ht)
+    torch.autograd.backward([o, ht], [do, dht])
+    for x in [o, ht] + [x.grad for x in leaves]:
+        assert torch.isfinite(x).all()
+    ref = [x.detach().double().requires_grad_() for x in (r, k, v, w, u)]
+    o_ref, ht_ref = wkv_chunked(*ref)
+    torch.autograd.backward([o_ref, ht_ref], [do.double(), dht.double()])
+    pairs = [(o, o_ref), (ht, ht_ref)] + [(a.grad, b.grad) for a, b in zip(leaves, ref)]
+    names = ["o", "ht", "dr", "dk", "dv", "dw", "du"]
+    errs = {n: rel_err(a, b) for n, (a, b) in zip(names, pairs)}
+    floors = {n: rel_err(b.to(a.dtype), b) for n, (a, b) in zip(names, pairs)}
+    # Known limit (BENCHMARKS.md): with decays this extreme, dw loses accuracy to the differences of
+    # in-block log-decay prefix sums (absolute error ~ eps * |cumsum|); measured on H100, 2026-11-23:
+    # fp32 6.9e-4, bf16 2.4e-3. Everything else meets the normal tolerance.
+    dw_tol = 3e-3 if dtype == torch.bfloat16 else 1e-3
+    assert errs.pop("dw") <= dw_tol, errs
+    _assert_close((errs, floors), 2e-3 if dtype == torch.bfloat16 else 1e-4)
+
+
+@pytest.mark.parametrize("B", [1, 64, 256])
+def test_decode_bf16(B):
+    H, N = 32, 64
+    r, k, v, w, u = make_inputs(B, 1, H, N, torch.bfloat16, DEV, seed=4)
+    pool = torch.randn(B + 3, H, N, N, device=DEV)
+    idx = torch.randperm(B + 3, device=DEV)[:B]
+    before = pool.clone()
+    o = wkv_decode_(r, k, v, w, u, pool, idx)
+    o_ref, ht_ref = wkv_reference(r, k, v, w, u, before[idx])
+    assert rel_err(o, o_ref) < 2e-3 and rel_err(pool[idx], ht_ref) < 1e-5
+    mask = torch.ones(B + 3, dtype=torch.bool, device=DEV)
+    mask[idx] = False
+    assert torch.equal(pool[mask], before[mask])

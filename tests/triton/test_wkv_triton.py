@@ -1,0 +1,125 @@
+"""Triton WKV kernels under the CPU interpreter (`TRITON_INTERPRET=1 pytest tests/triton`), at tiny
+shapes, against the fp64 serial reference: forward, every gradient (r, k, v, w, u, initial state,
+with a gradient on the final state too), ragged T, packed sequences, strong decays, decode.
+Kernel-written buffers are NaN-poisoned under the interpreter (kernels.triton.utils.poison_outputs),
+so an element a kernel forgets to write fails the comparison."""
+import os
+
+import pytest
+import torch
+
+if os.environ.get("TRITON_INTERPRET", "0") != "1" and not torch.cuda.is_available():
+    pytest.skip("needs TRITON_INTERPRET=1 (set before triton is imported) or CUDA",
+                allow_module_level=True)
+
+from kernels import wkv, wkv_decode_, wkv_reference                    # noqa: E402
+from kernels.triton import chunk_wkv                                   # noqa: E402
+from kernels.triton.utils import poison_outputs                        # noqa: E402
+from kernels.triton.testing import assert_close, check_fwd_bwd, make_inputs, rel_err  # noqa: E402
+
+DEV = "cuda" if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1" else "cpu"
+TOL = {torch.float32: 1e-5, torch.float16: 2e-3}
+
+
+def _chunk(chunk_size, cu_seqlens=None):
+    def fn(r, k, v, w, u, h0):
+        return chunk_wkv(r, k, v, w, u, h0, cu_seqlens=cu_seqlens, chunk_size=chunk_size)
+    return fn
+
+
+def _assert_close(result, tol):
+    assert_close(*result, tol)
+
+
+def test_poison_is_on():
+    assert poison_outputs() or DEV == "cuda"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("B,T,H,N,chunk,with_h0", [
+    (2, 37, 1, 16, 32, True),    # ragged T: 1 full chunk + a partial one, 2 sub-blocks per chunk
+    (1, 16, 2, 16, 16, False),   # exactly one chunk, no initial state
+    (1, 1, 1, 16, 16, True),     # a single token
+])
+def test_chunk_finch(dtype, B, T, H, N, chunk, with_h0):
+    inputs = make_inputs(B, T, H, N, dtype, DEV, seed=T)
+    h0 = torch.randn(B, H, N, N, device=DEV) if with_h0 else None
+    _assert_close(check_fwd_bwd(_chunk(chunk), inputs, h0), TOL[dtype])
+
+
+def test_chunk_head64():
+    inputs = make_inputs(1, 20, 1, 64, torch.float32, DEV, seed=3)
+    h0 = torch.randn(1, 1, 64, 64, device=DEV)
+    _assert_close(check_fwd_bwd(_chunk(16), inputs, h0), TOL[torch.float32])
+
+
+def test_chunk_eagle_static_decay():
+    inputs = make_inputs(2, 21, 2, 16, torch.float32, DEV, static_w=True, seed=4)
+    h0 = torch.randn(2, 2, 16, 16, device=DEV)
+    assert inputs[3].shape == (2, 16)
+    _assert_close(check_fwd_bwd(_chunk(16), inputs, h0), TOL[torch.float32])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_chunk_strong_decay(dtype):
+    # log decays down to ~ -150 per step: nothing may overflow; fp32 error grows with |cumsum|
+    inputs = make_inputs(1, 40, 1, 16, dtype, DEV, decay="strong", seed=5)
+    h0 = torch.randn(1, 1, 16, 16, device=DEV)
+    _assert_close(check_fwd_bwd(_chunk(32), inputs, h0), 1e-4 if dtype == torch.float32 else 3e-3)
+
+
+def test_chunk_weak_decay():
+    inputs = make_inputs(1, 40, 1, 16, torch.float32, DEV, decay="weak", seed=6)
+    _assert_close(check_fwd_bwd(_chunk(32), inputs, None), TOL[torch.float32])
+
+
+def test_chunk_packed_sequences():
+    lens = [1, 20, 33, 16]
+    cu = torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist(), dtype=torch.int32, device=DEV)
+    inputs = make_inputs(1, sum(lens), 2, 16, torch.float32, DEV, seed=7)
+    h0 = torch.randn(len(lens), 2, 16, 16, device=DEV)
+    _assert_close(check_fwd_bwd(_chunk(16, cu), inputs, h0, cu_seqlens=cu), TOL[torch.float32])
+
+
+def test_wkv_backend_triton_matches_reference():
+    r, k, v, w, u = make_inputs(1, 18, 1, 16, torch.float32, DEV, seed=8)
+    s = torch.randn(1, 1, 16, 16, device=DEV)
+    s_before = s.clone()
+    o, ht = wkv(r, k, v, w, u, s, backend="triton", chunk_size=16)
+    o_ref, ht_ref = wkv(r, k, v, w, u, s, backend="reference")
+    assert torch.equal(s, s_before)
+    assert rel_err(o, o_ref) < 1e-5 and rel_err(ht, ht_ref) < 1e-5
+
+
+def test_wkv_auto_backend_on_cpu_is_torch():
+    r, k, v, w, u = make_inputs(1, 5, 1, 16, torch.float32, "cpu", seed=9)
+    o, _ = wkv(r, k, v, w, u)
+    o_t, _ = wkv(r, k, v, w, u, backend="torch")
+    assert torch.equal(o, o_t)
+
+
+@pytest.mark.parametrize("T,static_w,use_idx", [(1, False, True), (3, False, False), (1, True, True)])
+def test_decode_in_place(T, static_w, use_idx):
+    B, H, N = 2, 2, 32
+    r, k, v, w, u = make_inputs(B, T, H, N, torch.float32, DEV, static_w=static_w, seed=10 + T)
+    slots = 5 if use_idx else B
+    pool = torch.randn(slots, H, N, N, device=DEV)
+    idx = torch.tensor([3, 0], device=DEV) if use_idx else None
+    rows = [3, 0] if use_idx else [0, 1]
+    before = pool.clone()
+    o = wkv_decode_(r, k, v, w, u, pool, idx, backend="triton")
+    o_ref, ht_ref = wkv_reference(r, k, v, w, u, before[rows])
+    assert rel_err(o, o_ref) < 1e-5
+    assert rel_err(pool[rows], ht_ref) < 1e-5
+    untouched = [i for i in range(slots) if i not in rows]
+    assert torch.equal(pool[untouched], before[untouched])
+
+
+def test_decode_fp16_strong_decay():
+    r, k, v, w, u = make_inputs(3, 2, 1, 16, torch.float16, DEV, decay="strong", seed=11)
+    state = torch.randn(3, 1, 16, 16, device=DEV)
+    before = state.clone()
+    o = wkv_decode_(r, k, v, w, u, state, backend="triton")
+    o_ref, ht_ref = wkv_reference(r, k, v, w, u, before)
+    assert torch.isfinite(state).all()
+    assert rel_err(o, o_ref) < 2e-3 and rel_err(state, ht_ref) < 1e-5
