@@ -1,0 +1,134 @@
+"""A folder of MIDI files -> train/val token shards for the music model, with augmentation.
+
+    stats = prepare("midi/", "runs/music-data", MidiTokenizer())
+
+Output: `<out_dir>/train` and `<out_dir>/val` written by `rwkv_core.data.ShardWriter` (read them
+with `TokenDataset`; the index metadata holds the tokenizer, `MidiTokenizer.from_dict(
+metadata["tokenizer"])` rebuilds it) and `stats.json`. Everything is written into a temporary
+folder renamed into place at the end, so a failed run leaves nothing behind.
+
+Each file goes whole to one split, chosen by `split_of` on its path, so augmented copies never
+leak across. Training files are encoded once per (transposition, tempo factor); validation files
+once, unchanged. Unreadable or truncated files are counted, reported and skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from collections.abc import Iterable
+from contextlib import ExitStack
+from pathlib import Path
+
+from tqdm import tqdm
+
+from music.tokenizer import DRUMS, MidiError, MidiTokenizer, midi_to_notes, read_midi
+from rwkv_core.data import DEFAULT_SHARD_TOKENS, DataError, ShardWriter, split_of, temp_dir_beside
+
+MIDI_SUFFIXES = (".mid", ".midi")
+DEFAULT_TRANSPOSITIONS = (-3, -2, -1, 0, 1, 2, 3)
+DEFAULT_TEMPO_FACTORS = (0.9, 1.0, 1.1)
+
+
+def find_midi_files(folder: Path | str) -> list[tuple[Path, str]]:
+    """Every .mid/.midi file under `folder` (recursively, sorted) with its split key "<folder name>/<relative path>"."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"MIDI folder not found: {folder}")
+    found = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.suffix.lower() in MIDI_SUFFIXES)
+    return [(folder / rel, f"{folder.resolve().name}/{rel}") for rel in found if (folder / rel).is_file()]
+
+
+def prepare(
+    folder: Path | str,
+    out_dir: Path | str,
+    tokenizer: MidiTokenizer | None = None,
+    transpositions: Iterable[int] = DEFAULT_TRANSPOSITIONS,
+    tempo_factors: Iterable[float] = DEFAULT_TEMPO_FACTORS,
+    val_fraction: float = 0.1,
+    shard_tokens: int = DEFAULT_SHARD_TOKENS,
+    progress: bool = True,
+) -> dict:
+    """Tokenize every MIDI file under `folder` into `<out_dir>/train` and `<out_dir>/val`.
+
+    Args:
+        folder: searched recursively for .mid / .midi files.
+        out_dir: output folder; must be absent or empty.
+        tokenizer: a MidiTokenizer (default config if None); stored in both index files.
+        transpositions: semitones for training copies (drums stay); a transposition that would
+            move a pitch out of 0..127 is skipped for that file and counted.
+        tempo_factors: speed factors for training copies (>1 is faster).
+        val_fraction: share of files for "val" (by a stable hash of the path).
+        shard_tokens, progress: as for `rwkv_core.data.ShardWriter`; a tqdm bar over files.
+
+    Returns:
+        stats: {"files", "docs", "tokens", "notes", "splits": {"train"|"val": {"docs", "tokens",
+        "notes"}}, "skipped": {"unreadable", "empty", "transpositions"}, "unreadable": {key: reason}},
+        also written to `<out_dir>/stats.json`. "tokens" count the separators, "notes" the notes
+        (for loss per note). Raises DataError when nothing usable is found.
+    """
+    tokenizer = tokenizer or MidiTokenizer()
+    files = find_midi_files(folder)
+    if not files:
+        raise DataError(f"no .mid or .midi files under {folder}")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not (out_dir.is_dir() and not any(out_dir.iterdir())):
+        raise DataError(f"{out_dir} exists and is not an empty folder")
+    augmentations = {"train": [(t, f) for t in transpositions for f in tempo_factors], "val": [(0, 1.0)]}
+    metadata = {"tokenizer": tokenizer.to_dict(), "vocab_size": tokenizer.vocab_size}
+    tmp_dir = temp_dir_beside(out_dir)
+    try:
+        stats = _tokenize(files, tmp_dir, tokenizer, augmentations, val_fraction, shard_tokens, metadata, progress)
+        if stats["docs"] == 0:
+            raise DataError(f"no usable MIDI file under {folder}; skipped: {stats['skipped']}")
+        (tmp_dir / "stats.json").write_text(json.dumps(stats, indent=1), encoding="utf-8")
+        tmp_dir.replace(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    if progress:
+        print(f"prepared {stats['docs']:,} documents, {stats['tokens']:,} tokens, {stats['notes']:,} notes "
+              f"from {stats['files']} files into {out_dir}; skipped {stats['skipped']}")
+    return stats
+
+
+def _tokenize(files, out_dir, tokenizer, augmentations, val_fraction, shard_tokens, metadata, progress) -> dict:
+    skipped = {"unreadable": 0, "empty": 0, "transpositions": 0}
+    unreadable = {}
+    notes = {"train": 0, "val": 0}
+    with ExitStack() as stack:
+        writers = {s: stack.enter_context(ShardWriter(out_dir, s, shard_tokens, metadata)) for s in ("train", "val")}
+        for path, key in tqdm(files, desc="tokenizing", unit="file", disable=not progress):
+            try:
+                midi = read_midi(path)
+            except MidiError as exc:
+                skipped["unreadable"] += 1
+                unreadable[key] = str(exc)
+                tqdm.write(f"warning: {exc}; skipped", file=sys.stderr)
+                continue
+            piece = midi_to_notes(midi, tokenizer.config.sustain)
+            if not piece:
+                skipped["empty"] += 1
+                continue
+            pitches = {n.pitch for n in piece if n.instrument != DRUMS}  # drums are never transposed
+            split = split_of(key, val_fraction)
+            for transpose, tempo_factor in augmentations[split]:
+                if any(not 0 <= p + transpose <= 127 for p in pitches):
+                    skipped["transpositions"] += 1
+                    continue
+                ids = tokenizer.encode(midi, transpose=transpose, tempo_factor=tempo_factor)
+                writers[split].add(ids)
+                notes[split] += tokenizer.count_notes(ids)
+        if writers["val"].docs == 0 and val_fraction > 0:
+            tqdm.write(f"warning: the val split is empty: no file hashed into val_fraction={val_fraction}", file=sys.stderr)
+    splits = {s: {"docs": w.docs, "tokens": w.tokens, "notes": notes[s]} for s, w in writers.items()}
+    return {
+        "files": len(files),
+        "docs": sum(s["docs"] for s in splits.values()),
+        "tokens": sum(s["tokens"] for s in splits.values()),
+        "notes": sum(notes.values()),
+        "splits": splits,
+        "skipped": skipped,
+        "unreadable": unreadable,
+    }

@@ -1,0 +1,80 @@
+from pathlib import Path
+from types import SimpleNamespace
+
+import mido
+import pytest
+
+from music import corpus
+
+# every 200th chorale and the shortest quartet movement keep the conversion to a few seconds
+CHORALE_STEP = 200
+QUARTET_MOVEMENT = "mozart/k80/movement3.mxl"
+
+
+@pytest.fixture(scope="session")
+def music21_midi(tmp_path_factory) -> SimpleNamespace:
+    """A few real multi-part scores from music21's corpus, converted to MIDI with two processes.
+
+    Fields: scores (sources), cache (folder), report (ConversionReport), files (the MIDI files).
+    """
+    quartet = corpus.corpus_root() / QUARTET_MOVEMENT
+    assert quartet in corpus.string_quartets()
+    scores = corpus.bach_chorales()[::CHORALE_STEP] + [quartet]
+    cache = tmp_path_factory.mktemp("music21-midi")
+    report = corpus.convert_scores(scores, cache, workers=2, progress=False)
+    assert not report.failed, report.failed
+    return SimpleNamespace(scores=scores, cache=cache, report=report, files=report.midi_files)
+
+
+@pytest.fixture(scope="session")
+def shipped_midi() -> list[Path]:
+    """The real MIDI files inside the music21 wheel: 21 test files and the opening of a Mozart serenade.
+
+    (The serenade's whole first movement, omr/k525MIDIMvt1.mid, is left out to save time.)
+    """
+    package = corpus.corpus_root().parent
+    files = sorted((package / "midi" / "testPrimitive").glob("*.mid")) + [package / "omr" / "k525short.mid"]
+    assert len(files) == 22 and all(f.is_file() for f in files)
+    return files
+
+
+class MidiKit:
+    """Builds small MIDI files in tests (a fixture, so that it works under any pytest import mode)."""
+
+    @staticmethod
+    def build(tracks: list[list[tuple[int, mido.Message]]], midi_type: int = 1, ticks_per_beat: int = 480):
+        """A MidiFile from tracks given as (absolute tick, message) lists; same-tick events keep list order."""
+        midi = mido.MidiFile(type=midi_type, ticks_per_beat=ticks_per_beat)
+        for events in tracks:
+            track = mido.MidiTrack()
+            now = 0
+            for tick, message in sorted(events, key=lambda e: e[0]):
+                track.append(message.copy(time=tick - now))
+                now = tick
+            midi.tracks.append(track)
+        return midi
+
+    @staticmethod
+    def on(tick, note, velocity=80, channel=0):
+        return tick, mido.Message("note_on", note=note, velocity=velocity, channel=channel)
+
+    @staticmethod
+    def off(tick, note, channel=0):
+        return tick, mido.Message("note_off", note=note, channel=channel)
+
+    @staticmethod
+    def program(tick, program, channel=0):
+        return tick, mido.Message("program_change", program=program, channel=channel)
+
+    @staticmethod
+    def tempo(tick, bpm):
+        return tick, mido.MetaMessage("set_tempo", tempo=round(60e6 / bpm))
+
+    @staticmethod
+    def pedal(tick, down, channel=0):
+        return tick, mido.Message("control_change", control=64, value=127 if down else 0, channel=channel)
+
+
+@pytest.fixture(scope="session")
+def kit() -> type[MidiKit]:
+    return MidiKit
