@@ -2,6 +2,13 @@
 chunked PyTorch path, in one process, bf16 inputs, fp32 state, `triton.testing.do_bench` medians.
 
     python bench/wkv.py [--quick] [--json out.json]
+    python bench/wkv.py --variants default,EAGLEFINCH_WKV_DOT=tf32x3 [--baseline old_chunk.py]
+
+`--variants` times the chunked kernels at the headline shape once per comma-separated entry, each
+`default` or environment settings `NAME=VALUE[+NAME=VALUE...]` applied around the call (kernel knobs read
+at launch, e.g. EAGLEFINCH_WKV_DOT); `--baseline FILE` adds another version of kernels/triton/chunk.py
+(imported as a sibling module, first in the table) to the same run. Each row also gives the relative
+difference of o and of dr, dk, dv, dw from the first row.
 
 Prints ms, the ratio fla / ours (> 1: ours faster) and the fraction of the memory-traffic floor
 (floor time / our time, floor = bytes each input read once and each output written once, at the
@@ -146,11 +153,75 @@ DECODE_HEAD = ("| decode step T=1 (bf16 in, fp32 state) | ours µs | ours + slot
                "| torch µs | floor µs | floor/ours |\n|---|---|---|---|---|---|---|---|")
 
 
+def load_baseline(path):
+    """A previous kernels/triton/chunk.py, imported as kernels.triton._baseline (relative imports work)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("kernels.triton._baseline", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod.chunk_wkv
+
+
+def time_variants(variants, baseline, bw, with_fla=True):
+    """Headline shape: ours per (G, num_warps) variant (and a baseline file), fla once."""
+    import os
+    B, T, H, N = TRAIN_SHAPES[0]
+    xs = inputs(B, T, H, N, grad=True)
+    do_cache[(B, T, H, N)] = torch.randn(B, T, H, N, device="cuda", dtype=torch.bfloat16)
+    dht_cache[(B, H, N, N)] = torch.randn(B, H, N, N, device="cuda")
+    fb, fbb = train_floor_bytes(B, T, H, N)
+    print(f"variants at B{B} T{T} H{H} N{N} (bf16); floor fwd {fb / bw * 1e3:.3f} ms, "
+          f"fwd+bwd {fbb / bw * 1e3:.3f} ms", flush=True)
+    print("| variant | fwd ms | fwd+bwd ms | rel diff o vs first | rel diff grads vs first |\n"
+          "|---|---|---|---|---|", flush=True)
+    rows, first = [], None
+    runs = []
+    if baseline:
+        runs.append(("baseline", load_baseline(baseline), {}))
+    for v in variants:
+        env = {} if v == "default" else dict(kv.split("=", 1) for kv in v.split("+"))
+        runs.append((v, chunk_wkv, env))
+    if with_fla and chunk_rwkv6 is not None:
+        runs.append(("fla chunk_rwkv6", lambda r, k, v, w, u: chunk_rwkv6(r, k, v, w, u, scale=1.0,
+                                                                        output_final_state=True), {}))
+    for name, f, env in runs:
+        saved = {k_: os.environ.get(k_) for k_ in env}
+        os.environ.update(env)
+        try:
+            fn = lambda r, k, v, w, u, f=f: f(r, k, v, w, u)                      # noqa: E731
+            o, ht = fn(*xs)
+            grads = torch.autograd.grad([o, ht], xs, [do_cache[o.shape], dht_cache[ht.shape]])
+            out = [o.float()] + [g.float() for g in grads[:4]]
+            if first is None:
+                first = out
+            rel = [((a - b).norm() / b.norm()).item() for a, b in zip(out, first)]
+            with torch.no_grad():
+                t_f = bench(lambda: fn(*xs))
+            t_fb = bench(fwd_bwd(fn, xs))
+            row = {"variant": name, "fwd": t_f, "fwdbwd": t_fb, "rel": rel}
+            rows.append(row)
+            print(f"| {name} | {t_f:.3f} | {t_fb:.3f} | {rel[0]:.1e} | "
+                  f"{' '.join(f'{x:.1e}' for x in rel[1:])} |", flush=True)
+        except Exception as exc:  # noqa: BLE001
+            print(f"| {name} | failed: {exc!r} |", flush=True)
+        finally:
+            for k_, val in saved.items():
+                if val is None:
+                    os.environ.pop(k_, None)
+                else:
+                    os.environ[k_] = val
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="headline shape and decode B=1 only")
     ap.add_argument("--no-torch", action="store_true", help="skip the chunked PyTorch path")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--variants", default=None,
+                    help="default,NAME=VALUE+NAME=VALUE,... (headline shape only)")
+    ap.add_argument("--baseline", default=None, help="previous chunk.py to time alongside --variants")
     args = ap.parse_args()
     props = torch.cuda.get_device_properties(0)
     bw = copy_bandwidth()
@@ -162,6 +233,12 @@ def main():
     print(f"device {props.name}, torch {torch.__version__}, triton {triton.__version__}, "
           f"commit {commit or '?'}, copy bandwidth {bw / 1e12:.2f} TB/s, fla: "
           f"{'ok' if FLA_ERROR is None else FLA_ERROR}", flush=True)
+    if args.variants:
+        vrows = time_variants(args.variants.split(","), args.baseline, bw)
+        if args.json:
+            Path(args.json).write_text(json.dumps({"device": props.name, "commit": commit, "bw": bw,
+                                                   "variants": vrows}, indent=1))
+        return
     train = TRAIN_SHAPES[:1] if args.quick else TRAIN_SHAPES
     decode = DECODE_SHAPES[:1] if args.quick else DECODE_SHAPES
     rows, drows = [], []
