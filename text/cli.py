@@ -1,4 +1,5 @@
-"""`eaglefinch text ...` subcommands: prepare, train, generate."""
+"""`eaglefinch text ...` subcommands: prepare, train, generate, chat, eval."""
+import argparse
 import sys
 from pathlib import Path
 
@@ -22,14 +23,9 @@ def cmd_prepare(args):
 
 
 def cmd_train(args):
-    if args.deepspeed:
-        from .train import train_text_deepspeed
-        train_text_deepspeed(args.config, args.data, args.out, args.deepspeed, max_steps=args.max_steps,
-                             resume=args.resume, seed=args.seed, init=args.init)
-        return
     from .train import train_text
     train_text(args.config, args.data, args.out, max_steps=args.max_steps, resume=args.resume, seed=args.seed,
-               init=args.init)
+               init=args.init, deepspeed_config=args.deepspeed)
 
 
 def sampler_from(args):
@@ -99,6 +95,20 @@ def add_sampling_args(p):
     p.add_argument("--save-state", help="save the state at the end (.safetensors)")
 
 
+def cmd_eval(args):
+    from .evaluate import evaluate, save_results, summary, training_ctx_len
+    from .train import tokenizer_for
+
+    model = load_model(args.checkpoint)
+    results = evaluate(model, args.data, args.split, tokenizer=tokenizer_for(args.checkpoint),
+                       ctx_len=training_ctx_len(args.checkpoint, model), max_len=args.max_len,
+                       batch_size=args.batch_size, max_tokens=args.max_tokens)
+    checkpoint = Path(args.checkpoint)
+    json_path, plot_path = save_results(results, args.out or (checkpoint if checkpoint.is_dir() else checkpoint.parent))
+    print(summary(results))
+    print(f"wrote {json_path} and {plot_path}")
+
+
 def add_commands(parser, common):
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -118,6 +128,7 @@ def add_commands(parser, common):
     t.add_argument("--seed", type=int)
     t.add_argument("--init", help="start from this checkpoint (official .pth or ours)")
     t.add_argument("--deepspeed", metavar="DS_CONFIG", help="DeepSpeed JSON config (run under the deepspeed launcher)")
+    t.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # added by the deepspeed launcher; ranks come from env
     t.set_defaults(func=cmd_train)
 
     g = sub.add_parser("generate", parents=[common], help="continue a prompt, streaming text to stdout")
@@ -131,3 +142,13 @@ def add_commands(parser, common):
     c.add_argument("--checkpoint", required=True, help="official .pth, .safetensors, or a run folder")
     add_sampling_args(c)
     c.set_defaults(func=cmd_chat)
+
+    e = sub.add_parser("eval", parents=[common], help="loss, bits per byte and loss by position on held-out shards")
+    e.add_argument("--checkpoint", required=True, help="official .pth, .safetensors, or a run folder")
+    e.add_argument("--data", required=True, help="folder written by `eaglefinch text prepare`")
+    e.add_argument("--split", default="val")
+    e.add_argument("--max-len", type=int, help="window length of the loss-by-position curve (default 4 x training ctx_len)")
+    e.add_argument("--batch-size", type=int, default=8)
+    e.add_argument("--max-tokens", type=int, help="score at most this many tokens per pass (default: the whole split)")
+    e.add_argument("--out", help="folder for eval.json and eval_positions.png (default: the run folder, or the file's folder)")
+    e.set_defaults(func=cmd_eval)

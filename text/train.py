@@ -5,7 +5,7 @@ from pathlib import Path
 
 from rwkv_core import RWKV, RWKVConfig
 from rwkv_core.data import TokenDataset
-from rwkv_core.train import NextTokenTask, TrainConfig, train
+from rwkv_core.train import NextTokenTask, TrainConfig, is_main_process, train
 
 from .subset import MappedTokens, SubsetTokenizer, used_ids
 from .tokenizer import WorldTokenizer
@@ -25,8 +25,12 @@ def load_config(path) -> dict:
 
 
 def train_text(config_path, data_dir, out_dir, *, max_steps=None, resume=False, seed=None, init=None,
-               progress=True) -> float:
-    """Train (or fine-tune from `init`) a text model; the run folder gets model.safetensors & co."""
+               progress=True, deepspeed_config=None) -> float:
+    """Train (or fine-tune from `init`) a text model; the run folder gets model.safetensors & co.
+
+    With `deepspeed_config` (a JSON path, e.g. configs/deepspeed/zero2.json) every process of the
+    `deepspeed` launcher runs this; only rank 0 writes the run folder's files.
+    """
     cfg = load_config(config_path)
     train_cfg = TrainConfig.from_dict(cfg.get("train", {}))
     if max_steps is not None:
@@ -53,16 +57,18 @@ def train_text(config_path, data_dir, out_dir, *, max_steps=None, resume=False, 
             model_cfg.vocab_size = len(ids)
         model = RWKV(model_cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
+    main = is_main_process()  # under DeepSpeed, rank 0 alone writes these files
     if trim:
-        SubsetTokenizer(WorldTokenizer(), ids).save(out_dir / VOCAB_FILE)
+        if main and not (resume and (out_dir / VOCAB_FILE).exists()):  # resuming ranks may be reading it
+            SubsetTokenizer(WorldTokenizer(), ids).save(out_dir / VOCAB_FILE)
         train_data = MappedTokens(train_data, ids)
         val_data = val_data and MappedTokens(val_data, ids)
-    elif (out_dir / VOCAB_FILE).exists():
+    elif main and (out_dir / VOCAB_FILE).exists():
         (out_dir / VOCAB_FILE).unlink()
-    if Path(config_path).resolve() != (out_dir / "config.json").resolve():
+    if main and Path(config_path).resolve() != (out_dir / "config.json").resolve():
         shutil.copyfile(config_path, out_dir / "config.json")
     return train(NextTokenTask(model, train_cfg.l2wrap), train_cfg, train_data, out_dir, val_data=val_data,
-                 resume=resume, progress=progress)
+                 resume=resume, progress=progress, deepspeed_config=deepspeed_config)
 
 
 def tokenizer_for(checkpoint):

@@ -1,0 +1,216 @@
+"""The DeepSpeed path of the shared trainer, on the CPU (gloo, fp32).
+
+DeepSpeed runs in subprocesses (it initialises torch.distributed from RANK/WORLD_SIZE/MASTER_*), started
+by one module fixture: this file is also the worker (`python -m tests.core.test_deepspeed KIND DATA OUT`).
+
+Tolerances: in fp32 on the CPU a DeepSpeed step computes the same forward pass as the single-process
+trainer on the same batch and weights, so the first loss is bit-identical. After that the weights differ
+only by rounding: ZeRO steps AdamW on flattened copies and sums the gradient norm (and, with two
+processes, the gradient average) in another order. Measured over 6 steps: losses within 1.4e-7
+relative (tolerance 1e-5), weights within 2e-6 of each tensor's largest value (tolerance 1e-4; Adam's
+normalised update amplifies rounding where a gradient is nearly 0). Real errors move the weights by
+3e-3 or more (measured: the 2x lr group at 1x, or no gradient clipping).
+"""
+import dataclasses
+import importlib.util
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from rwkv_core import RWKV
+from rwkv_core.data import TokenDataset
+from rwkv_core.train import NextTokenTask, TrainConfig, complete_deepspeed_config, rank_seed, read_metrics, train
+from tests.core.test_train import patterned_docs, tiny_model, write_dataset
+
+ROOT = Path(__file__).resolve().parents[2]
+DS_CONFIGS = ROOT / "configs" / "deepspeed"
+CFG = TrainConfig(max_steps=6, decay_steps=6, batch_size=4, ctx_len=16, log_every=1, val_every=3, save_every=3,
+                  warmup_steps=2, lr_init=1e-2, grad_clip=0.3, weight_decay=0.1)  # all three parameter groups in use
+TEXT_CONFIG = {"train": dataclasses.asdict(CFG)}
+LOSS_RTOL = 1e-5
+WEIGHT_RTOL = 1e-4
+
+needs_deepspeed = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
+                                     reason="deepspeed is not installed (extra 'distributed')")
+
+
+def start_model(seed=0):
+    """The tiny model, perturbed like a pretrained one: the official init zeroes att.output, which
+    would leave time_decay (the 2x lr group) without gradient in the first steps."""
+    model = tiny_model()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.1)
+    return model
+
+
+class TwoRanks:
+    """What two data-parallel ranks draw in one step, as one batch of twice the size: rank 0's windows
+    from the trainer's generator, rank 1's from its own generator seeded as the trainer seeds rank 1."""
+
+    def __init__(self, data, seed):
+        self.data, self.rank1 = data, torch.Generator().manual_seed(rank_seed(seed, 1))
+
+    def sample_batch(self, batch_size, ctx_len, generator):
+        x0, y0 = self.data.sample_batch(batch_size // 2, ctx_len, generator)
+        x1, y1 = self.data.sample_batch(batch_size // 2, ctx_len, self.rank1)
+        return torch.cat([x0, x1]), torch.cat([y0, y1])
+
+
+def worker(kind, data_dir, out):
+    """The runs the tests inspect; `single` is one process (world size 1), `pair` one of two ranks."""
+    from text.train import train_text
+
+    data_dir, out = Path(data_dir), Path(out)
+    train_data, val_data = TokenDataset(data_dir, "train"), TokenDataset(data_dir, "val")
+    if kind == "pair":
+        rank = int(os.environ["RANK"])
+        # rank 1 starts from other weights: DeepSpeed must broadcast rank 0's
+        train(NextTokenTask(start_model(seed=rank)), CFG, train_data, out / "pair", progress=False,
+              deepspeed_config=DS_CONFIGS / "zero2.json")
+        return
+    train(NextTokenTask(start_model()), CFG, train_data, out / "ref", val_data=val_data, progress=False)
+    train(NextTokenTask(start_model()), dataclasses.replace(CFG, batch_size=2 * CFG.batch_size),
+          TwoRanks(train_data, CFG.seed), out / "ref_pair", progress=False)
+    for stage in (1, 2, 3):
+        train(NextTokenTask(start_model()), CFG, train_data, out / f"zero{stage}", val_data=val_data, progress=False,
+              deepspeed_config=DS_CONFIGS / f"zero{stage}.json")
+    # the text glue, fine-tuning from a file: stopped after 3 steps, resumed (the init is then overwritten)
+    config = out / "text.json"
+    config.write_text(json.dumps(TEXT_CONFIG))
+    start_model().save_pretrained(out / "init.safetensors")
+    start_model(seed=5).save_pretrained(out / "other.safetensors")
+    train_text(config, data_dir, out / "resumed", max_steps=3, init=out / "init.safetensors", progress=False,
+               deepspeed_config=DS_CONFIGS / "zero1.json")
+    train_text(config, data_dir, out / "resumed", resume=True, init=out / "other.safetensors", progress=False,
+               deepspeed_config=DS_CONFIGS / "zero1.json")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(kind, data_dir, out, rank, world_size, port):
+    env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
+               MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    log = open(out / f"{kind}{rank}.log", "w")
+    return subprocess.Popen([sys.executable, "-m", "tests.core.test_deepspeed", kind, str(data_dir), str(out)],
+                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("deepspeed")
+    write_dataset(out / "data", {"train": patterned_docs(40, 0), "val": patterned_docs(5, 1)})
+    pair_port = free_port()
+    procs = [start("single", out / "data", out, 0, 1, free_port()),
+             start("pair", out / "data", out, 0, 2, pair_port), start("pair", out / "data", out, 1, 2, pair_port)]
+    for proc, log in procs:
+        proc.wait(timeout=300)
+        log.close()
+        if proc.returncode:
+            pytest.fail(f"{log.name} failed:\n" + Path(log.name).read_text()[-4000:])
+    return out
+
+
+def losses(run, key="loss"):
+    return [(r["step"], r[key]) for r in read_metrics(run / "metrics.jsonl") if key in r]
+
+
+def assert_same_weights(run, ref):
+    """model.safetensors of `run` loads and holds `ref`'s weights, within WEIGHT_RTOL of each tensor's largest value."""
+    ours = RWKV.from_pretrained(run / "model.safetensors").state_dict()
+    for name, p in RWKV.from_pretrained(ref / "model.safetensors").state_dict().items():
+        assert ours[name].shape == p.shape, name  # ZeRO-3 must have gathered the full tensors
+        assert (ours[name] - p).abs().max() <= WEIGHT_RTOL * p.abs().max(), name
+
+
+@needs_deepspeed
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_zero_stages_follow_the_single_process_trainer(runs, stage):
+    run = runs / f"zero{stage}"
+    ref, ds = losses(runs / "ref"), losses(run)
+    assert [s for s, _ in ds] == list(range(1, 7))
+    assert ds[0] == ref[0]  # the same batch through the same weights: bit-identical
+    for (_, a), (_, b) in zip(ref, ds):
+        assert math.isclose(a, b, rel_tol=LOSS_RTOL), (stage, ref, ds)
+    assert ds[-1][1] < 0.8 * ds[0][1]  # and it learns
+    for (_, a), (_, b) in zip(losses(runs / "ref", "val_loss"), losses(run, "val_loss")):
+        assert math.isclose(a, b, rel_tol=LOSS_RTOL)
+    assert_same_weights(run, runs / "ref")
+
+
+@needs_deepspeed
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_checkpoint_is_one_complete_tag_named_by_latest(runs, stage):
+    ckpt = runs / f"zero{stage}" / "deepspeed"
+    assert (ckpt / "latest").read_text() == "step6"
+    assert sorted(p.name for p in ckpt.iterdir() if p.is_dir()) == ["step6"]  # step3 removed
+    assert (ckpt / "step6" / "rng_rank0.pt").exists()
+    assert not [p for p in ckpt.iterdir() if p.name.endswith(".tmp")]
+    assert (runs / f"zero{stage}" / "loss.png").exists()
+
+
+@needs_deepspeed
+def test_resume_through_the_text_cli_glue_is_bit_identical(runs):
+    full, resumed = read_metrics(runs / "zero1" / "metrics.jsonl"), read_metrics(runs / "resumed" / "metrics.jsonl")
+    assert [r["step"] for r in full] == [r["step"] for r in resumed]
+    for a, b in zip(full, resumed):
+        for key in ("loss", "val_loss", "lr"):
+            assert a.get(key) == b.get(key), (a, b)
+    a = RWKV.from_pretrained(runs / "zero1" / "model.safetensors").state_dict()
+    b = RWKV.from_pretrained(runs / "resumed" / "model.safetensors").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (runs / "resumed" / "config.json").exists()
+
+
+@needs_deepspeed
+def test_two_ranks_equal_one_process_with_the_global_batch(runs):
+    """Two ranks (rank 1 initialised differently) train like one process on both ranks' windows."""
+    ref, pair = losses(runs / "ref_pair"), losses(runs / "pair")
+    assert [s for s, _ in pair] == list(range(1, 7))
+    assert pair[0] != losses(runs / "zero1")[0]  # rank 1's windows are not rank 0's
+    for (_, a), (_, b) in zip(ref, pair):
+        assert math.isclose(a, b, rel_tol=LOSS_RTOL), (ref, pair)
+    assert_same_weights(runs / "pair", runs / "ref_pair")
+    assert (runs / "pair" / "deepspeed" / "step6" / "rng_rank1.pt").exists()
+    tokens_per_s = [r["tokens_per_s"] for r in read_metrics(runs / "pair" / "metrics.jsonl")]
+    assert len(tokens_per_s) == 6  # rank 0 alone logs
+
+
+def test_each_rank_samples_its_own_windows():
+    def first_starts(rank, seed):
+        return torch.randint(0, 10**6, (4,), generator=torch.Generator().manual_seed(rank_seed(seed, rank)))
+
+    assert rank_seed(7, 0) == 7  # rank 0 draws what the single-process trainer draws
+    for seed in (0, 7, 2**32 - 1):
+        starts = [first_starts(rank, seed).tolist() for rank in range(8)]
+        assert len({tuple(s) for s in starts}) == 8, seed
+
+
+def test_deepspeed_config_takes_batch_and_clipping_from_the_train_config():
+    cfg = TrainConfig(batch_size=6, grad_clip=0.5)
+    ds = complete_deepspeed_config(DS_CONFIGS / "zero2.json", cfg, world_size=2, on_gpu=False)
+    assert (ds["train_micro_batch_size_per_gpu"], ds["train_batch_size"], ds["gradient_accumulation_steps"],
+            ds["gradient_clipping"]) == (6, 12, 1, 0.5)
+    assert ds["bf16"]["enabled"] is False and ds["zero_optimization"]["stage"] == 2
+    assert complete_deepspeed_config(DS_CONFIGS / "zero2.json", cfg, 1, on_gpu=True)["bf16"]["enabled"] is True
+    assert complete_deepspeed_config({"gradient_clipping": 0.5}, cfg, 1, False)["gradient_clipping"] == 0.5
+    with pytest.raises(ValueError, match="train_micro_batch_size_per_gpu"):
+        complete_deepspeed_config({"train_micro_batch_size_per_gpu": 8}, cfg, 1, False)
+    with pytest.raises(ValueError, match="optimizer"):
+        complete_deepspeed_config({"optimizer": {"type": "Adam"}}, cfg, 1, False)
+
+
+if __name__ == "__main__":
+    worker(*sys.argv[1:])

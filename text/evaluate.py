@@ -1,0 +1,234 @@
+"""Held-out evaluation of a text model: loss, bits per byte, and loss against position in long windows.
+
+    results = evaluate(model, "runs/data", "val", tokenizer=tokenizer_for(run), ctx_len=128)
+    save_results(results, run)     # eval.json and eval_positions.png
+
+Two passes over the split, each over non-overlapping windows laid end to end from the start of the
+token stream (as the trainer's validation does):
+
+1. Windows of the training ctx_len, each from the model's initial state: the mean loss (nats per
+   token) and bits per byte. Bits per byte = total nats / ln 2 / total UTF-8 bytes of the scored
+   target tokens, with each token's bytes taken from the tokenizer's `decode_bytes`, so a trimmed
+   vocabulary counts the same bytes as the full one. The document separator (id 0) is scored like
+   any token, since predicting where a document ends is part of modelling the text, but it has no
+   bytes: its nats are charged to the bytes of the text around it.
+2. Windows of max_len (default 4 x ctx_len), run ctx_len tokens at a time with the recurrent state
+   carried, so memory does not grow with the window: the mean loss at each position, i.e. how well
+   the model predicts the next token after position + 1 tokens of context. A curve that keeps
+   falling past ctx_len means the model uses context longer than it was trained on.
+
+Windows start wherever the previous one ended, so like training windows they may begin inside a
+document and run across document separators.
+"""
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from rwkv_core.checkpoint import atomic_path
+from rwkv_core.data import MAX_TOKEN_ID, SEPARATOR, DataError, TokenDataset
+
+from .subset import SubsetTokenizer
+from .tokenizer import WorldTokenizer
+from .train import load_config
+
+RESULTS_FILE = "eval.json"
+PLOT_FILE = "eval_positions.png"
+HEAD_ELEMENTS = 1 << 24  # logits materialised at once (64 MB in fp32), whatever the vocabulary
+PLOT_BUCKETS = 48        # log-spaced position buckets of the smoothed curve
+
+
+@torch.no_grad()
+def window_losses(model, x, y, chunk_len: int) -> torch.Tensor:
+    """Cross-entropy in nats of every target: [B, T] fp32 for inputs x and targets y, both [B, T].
+
+    The model reads the window chunk_len tokens at a time and carries its state from chunk to
+    chunk, which gives the same losses as one pass over the whole window; the head and softmax
+    run on slices of at most HEAD_ELEMENTS logits, so a 65,536-token vocabulary fits too.
+    """
+    batch, length = x.shape
+    rows = max(1, HEAD_ELEMENTS // (batch * model.cfg.vocab_size))  # positions per head slice
+    state, losses = None, []
+    for start in range(0, length, chunk_len):
+        hidden, state = model.forward_hidden(x[:, start:start + chunk_len], state)
+        for a in range(0, hidden.shape[1], rows):
+            logits = model.head(hidden[:, a:a + rows]).float()
+            targets = y[:, start + a:start + a + logits.shape[1]]
+            losses.append(F.cross_entropy(logits.transpose(1, 2), targets, reduction="none"))
+    return torch.cat(losses, dim=1)
+
+
+def _id_table(tokenizer, model_vocab: int) -> torch.Tensor | None:
+    """Lookup from the ids stored in the shards (World ids) to model ids; -1 where the model has
+    none. None when they are the same ids (the full World vocabulary)."""
+    if tokenizer.vocab_size != model_vocab:
+        raise ValueError(f"the model has {model_vocab} outputs but the tokenizer {tokenizer.vocab_size} ids; "
+                         f"a trimmed-vocabulary run needs its vocab_subset.json")
+    if not isinstance(tokenizer, SubsetTokenizer):
+        return None
+    table = torch.full((MAX_TOKEN_ID + 1,), -1, dtype=torch.long)
+    table[torch.tensor(tokenizer.ids)] = torch.arange(len(tokenizer.ids))
+    return table
+
+
+def _windows(stream, table, length: int, batch_size: int, n_windows: int):
+    """(x, y) batches of the first n_windows windows of `length` targets, in model ids."""
+    seen = 0
+    for x, y in stream.iter_batches(batch_size, length):
+        x, y = x[:n_windows - seen], y[:n_windows - seen]
+        if table is not None:
+            x, y = table[x], table[y]
+            if (x < 0).any() or (y < 0).any():
+                raise DataError(f"{stream.name} has tokens outside the model's trimmed vocabulary; "
+                                f"evaluate on data whose tokens the run was trained with (e.g. its own val split)")
+        yield x, y
+        seen += len(x)
+        if seen == n_windows:
+            return
+
+
+def _count_windows(stream, length: int, max_tokens: int | None, option: str) -> int:
+    """How many windows of `length` targets to score: all that fit, or max_tokens' worth."""
+    n = (len(stream) - 1) // length
+    if n == 0:
+        raise DataError(f"{stream.name} has {len(stream)} tokens: too few for one window of {length} "
+                        f"(needs {length + 1}); lower {option}")
+    if max_tokens is not None:
+        n = min(n, max(1, max_tokens // length))  # whole windows, at least one
+    return n
+
+
+def _buckets(curve: np.ndarray, edges) -> list[dict]:
+    """Mean of the per-position curve over each span [edges[i], edges[i + 1])."""
+    return [{"start": int(a), "end": int(b), "loss": float(curve[a:b].mean())} for a, b in zip(edges[:-1], edges[1:])]
+
+
+def evaluate(model, data_dir, split: str = "val", tokenizer=None, ctx_len: int | None = None,
+             max_len: int | None = None, batch_size: int = 8, max_tokens: int | None = None,
+             progress: bool = True) -> dict:
+    """Score `model` on `<data_dir>/<split>` (token shards written by `text.prepare.prepare`).
+
+    Args:
+        model: an RWKV; it is put in eval mode and runs on its own device.
+        tokenizer: what the shards' ids decode with (WorldTokenizer, the default, or the run's
+            SubsetTokenizer: the shards then hold World ids, mapped to the model's trimmed ids).
+        ctx_len: the training context length (default: the model config's ctx_len).
+        max_len: window length of the per-position curve (default 4 * ctx_len).
+        max_tokens: score at most this many target tokens in each pass (whole windows, at least one).
+
+    Returns:
+        {"split", "data", "ctx_len", "max_len",
+         "tokens", "bytes", "separators": scored targets, their UTF-8 bytes, how many are id 0,
+         "loss": nats/token, "bits_per_token", "bits_per_byte" (None if the targets have no bytes),
+         "positions": {"windows", "loss": mean loss at each position 0..max_len-1,
+                       "segments": mean per ctx_len-long span, "buckets": log-spaced spans for the plot}}
+    """
+    tokenizer = tokenizer or WorldTokenizer()
+    ctx_len = ctx_len or model.cfg.ctx_len
+    max_len = max_len or 4 * ctx_len
+    if batch_size < 1 or ctx_len < 1 or max_len < 1:
+        raise ValueError(f"batch_size, ctx_len and max_len must be >= 1, got {batch_size}, {ctx_len}, {max_len}")
+    vocab = model.cfg.vocab_size
+    table = _id_table(tokenizer, vocab)
+    stream = TokenDataset(data_dir, split)
+    device = model.emb.weight.device
+    model.eval()
+
+    # pass 1: training-length windows, each from a fresh state
+    n_windows = _count_windows(stream, ctx_len, max_tokens, "ctx_len")
+    nats, counts = 0.0, torch.zeros(vocab, dtype=torch.long)
+    with tqdm(total=n_windows * ctx_len, unit="tok", desc=f"{split} loss", disable=not progress) as bar:
+        for x, y in _windows(stream, table, ctx_len, batch_size, n_windows):
+            nats += window_losses(model, x.to(device), y.to(device), ctx_len).double().sum().item()
+            counts += torch.bincount(y.flatten(), minlength=vocab)
+            bar.update(y.numel())
+    tokens = int(counts.sum())
+    n_bytes = sum(int(counts[i]) * len(tokenizer.decode_bytes([i])) for i in counts.nonzero().flatten().tolist())
+
+    # pass 2: long windows in ctx_len chunks with the state carried
+    n_long = _count_windows(stream, max_len, max_tokens, "--max-len")
+    position_nats = torch.zeros(max_len, dtype=torch.float64)
+    with tqdm(total=n_long * max_len, unit="tok", desc=f"{split} by position", disable=not progress) as bar:
+        for x, y in _windows(stream, table, max_len, batch_size, n_long):
+            position_nats += window_losses(model, x.to(device), y.to(device), ctx_len).double().sum(0).cpu()
+            bar.update(y.numel())
+    curve = (position_nats / n_long).numpy()
+    log_edges = np.unique(np.concatenate([[0], np.round(np.geomspace(1, max_len, PLOT_BUCKETS)).astype(int)]))
+
+    return {
+        "split": split,
+        "data": str(data_dir),
+        "ctx_len": ctx_len,
+        "max_len": max_len,
+        "tokens": tokens,
+        "bytes": n_bytes,
+        "separators": int(counts[SEPARATOR]),
+        "loss": nats / tokens,
+        "bits_per_token": nats / tokens / math.log(2),
+        "bits_per_byte": nats / math.log(2) / n_bytes if n_bytes else None,
+        "positions": {
+            "windows": n_long,
+            "loss": curve.tolist(),
+            "segments": _buckets(curve, [*range(0, max_len, ctx_len), max_len]),
+            "buckets": _buckets(curve, log_edges),
+        },
+    }
+
+
+def training_ctx_len(checkpoint, model) -> int:
+    """The ctx_len a checkpoint was trained with: a run folder's config.json (its train section),
+    else the model config's ctx_len."""
+    config = Path(checkpoint) / "config.json"
+    if Path(checkpoint).is_dir() and config.is_file():
+        train = load_config(config).get("train", {})
+        if "ctx_len" in train:
+            return int(train["ctx_len"])
+    return model.cfg.ctx_len
+
+
+def save_results(results: dict, out_dir) -> tuple[Path, Path]:
+    """Write eval.json and eval_positions.png into out_dir, each atomically. Returns their paths."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    json_path, plot_path = out_dir / RESULTS_FILE, out_dir / PLOT_FILE
+    with atomic_path(json_path) as tmp:
+        tmp.write_text(json.dumps(results, indent=1))
+
+    pos = results["positions"]
+    # x = tokens of context the prediction had (position + 1), so the axis can be logarithmic
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(np.arange(1, len(pos["loss"]) + 1), pos["loss"], color="tab:blue", alpha=0.25, lw=0.8,
+            label="each position")
+    # a bucket covers contexts start + 1 .. end: plot it at their geometric middle on the log axis
+    ax.plot([math.sqrt((b["start"] + 1) * b["end"]) for b in pos["buckets"]], [b["loss"] for b in pos["buckets"]],
+            color="tab:blue", marker="o", ms=3, label="bucket mean")
+    ax.axvline(results["ctx_len"], color="tab:red", ls="--", label=f"training ctx_len = {results['ctx_len']}")
+    ax.set_xscale("log")
+    ax.set_xlabel("tokens of context (position + 1)")
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_title(f"{results['split']}: {pos['windows']} windows of {results['max_len']} tokens, state carried")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(plot_path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return json_path, plot_path
+
+
+def summary(results: dict) -> str:
+    """A few lines for the terminal: headline numbers and the loss per ctx_len span of long windows."""
+    bpb = results["bits_per_byte"]
+    lines = [f"{results['split']}: {results['tokens']:,} tokens, {results['bytes']:,} bytes in windows of "
+             f"{results['ctx_len']}: loss {results['loss']:.4f} nats/token, "
+             f"{'n/a' if bpb is None else f'{bpb:.4f}'} bits/byte",
+             f"loss by position ({results['positions']['windows']} windows of {results['max_len']}, state carried):"]
+    lines += [f"  {s['start']:>7}-{s['end'] - 1:<7} {s['loss']:.4f}" for s in results["positions"]["segments"]]
+    return "\n".join(lines)
