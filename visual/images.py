@@ -1,0 +1,87 @@
+"""Loading images from disk for the encoder: always RGB, or one clear `ImageError`.
+
+Modes are converted, not rejected: greyscale and 16-bit greyscale are scaled to 8-bit RGB, CMYK
+and other colour spaces go through Pillow's conversion, transparent images (RGBA, LA, palette
+with a transparent colour) are composited on white, and EXIF rotation is applied. Files that
+cannot be decoded, are not images, are truncated, or hold more than `max_pixels` pixels (a guard
+against decompression bombs, checked from the header before any pixel is decoded) raise
+`ImageError` naming the file and the reason.
+"""
+import warnings
+from pathlib import Path
+from typing import Iterator, Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+DEFAULT_MAX_PIXELS = 40_000_000  # about 6300 x 6300; below Pillow's own bomb warning (89M)
+HIGH_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+
+
+class ImageError(ValueError):
+    """An image file is missing, unreadable, not an image, or too large."""
+
+
+def load_image(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Read an image file as a fully decoded RGB PIL image of the same width and height."""
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            # our own limit below decides; Pillow's warning would only repeat it
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                if image.width * image.height > max_pixels:
+                    raise ImageError(
+                        f"{path}: {image.width}x{image.height} = {image.width * image.height:,} pixels is over "
+                        f"the limit of {max_pixels:,} (possible decompression bomb); raise max_pixels to allow it"
+                    )
+                image.load()
+                return to_rgb(ImageOps.exif_transpose(image))
+    except ImageError:
+        raise
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such file") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: not an image (or a format Pillow cannot read)") from None
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{path}: too many pixels (possible decompression bomb): {e}") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        # Pillow reports truncated or corrupt data as OSError / SyntaxError / ValueError
+        raise ImageError(f"{path}: cannot read image: {e}") from None
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any decoded PIL image -> 8-bit RGB; transparency is composited on white."""
+    if image.mode in HIGH_BIT_MODES:
+        pixels = np.asarray(image, dtype=np.float64)
+        if pixels.max(initial=0) > 255:  # 16-bit data: scale the full range down to 8 bits
+            pixels = pixels * (255 / 65535)
+        elif image.mode == "F" and pixels.max(initial=0) <= 1:  # float data in [0, 1]
+            pixels = pixels * 255
+        image = Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), mode="L")
+    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
+    if has_alpha:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+ImageOrError = Union[Image.Image, ImageError]
+
+
+def iter_folder_images(folder, recursive: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[tuple[Path, ImageOrError]]:
+    """Yield (path, RGB image) or (path, ImageError) for every file in the folder, sorted by path.
+
+    Bad files do not stop the walk: the caller processes the images and reports the errors.
+    Hidden files (names starting with ".") are skipped.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ImageError(f"{folder}: not a folder")
+    paths = folder.rglob("*") if recursive else folder.iterdir()
+    for path in sorted(p for p in paths if p.is_file() and not p.name.startswith(".")):
+        try:
+            yield path, load_image(path, max_pixels)
+        except ImageError as error:
+            yield path, error
