@@ -10,7 +10,9 @@ def build_parser():
                                      description="Eagle (RWKV-5) and Finch (RWKV-6) models for text, music and vision")
     domains = parser.add_subparsers(dest="domain", required=True, metavar="DOMAIN")
     from text.cli import add_commands as add_text
-    add_text(domains.add_parser("text", help="text models: generate", parents=[common]), common)
+    add_text(domains.add_parser("text", help="text models: prepare, train, generate, chat, eval", parents=[common]), common)
+    from music.cli import add_commands as add_music
+    add_music(domains.add_parser("music", help="music models: MIDI and ABC", parents=[common]), common)
     return parser
 
 

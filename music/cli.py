@@ -1,0 +1,126 @@
+"""`eaglefinch music ...` subcommands: prepare, train, generate, eval, abc."""
+import json
+from pathlib import Path
+
+
+def cmd_prepare(args):
+    from .corpus import default_midi_folder
+    from .prepare import prepare
+    from .tokenizer import MidiTokenizer, TokenizerConfig
+
+    folder = args.folder or default_midi_folder()
+    tokenizer = MidiTokenizer(TokenizerConfig(beat_relative=args.beat_relative))
+    prepare(folder, args.out, tokenizer, transpositions=args.transpose, tempo_factors=args.tempo,
+            val_fraction=args.val_fraction)
+
+
+def cmd_train(args):
+    from .train import train_music
+    train_music(args.config, args.data, args.out, max_steps=args.max_steps, resume=args.resume, seed=args.seed,
+                init=args.init)
+
+
+def sampler_from(args):
+    from rwkv_core.sampling import SamplerConfig
+    return SamplerConfig(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)
+
+
+def cmd_generate(args):
+    from .generate import generate_music, prompt_ids
+    from .pianoroll import save_midi_and_pianoroll
+    from .train import load_run
+
+    model, tokenizer = load_run(args.checkpoint)
+    prompt = prompt_ids(tokenizer, args.prompt_midi)  # before anything is written: a bad prompt leaves no file
+    ids = generate_music(model, tokenizer, [prompt], args.seconds, sampler_from(args), seed=args.seed)[0]
+    midi_path, png_path = save_midi_and_pianoroll(tokenizer.decode(ids), args.out, title=Path(args.out).name)
+    print(f"wrote {midi_path} ({tokenizer.count_notes(ids[len(prompt):])} new notes, "
+          f"{len(ids) - len(prompt)} tokens) and {png_path}")
+
+
+def cmd_eval(args):
+    from .evaluate import evaluate_music, save_results, summary
+    from .train import load_run, training_ctx_len
+
+    model, tokenizer = load_run(args.checkpoint)
+    results = evaluate_music(model, tokenizer, args.data, args.split, ctx_len=training_ctx_len(args.checkpoint, model),
+                             batch_size=args.batch_size, max_tokens=args.max_tokens, samples=args.samples,
+                             seconds=args.seconds, sampler=sampler_from(args), seed=args.seed)
+    checkpoint = Path(args.checkpoint)
+    path = save_results(results, args.out or (checkpoint if checkpoint.is_dir() else checkpoint.parent))
+    print(summary(results))
+    print(f"wrote {path}")
+
+
+def cmd_abc(args):
+    from .abc import compare_archs, write_abc_data
+
+    data = Path(args.data) if args.data else Path(args.out) / "data"
+    if not data.exists():
+        stats = write_abc_data(data, val_fraction=args.val_fraction)
+        print(f"ABC tunes: {stats['train']['docs']:,} train, {stats['val']['docs']:,} val -> {data}")
+    results = compare_archs(args.config, data, args.out, max_steps=args.max_steps, seed=args.seed,
+                            eval_tokens=args.eval_tokens)
+    print(json.dumps({arch: results[arch]["bits_per_byte"] for arch in ("eagle", "finch")}))
+    print(f"wrote {Path(args.out) / 'abc.json'}")
+
+
+def add_sampling_args(p, seed_default=None):
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus mass; 1.0 = no truncation")
+    p.add_argument("--top-k", type=int, default=0, help="0 = off")
+    p.add_argument("--seed", type=int, default=seed_default)
+
+
+def add_commands(parser, common):
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("prepare", parents=[common], help="tokenize a folder of MIDI files into shards")
+    p.add_argument("folder", nargs="?", help="folder of .mid/.midi files (default: the Bach chorales of music21)")
+    p.add_argument("--out", required=True, help="output folder (train/ and val/ shards, stats.json)")
+    p.add_argument("--transpose", type=int, nargs="+", default=[-3, -2, -1, 0, 1, 2, 3],
+                   help="semitones of the training copies")
+    p.add_argument("--tempo", type=float, nargs="+", default=[0.9, 1.0, 1.1], help="speed factors of the training copies")
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--beat-relative", action="store_true", help="count time in beats instead of 8 ms steps")
+    p.set_defaults(func=cmd_prepare)
+
+    t = sub.add_parser("train", parents=[common], help="train or fine-tune a music model")
+    t.add_argument("--config", required=True, help="JSON with model/train sections (configs/music-tiny.json)")
+    t.add_argument("--data", required=True, help="folder written by `eaglefinch music prepare`")
+    t.add_argument("--out", required=True, help="run folder (checkpoints, tokenizer.json, metrics.jsonl, loss.png)")
+    t.add_argument("--max-steps", type=int)
+    t.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--init", help="start from this checkpoint (same vocabulary)")
+    t.set_defaults(func=cmd_train)
+
+    g = sub.add_parser("generate", parents=[common], help="write a generated .mid and its piano roll (.png)")
+    g.add_argument("--checkpoint", required=True, help="a music run folder")
+    g.add_argument("--out", required=True, help="the .mid to write; the .png goes beside it")
+    g.add_argument("--prompt-midi", help="continue this MIDI file (default: start a new piece)")
+    g.add_argument("--seconds", type=float, default=30.0, help="length of the continuation")
+    add_sampling_args(g)
+    g.set_defaults(func=cmd_generate)
+
+    e = sub.add_parser("eval", parents=[common], help="held-out loss per token and note; generated vs held-out statistics")
+    e.add_argument("--checkpoint", required=True, help="a music run folder")
+    e.add_argument("--data", required=True, help="folder written by `eaglefinch music prepare`")
+    e.add_argument("--split", default="val")
+    e.add_argument("--batch-size", type=int, default=8)
+    e.add_argument("--max-tokens", type=int, help="score at most this many tokens (default: the whole split)")
+    e.add_argument("--samples", type=int, default=4, help="pieces to generate for the statistics")
+    e.add_argument("--seconds", type=float, default=20.0, help="length of each generated piece")
+    e.add_argument("--out", help="folder for eval.json (default: the run folder)")
+    add_sampling_args(e, seed_default=0)
+    e.set_defaults(func=cmd_eval)
+
+    a = sub.add_parser("abc", parents=[common], help="byte-level ABC models: Eagle vs Finch bits per byte")
+    a.add_argument("--config", required=True, help="JSON with model/train sections (configs/abc-tiny.json)")
+    a.add_argument("--out", required=True, help="folder for the eagle/ and finch/ runs and abc.json")
+    a.add_argument("--data", help="byte shards (default: <out>/data, written from music21's tunes if absent)")
+    a.add_argument("--val-fraction", type=float, default=0.05)
+    a.add_argument("--max-steps", type=int)
+    a.add_argument("--seed", type=int)
+    a.add_argument("--eval-tokens", type=int, help="score at most this many held-out tokens (default: all)")
+    a.set_defaults(func=cmd_abc)

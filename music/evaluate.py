@@ -1,0 +1,138 @@
+"""Held-out evaluation of a music model: loss per token and per note, and generated vs held-out music.
+
+    model, tokenizer = load_run("runs/music")
+    results = evaluate_music(model, tokenizer, "runs/music-data", ctx_len=256)
+
+Loss: non-overlapping windows of the training ctx_len laid end to end over the split, each from
+the model's initial state (as the trainer's validation does). Every target is scored, the
+separator included. Loss per note = the same total nats divided by the note-ons among the
+targets: it does not depend on how many tokens the vocabulary spends per note. The baseline is
+the unigram entropy of those very targets (their own frequencies): no model that ignores context
+can do better on them.
+
+Music: `samples` pieces generated from `<start>` and the held-out pieces (decoded from the split)
+are compared with `music.metrics.compare_note_sets`: pitch-class histograms, note density and
+inter-onset intervals.
+"""
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from rwkv_core.checkpoint import atomic_path
+from rwkv_core.data import SEPARATOR, DataError, TokenDataset
+from rwkv_core.sampling import SamplerConfig
+
+from .generate import generate_music
+from .metrics import compare_note_sets
+from .tokenizer import DRUMS, midi_to_notes
+
+RESULTS_FILE = "eval.json"
+REFERENCE_TOKENS = 200_000  # held-out tokens decoded for the music statistics (a few hundred chorales)
+
+
+@torch.no_grad()
+def heldout_nats(model, data, ctx_len: int, batch_size: int = 8, max_tokens: int | None = None):
+    """(total nats, target counts [V]) over windows of ctx_len targets of a token stream.
+
+    At most `max_tokens` targets (whole windows, at least one) when given.
+    """
+    n_windows = (len(data) - 1) // ctx_len
+    if n_windows == 0:
+        raise DataError(f"{data.name} has {len(data)} tokens: too few for one window of {ctx_len}")
+    if max_tokens is not None:
+        n_windows = min(n_windows, max(1, max_tokens // ctx_len))
+    vocab, device = model.cfg.vocab_size, model.emb.weight.device
+    model.eval()
+    nats, counts, seen = 0.0, torch.zeros(vocab, dtype=torch.long), 0
+    for x, y in data.iter_batches(batch_size, ctx_len):
+        x, y = x[:n_windows - seen], y[:n_windows - seen]
+        logits, _ = model(x.to(device))
+        nats += F.cross_entropy(logits.float().flatten(0, 1), y.flatten().to(device), reduction="sum").item()
+        counts += torch.bincount(y.flatten(), minlength=vocab)
+        seen += len(x)
+        if seen == n_windows:
+            break
+    return nats, counts
+
+
+def unigram_entropy(counts) -> float:
+    """Entropy in nats of the distribution given by counts."""
+    p = np.asarray(counts, dtype=float)
+    p = p[p > 0] / p.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+def heldout_pieces(tokenizer, data, max_tokens: int = REFERENCE_TOKENS) -> list:
+    """Note lists of the pieces in the first max_tokens tokens of a split (the last one may be cut)."""
+    tokens = data.window(0, min(len(data), max_tokens))
+    ends = np.flatnonzero(tokens == SEPARATOR)
+    docs = np.split(tokens, ends + 1)
+    return [midi_to_notes(tokenizer.decode(doc)) for doc in docs if len(doc) > 1]
+
+
+def evaluate_music(model, tokenizer, data_dir, split: str = "val", *, ctx_len: int | None = None,
+                   batch_size: int = 8, max_tokens: int | None = None, samples: int = 4, seconds: float = 20.0,
+                   sampler=SamplerConfig(), seed: int = 0) -> dict:
+    """Score a music model on `<data_dir>/<split>` and compare `samples` generated pieces with it.
+
+    Returns {"split", "data", "ctx_len", "tokens", "notes", "loss" (nats/token), "bits_per_token",
+    "loss_per_note" (nats/note, None without notes), "unigram_entropy" (nats/token of the targets),
+    "generated": {"pieces", "notes"}, "reference": {"pieces", "notes"}, "music": compare_note_sets
+    output, or None when the generated pieces hold no pitched note}.
+    """
+    ctx_len = ctx_len or model.cfg.ctx_len
+    data = TokenDataset(data_dir, split)
+    nats, counts = heldout_nats(model, data, ctx_len, batch_size, max_tokens)
+    tokens = int(counts.sum())
+    notes = int(counts[tokenizer.ranges["on"].start:tokenizer.ranges["on"].stop].sum())
+
+    prompts = [[tokenizer.START] for _ in range(samples)]
+    generated = [midi_to_notes(tokenizer.decode(ids))
+                 for ids in generate_music(model, tokenizer, prompts, seconds, sampler, seed=seed)]
+    reference = heldout_pieces(tokenizer, data)
+    pitched = any(n.instrument != DRUMS for piece in generated for n in piece)
+    return {
+        "split": split,
+        "data": str(data_dir),
+        "ctx_len": ctx_len,
+        "tokens": tokens,
+        "notes": notes,
+        "loss": nats / tokens,
+        "bits_per_token": nats / tokens / math.log(2),
+        "loss_per_note": nats / notes if notes else None,
+        "unigram_entropy": unigram_entropy(counts.numpy()),
+        "generated": {"pieces": len(generated), "seconds": seconds, "notes": sum(map(len, generated))},
+        "reference": {"pieces": len(reference), "notes": sum(map(len, reference))},
+        "music": compare_note_sets(generated, reference) if pitched else None,
+    }
+
+
+def save_results(results: dict, out_dir) -> Path:
+    """Write eval.json into out_dir atomically; returns its path."""
+    path = Path(out_dir) / RESULTS_FILE
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(results, indent=1))
+    return path
+
+
+def summary(results: dict) -> str:
+    """A few lines for the terminal."""
+    per_note = results["loss_per_note"]
+    lines = [f"{results['split']}: {results['tokens']:,} tokens, {results['notes']:,} notes: "
+             f"loss {results['loss']:.4f} nats/token ({results['bits_per_token']:.3f} bits), "
+             f"{'n/a' if per_note is None else f'{per_note:.4f}'} nats/note; "
+             f"unigram baseline {results['unigram_entropy']:.4f} nats/token"]
+    music = results["music"]
+    if music is None:
+        lines.append(f"generated {results['generated']['pieces']} pieces without a pitched note")
+    else:
+        lines.append(f"generated vs held-out: pitch-class JS distance {music['pitch_class_js_distance']:.3f}, "
+                     f"overlap {music['pitch_class_overlap']:.3f}")
+        for key in ("note_density", "ioi_mean", "ioi_median", "ioi_std"):
+            lines.append(f"  {key:<13} generated {music[key + '_generated']:.3f}  "
+                         f"held-out {music[key + '_reference']:.3f}")
+    return "\n".join(lines)

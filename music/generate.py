@@ -1,0 +1,93 @@
+"""Music generation on top of the shared loop: a time limit in seconds, decoded to MIDI.
+
+    model, tokenizer = load_run("runs/music")
+    pieces = generate_music(model, tokenizer, [prompt_ids(tokenizer)], seconds=30, seed=0)
+    midi = tokenizer.decode(pieces[0])
+
+A sequence ends at `<end>`, or just before the time shift that would take it more than `seconds`
+past the end of its prompt (notes still sounding there are closed by the decoder, at least one
+time step after their onset), or after `max_tokens`. `<sep>` and `<start>` are never sampled: inside a piece they are
+not valid continuations.
+"""
+import dataclasses
+
+from rwkv_core.generate import Generation
+from rwkv_core.sampling import SamplerConfig
+
+from .tokenizer import MidiTokenizer
+
+TOKENS_PER_SECOND_CAP = 200  # default max_tokens per second of music: a chorale needs about 25
+
+
+class MusicClock:
+    """Seconds of music a token stream has reached, read token by token.
+
+    Absolute-time tokenizers advance a fixed time per shift step; beat-relative ones convert
+    beats to seconds at the latest tempo token (120 BPM before the first, as the decoder does).
+    The clock starts at 0 after `prompt`, whose tempo tokens it reads.
+    """
+
+    def __init__(self, tokenizer: MidiTokenizer, prompt=()):
+        self.tokenizer = tokenizer
+        self.seconds, self.bpm = 0.0, 120.0
+        for token in prompt:
+            self.feed(token)
+        self.seconds = 0.0
+
+    def after(self, token: int) -> float:
+        """The time the stream would reach with `token` appended (the clock itself is unchanged)."""
+        shifts = self.tokenizer.ranges["shift"]
+        if token not in shifts:
+            return self.seconds
+        steps = token - shifts.start + 1
+        cfg = self.tokenizer.config
+        if cfg.beat_relative:
+            return self.seconds + steps / cfg.steps_per_beat * 60.0 / self.bpm
+        return self.seconds + steps * cfg.time_step_ms / 1000.0
+
+    def feed(self, token: int) -> None:
+        """Advance the clock past `token`."""
+        self.seconds = self.after(token)
+        tempos = self.tokenizer.ranges["tempo"]
+        if token in tempos:
+            self.bpm = self.tokenizer.bin_tempo(token - tempos.start)
+
+
+def prompt_ids(tokenizer: MidiTokenizer, midi=None) -> list[int]:
+    """The prompt for a piece: `<start>`, or a MIDI file (path or MidiFile) encoded without its `<end>`.
+
+    Raises MidiError for a file that is not readable MIDI.
+    """
+    if midi is None:
+        return [tokenizer.START]
+    ids = tokenizer.encode(midi)
+    return ids[:-1] if ids[-1] == tokenizer.END else ids
+
+
+def generate_music(model, tokenizer: MidiTokenizer, prompts, seconds: float = 30.0, sampler=SamplerConfig(), *,
+                   seed=None, max_tokens=None) -> list[list[int]]:
+    """Continue each prompt (a list of token ids) by up to `seconds` of music after it.
+
+    Returns, for each prompt, the prompt followed by its continuation and `<end>`: ready for
+    `tokenizer.decode`. `max_tokens` (default 200 per second) bounds a model that never advances time.
+    """
+    if not seconds > 0:
+        raise ValueError(f"seconds must be positive, got {seconds}")
+    if model.cfg.vocab_size != tokenizer.vocab_size:
+        raise ValueError(f"the model has {model.cfg.vocab_size} outputs but the tokenizer {tokenizer.vocab_size} ids")
+    max_tokens = max_tokens or int(seconds * TOKENS_PER_SECOND_CAP) + 1
+    banned = (tokenizer.SEP, tokenizer.START)
+    sampler = dataclasses.replace(sampler, banned_tokens=tuple(sorted(set(sampler.banned_tokens) | set(banned))))
+    gen = Generation(model, prompts, max_tokens, sampler, stop_ids=(tokenizer.END,), seed=seed)
+    clocks = [MusicClock(tokenizer, prompt) for prompt in prompts]
+    pieces = [[] for _ in prompts]
+    for step in gen:
+        for row, token in enumerate(step):
+            if token is None:
+                continue
+            if clocks[row].after(token) > seconds:
+                gen.finish(row)
+                continue
+            clocks[row].feed(token)
+            pieces[row].append(token)
+    return [list(prompt) + piece + [tokenizer.END] for prompt, piece in zip(prompts, pieces)]

@@ -1,0 +1,109 @@
+"""Music training: the shared trainer on MIDI-event shards written by `music.prepare.prepare`.
+
+    train_music("configs/music-tiny.json", "runs/music-data", "runs/music")
+
+The model is a plain RWKV whose vocabulary is the tokenizer's (its head is the music head). The
+tokenizer comes from the shards' index metadata and is saved in the run folder as
+`tokenizer.json`, so generation and evaluation decode with exactly the vocabulary trained on.
+"""
+import json
+import shutil
+from pathlib import Path
+
+from rwkv_core import RWKV, RWKVConfig
+from rwkv_core.data import DataError, TokenDataset
+from rwkv_core.train import NextTokenTask, TrainConfig, train
+
+from .tokenizer import MidiTokenizer
+
+TOKENIZER_FILE = "tokenizer.json"
+MODEL_FILE = "model.safetensors"
+
+
+def load_config(path) -> dict:
+    """A training config: JSON with `model` and `train` sections (configs/music-tiny.json)."""
+    try:
+        d = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: cannot read the training config ({e})") from None
+    unknown = sorted(set(d) - {"model", "train"})
+    if unknown:
+        raise ValueError(f"{path}: unknown sections {unknown}; expected model, train")
+    return d
+
+
+def data_tokenizer(data_dir) -> MidiTokenizer:
+    """The tokenizer stored in the index of `<data_dir>/train` by `music.prepare.prepare`."""
+    meta = TokenDataset(data_dir, "train").metadata
+    if "tokenizer" not in meta or not isinstance(meta["tokenizer"], dict):
+        raise DataError(f"{data_dir}: not music data (no MIDI tokenizer in its index); "
+                        f"write it with `eaglefinch music prepare`")
+    return MidiTokenizer.from_dict(meta["tokenizer"])
+
+
+def train_music(config_path, data_dir, out_dir, *, max_steps=None, resume=False, seed=None, init=None,
+                progress=True) -> float:
+    """Train (or fine-tune from `init`) a music model; returns the last step's training loss.
+
+    The run folder gets the trainer's files (model.safetensors, checkpoint.pt, metrics.jsonl,
+    loss.png) plus config.json and tokenizer.json.
+    """
+    cfg = load_config(config_path)
+    train_cfg = TrainConfig.from_dict(cfg.get("train", {}))
+    if max_steps is not None:
+        train_cfg.max_steps = max_steps
+    if seed is not None:
+        train_cfg.seed = seed
+    tokenizer = data_tokenizer(data_dir)
+    train_data = TokenDataset(data_dir, "train")
+    val_data = TokenDataset(data_dir, "val") if (Path(data_dir) / "val").exists() else None
+    if val_data is not None and len(val_data) < train_cfg.ctx_len + 1:
+        val_data = None  # too little held-out music for one window
+    if init:
+        model = RWKV.from_pretrained(init)
+    else:
+        model = RWKV(RWKVConfig.from_dict({**cfg["model"], "vocab_size": tokenizer.vocab_size}))
+    if model.cfg.vocab_size != tokenizer.vocab_size:
+        raise ValueError(f"the model has {model.cfg.vocab_size} outputs but the data's MIDI vocabulary "
+                         f"{tokenizer.vocab_size} ids")
+    out_dir = Path(out_dir)
+    saved = out_dir / TOKENIZER_FILE
+    if resume and saved.exists() and MidiTokenizer.load(saved).to_dict() != tokenizer.to_dict():
+        raise ValueError(f"cannot resume: {data_dir} was tokenized differently from the run in {out_dir}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(saved)
+    if Path(config_path).resolve() != (out_dir / "config.json").resolve():
+        shutil.copyfile(config_path, out_dir / "config.json")
+    return train(NextTokenTask(model, train_cfg.l2wrap), train_cfg, train_data, out_dir, val_data=val_data,
+                 resume=resume, progress=progress)
+
+
+def load_run(checkpoint):
+    """(model in eval mode, tokenizer) of a run folder, or of a model file with tokenizer.json beside it."""
+    path = Path(checkpoint)
+    folder = path if path.is_dir() else path.parent
+    model_path = path / MODEL_FILE if path.is_dir() else path
+    if not model_path.is_file():
+        raise FileNotFoundError(f"{model_path}: no such model file (give a run folder or a .safetensors/.pth)")
+    if not (folder / TOKENIZER_FILE).is_file():
+        raise FileNotFoundError(f"{folder / TOKENIZER_FILE} not found: not a music run")
+    try:
+        tokenizer = MidiTokenizer.load(folder / TOKENIZER_FILE)
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{folder / TOKENIZER_FILE}: not a valid MIDI tokenizer ({e})") from None
+    model = RWKV.from_pretrained(model_path).eval()
+    if model.cfg.vocab_size != tokenizer.vocab_size:
+        raise ValueError(f"{model_path} has {model.cfg.vocab_size} outputs but its tokenizer "
+                         f"{tokenizer.vocab_size} ids")
+    return model, tokenizer
+
+
+def training_ctx_len(checkpoint, model) -> int:
+    """The ctx_len a run was trained with (its config.json's train section), else the model's."""
+    path = Path(checkpoint)
+    config = (path if path.is_dir() else path.parent) / "config.json"
+    if config.is_file():
+        ctx_len = load_config(config).get("train", {}).get("ctx_len")
+        if ctx_len:
+            return int(ctx_len)
+    return model.cfg.ctx_len

@@ -1,0 +1,184 @@
+"""The music model end to end through `eaglefinch music ...`: train on a few chorales, evaluate,
+generate valid MIDI, refuse bad input cleanly, and the byte-level ABC comparison in miniature."""
+import json
+import math
+from collections import Counter
+from pathlib import Path
+
+import mido
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from eaglefinch.cli import main
+from music import corpus
+from music.abc import write_abc_data
+from music.prepare import prepare
+from music.tokenizer import MidiTokenizer, match_notes, midi_to_notes
+from rwkv_core import RWKV
+from rwkv_core.data import TokenDataset, split_of
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = ROOT / "configs" / "music-tiny.json"
+CHORALE_STEP = 12  # every 12th chorale: 35 pieces, converted in a few seconds
+STEPS, RESUME_AT = 60, 40
+CTX_LEN = json.loads(CONFIG.read_text())["train"]["ctx_len"]
+
+
+def short_config(path: Path) -> Path:
+    """configs/music-tiny.json, cut short on its own lr schedule (decay_steps = its max_steps)."""
+    config = json.loads(CONFIG.read_text())
+    config["train"]["decay_steps"] = config["train"]["max_steps"]
+    path.write_text(json.dumps(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Chorales -> shards -> the first STEPS steps of configs/music-tiny.json, stopped at RESUME_AT and resumed."""
+    tmp = tmp_path_factory.mktemp("music-model")
+    report = corpus.convert_scores(corpus.bach_chorales()[::CHORALE_STEP], tmp / "midi", workers=2, progress=False)
+    assert len(report.midi_files) >= 30, report.failed
+    data, run = tmp / "data", tmp / "run"
+    stats = prepare(tmp / "midi" / "bach", data, transpositions=(-1, 0, 1), tempo_factors=(1.0,), val_fraction=0.2,
+                    progress=False)
+    assert stats["splits"]["val"]["docs"] >= 3
+    base = ["music", "train", "--config", str(short_config(tmp / "config.json")), "--data", str(data), "--out", str(run)]
+    assert main(base + ["--max-steps", str(RESUME_AT)]) == 0
+    assert main(base + ["--max-steps", str(STEPS), "--resume"]) == 0
+    return tmp, data, run
+
+
+def val_targets(data) -> np.ndarray:
+    """The targets `eval` scores, read straight from the shard files: windows of CTX_LEN after token 0."""
+    index = json.loads((data / "val" / "index.json").read_text())
+    tokens = np.concatenate([np.fromfile(data / "val" / s["file"], dtype="<u2") for s in index["shards"]])
+    n_windows = (len(tokens) - 1) // CTX_LEN
+    return tokens.astype(np.int64), n_windows
+
+
+def test_resume_continues_the_run(trained):
+    _, _, run = trained
+    steps = [r["step"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    assert steps == sorted(steps) and steps[-1] == STEPS and RESUME_AT in steps
+    assert MidiTokenizer.load(run / "tokenizer.json").vocab_size == RWKV.from_pretrained(run / "model.safetensors").cfg.vocab_size
+
+
+def test_heldout_loss_is_well_under_the_unigram_entropy(trained, capsys):
+    tmp, data, run = trained
+    assert main(["music", "eval", "--checkpoint", str(run), "--data", str(data), "--samples", "2",
+                 "--seconds", "5", "--out", str(tmp / "eval")]) == 0
+    assert "unigram baseline" in capsys.readouterr().out
+    results = json.loads((tmp / "eval" / "eval.json").read_text())
+
+    tokens, n_windows = val_targets(data)
+    targets = tokens[1:1 + n_windows * CTX_LEN]
+    counts = np.array(list(Counter(targets.tolist()).values()), dtype=float)
+    entropy = -sum(c / counts.sum() * math.log(c / counts.sum()) for c in counts)
+    model = RWKV.from_pretrained(run / "model.safetensors").eval()
+    with torch.no_grad():  # each window from the initial state, as eval scores them
+        nats = sum(F.cross_entropy(model(torch.from_numpy(tokens[i * CTX_LEN:(i + 1) * CTX_LEN])[None])[0][0],
+                                   torch.from_numpy(tokens[i * CTX_LEN + 1:(i + 1) * CTX_LEN + 1]),
+                                   reduction="sum").item() for i in range(n_windows))
+    tokenizer = MidiTokenizer.load(run / "tokenizer.json")
+    notes = sum(1 for t in targets if tokenizer.token_name(t).startswith("on:"))
+
+    assert results["tokens"] == len(targets) and results["notes"] == notes
+    assert results["unigram_entropy"] == pytest.approx(entropy, rel=1e-9)
+    assert results["loss"] == pytest.approx(nats / len(targets), rel=1e-4)
+    assert results["loss_per_note"] == pytest.approx(nats / notes, rel=1e-4)
+    # measured: 0.47 x the unigram entropy (1.86 vs 3.98 nats) after 60 steps
+    assert results["loss"] < 0.7 * entropy, (results["loss"], entropy)
+    assert results["generated"]["pieces"] == 2 and results["reference"]["pieces"] >= 3
+
+
+def assert_valid_midi(path: Path):
+    """mido reads the file back, and on every track each note-on is closed by a later note-off."""
+    midi = mido.MidiFile(path)
+    for track in midi.tracks:
+        sounding = Counter()
+        for message in track:
+            if message.type == "note_on" and message.velocity > 0:
+                sounding[message.channel, message.note] += 1
+            elif message.type in ("note_on", "note_off"):
+                assert sounding[message.channel, message.note] > 0, f"note-off without note-on in {path}"
+                sounding[message.channel, message.note] -= 1
+        assert not +sounding, f"notes never switched off: {+sounding}"
+    return midi
+
+
+def test_generate_writes_valid_midi_and_a_pianoroll(trained, capsys):
+    tmp, _, run = trained
+    out = tmp / "songs" / "song.mid"
+    args = ["music", "generate", "--checkpoint", str(run), "--out", str(out), "--seconds", "8", "--seed", "3"]
+    assert main(args) == 0
+    midi = assert_valid_midi(out)
+    assert out.with_suffix(".png").stat().st_size > 1000
+    notes = midi_to_notes(out)
+    assert len(notes) >= 5 and max(n.end for n in notes) <= 8 + 0.01
+    first = out.read_bytes()
+    assert main(args) == 0 and out.read_bytes() == first  # the seed reproduces the piece
+
+    # a prompt: its notes come first, unchanged, then at most --seconds of continuation
+    prompt = sorted((tmp / "midi" / "bach").glob("*.mid"))[0]
+    assert main(args[:-2] + ["--prompt-midi", str(prompt), "--seconds", "4"]) == 0
+    assert_valid_midi(out)
+    expected, actual = midi_to_notes(prompt), midi_to_notes(out)
+    prompt_end = max(n.end for n in expected)
+    _, missing, _ = match_notes(expected, [n for n in actual if n.start < prompt_end - 0.01], 0.009)
+    assert not missing and max(n.end for n in actual) <= prompt_end + 4 + 0.01
+
+
+@pytest.mark.parametrize("case", ["random bytes", "truncated", "text file", "bad checkpoint", "not a music run"])
+def test_bad_input_gives_one_error_line_and_no_file(trained, case, capsys, tmp_path):
+    _, _, run = trained
+    prompt = tmp_path / "prompt.mid"
+    checkpoint = run
+    if case == "random bytes":
+        prompt.write_bytes(np.random.default_rng(0).bytes(500))
+    elif case == "truncated":
+        real = sorted((run.parent / "midi" / "bach").glob("*.mid"))[0].read_bytes()
+        prompt.write_bytes(real[:len(real) // 2])
+    elif case == "text file":
+        prompt.write_text("X:1\nT:not MIDI at all\nK:C\nCDEF|\n")
+    elif case == "bad checkpoint":
+        checkpoint = tmp_path / "run"
+        checkpoint.mkdir()
+        (checkpoint / "tokenizer.json").write_bytes((run / "tokenizer.json").read_bytes())
+        (checkpoint / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    else:
+        checkpoint = tmp_path / "run"
+        checkpoint.mkdir()
+        (checkpoint / "model.safetensors").write_bytes((run / "model.safetensors").read_bytes())
+    out = tmp_path / "out" / "song.mid"
+    args = ["music", "generate", "--checkpoint", str(checkpoint), "--out", str(out), "--seconds", "2"]
+    code = main(args + (["--prompt-midi", str(prompt)] if case in ("random bytes", "truncated", "text file") else []))
+    err = capsys.readouterr().err
+    assert code != 0 and err.count("\n") == 1 and err.startswith("eaglefinch: error:"), err
+    assert not out.parent.exists() or not any(out.parent.iterdir())
+
+
+def test_abc_bytes_and_eagle_vs_finch(tmp_path, capsys):
+    tunes = corpus.abc_tunes()[:300]
+    data = tmp_path / "data"
+    stats = write_abc_data(data, tunes, val_fraction=0.2)
+    for split in ("train", "val"):  # ids are the bytes, each tune followed by the separator 0
+        expected = b"".join(t.encode() + b"\0" for t in tunes if split_of(t, 0.2) == split)
+        stream = TokenDataset(data, split)
+        assert bytes(stream.window(0, len(stream)).astype(np.uint8)) == expected
+        assert stats[split]["tokens"] == len(expected)
+    config = tmp_path / "abc.json"
+    config.write_text(json.dumps({
+        "model": {"n_layer": 1, "n_embd": 32, "head_size": 16, "mix_lora_dim": 4, "decay_lora_dim": 8, "ctx_len": 64},
+        "train": {"max_steps": 30, "batch_size": 4, "ctx_len": 64, "lr_init": 0.01, "lr_final": 0.001,
+                  "warmup_steps": 5, "val_every": 1000, "save_every": 1000}}))
+    assert main(["music", "abc", "--config", str(config), "--data", str(data), "--out", str(tmp_path / "runs"),
+                 "--eval-tokens", "4096"]) == 0
+    results = json.loads((tmp_path / "runs" / "abc.json").read_text())
+    for arch in ("eagle", "finch"):
+        # 7 bits is a uniform guess over the 128 ids; measured 3.9 after 30 steps
+        assert 0 < results[arch]["bits_per_byte"] < 6, results[arch]
+        assert RWKV.from_pretrained(tmp_path / "runs" / arch / "model.safetensors").cfg.arch == arch
+    assert results["eagle"]["params"] < results["finch"]["params"]  # Finch adds its LoRA mixers
+
