@@ -8,12 +8,14 @@ With neither, construction fails with a message saying how to get weights offlin
 
 Tokens come from the output of one transformer block (`layer`, -1 = last, -2 = the penultimate
 block LLaVA uses) before the final LayerNorm, as in VisualRWKV. Optional k x k average pooling
-shrinks the g x g patch grid to ceil(g/k) x ceil(g/k) tokens; `cls_token=True` appends the class
-token after the patches (VisualRWKV's order). The tower is frozen by default: no gradients, and
+shrinks the g x g patch grid to ceil(g/k) x ceil(g/k) tokens. The class token follows the patches
+(VisualRWKV's order; `cls_token=False` drops it, and towers without one, such as SigLIP's, need
+that). It matters: a tiny VisualRWKV on the shapes reached 91.5% exact held-out captions with it
+and 79.5% without, all else equal. The tower is frozen by default: no gradients, and
 it stays in eval mode even when the surrounding model trains.
 
 `DEFAULT_MODEL` is a 64 px, patch-8, width-64, 2-block ViT registered from visual/model_configs/
-(0.12M vision parameters, 3.3M with its CLIP text tower): 64 tokens per image, 16 with pool=2.
+(0.12M vision parameters, 3.3M with its CLIP text tower): 64 patch tokens, 16 with pool=2, plus CLS.
 Patch 16 would be faster still, but its CLIP training collapsed to chance on the shapes data.
 """
 import math
@@ -51,7 +53,7 @@ class VisionEncoder(nn.Module):
         pool: int = 1,
         freeze: bool = True,
         random_init: bool = False,
-        cls_token: bool = False,
+        cls_token: bool = True,
     ):
         super().__init__()
         if not isinstance(pool, int) or pool < 1:

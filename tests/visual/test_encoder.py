@@ -1,3 +1,5 @@
+import json
+
 import open_clip
 import pytest
 import torch
@@ -10,7 +12,7 @@ from visual.projector import build_projector
 @pytest.fixture(scope="module")
 def encoder():
     torch.manual_seed(0)
-    return VisionEncoder(random_init=True)
+    return VisionEncoder(random_init=True, cls_token=False)
 
 
 def block_outputs(tower, images):
@@ -30,26 +32,38 @@ def test_tokens_are_the_chosen_blocks_patch_outputs(encoder):
     assert tokens.shape == (2, encoder.n_tokens, encoder.width) == (2, 64, 64)
     last, = block_outputs(encoder.tower, images)[-1:]
     torch.testing.assert_close(tokens, last[:, 1:])
-    penultimate = VisionEncoder(layer=-2, random_init=True)
+    penultimate = VisionEncoder(layer=-2, random_init=True, cls_token=False)
     penultimate.tower.load_state_dict(encoder.tower.state_dict())
     torch.testing.assert_close(penultimate(images), block_outputs(encoder.tower, images)[-2][:, 1:])
 
 
 def test_cls_token_goes_last_and_pooling_averages_grid_blocks(encoder):
     images = torch.randn(2, 3, 64, 64)
-    with_cls = VisionEncoder(random_init=True, cls_token=True)
+    with_cls = VisionEncoder(random_init=True)
     with_cls.tower.load_state_dict(encoder.tower.state_dict())
     last = block_outputs(encoder.tower, images)[-1]
     tokens = with_cls(images)
     assert with_cls.n_tokens == 65
+    torch.testing.assert_close(tokens[:, :-1], last[:, 1:])
     torch.testing.assert_close(tokens[:, -1], last[:, 0])
-    pooled = VisionEncoder(random_init=True, pool=2)
+    pooled = VisionEncoder(random_init=True, pool=2, cls_token=False)
     pooled.tower.load_state_dict(encoder.tower.state_dict())
     grid = last[:, 1:].reshape(2, 8, 8, 64)  # row-major patch grid
     expected = grid.reshape(2, 4, 2, 4, 2, 64).mean(dim=(2, 4)).reshape(2, 16, 64)
     assert pooled.n_tokens == 16
     torch.testing.assert_close(pooled(images), expected)
-    assert VisionEncoder(random_init=True, pool=3).n_tokens == 9  # an 8x8 grid pools to ceil(8/3)^2
+    assert VisionEncoder(random_init=True, pool=3).n_tokens == 9 + 1  # an 8x8 grid pools to ceil(8/3)^2
+
+
+def test_other_tower_types_work_and_one_without_class_token_says_so(tmp_path):
+    config = {"embed_dim": 32, "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 16},
+              "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 1, "layers": 1}}
+    (tmp_path / "Test-RN-Tiny.json").write_text(json.dumps(config))
+    open_clip.add_model_config(tmp_path / "Test-RN-Tiny.json")
+    with pytest.raises(ValueError, match="has no class token; use cls_token=False"):
+        VisionEncoder("Test-RN-Tiny", random_init=True)
+    resnet = VisionEncoder("Test-RN-Tiny", random_init=True, cls_token=False)
+    assert resnet(torch.randn(2, 3, 64, 64)).shape == (2, resnet.n_tokens, resnet.width) == (2, 4, 512)
 
 
 def test_frozen_tower_gets_no_gradient_and_stays_in_eval(encoder):
