@@ -18,7 +18,7 @@ from pathlib import Path
 from rwkv_core import RWKV, RWKVConfig
 from rwkv_core.checkpoint import atomic_path
 from rwkv_core.data import SEPARATOR, DataError, ShardWriter, TokenDataset, split_of, temp_dir_beside
-from rwkv_core.train import NextTokenTask, TrainConfig, train
+from rwkv_core.train import NextTokenTask, train, train_config_with
 
 from .corpus import abc_tunes
 from .evaluate import heldout_nats
@@ -72,11 +72,7 @@ def compare_archs(config_path, data_dir, out_dir, *, max_steps=None, seed=None, 
     "bytes", "tokens", "bits_per_byte"}}.
     """
     cfg = load_config(config_path)
-    train_cfg = TrainConfig.from_dict(cfg.get("train", {}))
-    if max_steps is not None:
-        train_cfg.max_steps = max_steps
-    if seed is not None:
-        train_cfg.seed = seed
+    train_cfg = train_config_with(cfg.get("train", {}), max_steps, seed)
     train_data, val_data = TokenDataset(data_dir, "train"), TokenDataset(data_dir, "val")
     if train_data.metadata.get("tokenizer") != "bytes":
         raise DataError(f"{data_dir}: not byte-level ABC data (write it with `eaglefinch music abc`)")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from rwkv_core import RWKV, RWKVConfig
 from rwkv_core.data import DataError, TokenDataset
-from rwkv_core.train import NextTokenTask, TrainConfig, train
+from rwkv_core.train import NextTokenTask, load_splits, train, train_config_with
 
 from .tokenizer import MidiTokenizer
 
@@ -49,16 +49,9 @@ def train_music(config_path, data_dir, out_dir, *, max_steps=None, resume=False,
     loss.png) plus config.json and tokenizer.json.
     """
     cfg = load_config(config_path)
-    train_cfg = TrainConfig.from_dict(cfg.get("train", {}))
-    if max_steps is not None:
-        train_cfg.max_steps = max_steps
-    if seed is not None:
-        train_cfg.seed = seed
+    train_cfg = train_config_with(cfg.get("train", {}), max_steps, seed)
     tokenizer = data_tokenizer(data_dir)
-    train_data = TokenDataset(data_dir, "train")
-    val_data = TokenDataset(data_dir, "val") if (Path(data_dir) / "val").exists() else None
-    if val_data is not None and len(val_data) < train_cfg.ctx_len + 1:
-        val_data = None  # too little held-out music for one window
+    train_data, val_data = load_splits(data_dir, train_cfg.ctx_len)
     if init:
         model = RWKV.from_pretrained(init)
     else:

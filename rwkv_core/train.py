@@ -60,6 +60,26 @@ class TrainConfig:
         return cfg
 
 
+def train_config_with(d: dict, max_steps=None, seed=None) -> TrainConfig:
+    """The "train" section of a run config, with the command line's --max-steps / --seed on top."""
+    cfg = TrainConfig.from_dict(d)
+    if max_steps is not None:
+        cfg.max_steps = max_steps
+    if seed is not None:
+        cfg.seed = seed
+    return cfg
+
+
+def load_splits(data_dir, ctx_len):
+    """(train, val) TokenDatasets of a prepared folder; val is None when absent or shorter than one window."""
+    from .data import TokenDataset
+    train_data = TokenDataset(data_dir, "train")
+    val_data = TokenDataset(data_dir, "val") if (Path(data_dir) / "val").exists() else None
+    if val_data is not None and len(val_data) < ctx_len + 1:
+        val_data = None
+    return train_data, val_data
+
+
 class L2Wrap(torch.autograd.Function):
     """Identity on the loss; in backward, adds to each position's largest logit a gradient of
     1e-4 * max_logit / (B*T): the gradient of 1e-4 * mean(max logit^2) / 2, keeping logits near 0."""

@@ -4,8 +4,7 @@ import shutil
 from pathlib import Path
 
 from rwkv_core import RWKV, RWKVConfig
-from rwkv_core.data import TokenDataset
-from rwkv_core.train import NextTokenTask, TrainConfig, is_main_process, train
+from rwkv_core.train import NextTokenTask, is_main_process, load_splits, train, train_config_with
 
 from .subset import MappedTokens, SubsetTokenizer, used_ids
 from .tokenizer import WorldTokenizer
@@ -32,16 +31,9 @@ def train_text(config_path, data_dir, out_dir, *, max_steps=None, resume=False, 
     `deepspeed` launcher runs this; only rank 0 writes the run folder's files.
     """
     cfg = load_config(config_path)
-    train_cfg = TrainConfig.from_dict(cfg.get("train", {}))
-    if max_steps is not None:
-        train_cfg.max_steps = max_steps
-    if seed is not None:
-        train_cfg.seed = seed
+    train_cfg = train_config_with(cfg.get("train", {}), max_steps, seed)
     out_dir = Path(out_dir)
-    train_data = TokenDataset(data_dir, "train")
-    val_data = TokenDataset(data_dir, "val") if (Path(data_dir) / "val").exists() else None
-    if val_data is not None and len(val_data) < train_cfg.ctx_len + 1:
-        val_data = None  # too little held-out text for one window
+    train_data, val_data = load_splits(data_dir, train_cfg.ctx_len)
     if init:
         model = RWKV.from_pretrained(init)
         trim = False  # an official model keeps its full vocabulary
