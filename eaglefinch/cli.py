@@ -13,6 +13,8 @@ def build_parser():
     add_text(domains.add_parser("text", help="text models: prepare, train, generate, chat, eval", parents=[common]), common)
     from music.cli import add_commands as add_music
     add_music(domains.add_parser("music", help="music models: MIDI and ABC", parents=[common]), common)
+    from visual.cli import add_commands as add_visual
+    add_visual(domains.add_parser("visual", help="image-to-text models: train, caption, eval", parents=[common]), common)
     return parser
 
 

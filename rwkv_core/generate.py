@@ -44,13 +44,21 @@ class Generation:
     after iteration) continues each sequence right after its last token: a chat turn can go on
     from it. `tokens[row]` holds what each sequence generated, the stop id excluded.
     A fixed `seed` reproduces the output.
+
+    `prefilled=(logits [B, V], state)` starts from prompts the caller has already fed (for example
+    with image embeddings spliced in); `prompts` and `state` are then None.
     """
 
     def __init__(self, model, prompts, max_new_tokens, sampler=SamplerConfig(), *, state=None,
-                 stop_ids=(), seed=None, uncounted_ids=(), chunk_len=1024):
+                 stop_ids=(), seed=None, uncounted_ids=(), chunk_len=1024, prefilled=None):
         self.model, self.sampler, self.max_new_tokens = model, sampler, max_new_tokens
         self.stop_ids = set(stop_ids)
-        self.logits, self.state = prefill(model, prompts, state, chunk_len)
+        if prefilled is not None:
+            if prompts is not None or state is not None:
+                raise ValueError("give either prompts (and a state) or prefilled=(logits, state), not both")
+            self.logits, self.state = prefilled[0].float(), prefilled[1]
+        else:
+            self.logits, self.state = prefill(model, prompts, state, chunk_len)
         B, V = self.logits.shape
         self.tokens = [[] for _ in range(B)]
         self.finished = [False] * B

@@ -19,9 +19,20 @@ def token_shift(x, prev):
 
 
 def reverse_positions(x, span):
-    """x [B, T, C] with positions start..end-1 in reverse order."""
-    start, end = span
-    return torch.cat([x[:, :start], x[:, start:end].flip(1), x[:, end:]], dim=1)
+    """x [B, T, C] with positions start..end-1 in reverse order; everything else stays in place.
+
+    span: one (start, end) for the whole batch, or a list of B such pairs (start == end: nothing
+    reversed in that sample). Applying it twice gives x back."""
+    if isinstance(span[0], int):
+        start, end = span
+        return torch.cat([x[:, :start], x[:, start:end].flip(1), x[:, end:]], dim=1)
+    B, T = x.shape[:2]
+    if len(span) != B:
+        raise ValueError(f"reverse_span has {len(span)} spans for a batch of {B}")
+    index = torch.arange(T, device=x.device).repeat(B, 1)  # [B, T]: where each position reads from
+    for b, (start, end) in enumerate(span):
+        index[b, start:end] = torch.arange(end - 1, start - 1, -1, device=x.device)
+    return x.gather(1, index.unsqueeze(-1).expand_as(x))
 
 
 def _layer_ratios(layer_id, n_layer):
@@ -239,7 +250,8 @@ class RWKV(nn.Module):
         """Returns (hidden [B, T, C] after ln_out, new state). Give `idx` [B, T] or `embeds` [B, T, C].
 
         reverse_span: (start, end) positions that odd-numbered blocks read backwards (flipped before
-        the block, flipped back after): VisualRWKV's bidirectional scan of the image tokens."""
+        the block, flipped back after): VisualRWKV's bidirectional scan of the image tokens. One
+        pair for the whole batch, or a list of one pair per sample."""
         if (idx is None) == (embeds is None):
             raise ValueError("give exactly one of idx [B, T] and embeds [B, T, C]")
         x = self.emb(idx) if embeds is None else embeds.to(self.emb.weight.dtype)

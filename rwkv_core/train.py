@@ -1,8 +1,12 @@
 """One training loop for every domain: official RWKV optimizer recipe, resumable, logged.
 
 A domain supplies a *task*: an nn.Module holding the model (`task.model`, an RWKV) whose
-`forward(batch)` returns the scalar loss. `NextTokenTask` (language modelling over any token
-vocabulary) serves text and music; visual brings its own.
+`forward(batch)` returns the scalar loss, and data whose `sample_batch(B, T, generator)` returns
+a batch: a tuple whose first element is the [B, T] input ids (its size counts tokens/s); tensors in
+it are moved to the device, other entries are passed as they are. `NextTokenTask` (language
+modelling over any token vocabulary, batches (inputs, targets)) serves text and music; visual
+brings its own task with image tensors and spans in the batch. Every trainable parameter of the
+task is optimised (a visual projector too), in the official parameter groups.
 
 Under the `deepspeed` (or torchrun) launcher, `train(..., deepspeed_config=...)` runs the same loop data
 parallel with ZeRO stage 1/2/3 and bf16 (`configs/deepspeed/`); see `train_deepspeed`.
@@ -112,11 +116,12 @@ class NextTokenTask(nn.Module):
         return L2Wrap.apply(loss, logits) if self.l2wrap and self.training else loss
 
 
-def param_groups(model, cfg: TrainConfig):
-    """Official groups (rwkv-math.md §2.5): time_decay* at 2x lr; no weight decay on 1-D tensors,
-    time_* and the LoRA matrices; weight decay (if any) on the other matrices and time_state."""
+def param_groups(module, cfg: TrainConfig):
+    """Official groups (rwkv-math.md §2.5) over the trainable parameters of `module` (a task or a
+    model): time_decay* at 2x lr; no weight decay on 1-D tensors, time_* and the LoRA matrices;
+    weight decay (if any) on the other matrices and time_state."""
     groups = {"2x": [], "1x": [], "decay": []}
-    for name, p in model.named_parameters():
+    for name, p in module.named_parameters():
         if not p.requires_grad:
             continue
         short = name.rsplit(".", 1)[-1]
@@ -141,12 +146,17 @@ def lr_at(step, cfg: TrainConfig) -> float:
     return lr
 
 
-def prepare_for_mode(model, mode):
+def prepare_for_mode(task, mode):
     """'state' tuning: add a zero initial state if the model has none and train only that."""
     if mode == "state":
-        model.add_tuned_state()
-        for name, p in model.named_parameters():
+        task.model.add_tuned_state()
+        for name, p in task.named_parameters():
             p.requires_grad_(name.endswith("att.time_state"))
+
+
+def batch_to(batch, device):
+    """The batch tuple with its tensors on `device` (spans, lists and None pass through)."""
+    return tuple(b.to(device) if isinstance(b, torch.Tensor) else b for b in batch)
 
 
 class Run:
@@ -215,11 +225,11 @@ def plot_losses(run: Run):
 def evaluate(task, val_data, cfg: TrainConfig, device, autocast) -> float:
     task.eval()
     losses = []
-    for i, (x, y) in enumerate(val_data.iter_batches(cfg.batch_size, cfg.ctx_len)):
+    for i, batch in enumerate(val_data.iter_batches(cfg.batch_size, cfg.ctx_len)):
         if i >= cfg.val_batches:
             break
         with autocast:
-            losses.append(task((x.to(device), y.to(device))).item())
+            losses.append(task(batch_to(batch, device)).item())
     task.train()
     return sum(losses) / len(losses)
 
@@ -245,10 +255,10 @@ def train(task, cfg: TrainConfig, train_data, out_dir, *, val_data=None, resume=
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     torch.manual_seed(cfg.seed)
     data_rng = torch.Generator().manual_seed(cfg.seed)
-    prepare_for_mode(task.model, cfg.train_mode)
+    prepare_for_mode(task, cfg.train_mode)
     task.model.grad_checkpointing = cfg.grad_checkpointing
     task.to(device).train()
-    optimizer = torch.optim.AdamW(param_groups(task.model, cfg), lr=cfg.lr_init, betas=(cfg.beta1, cfg.beta2),
+    optimizer = torch.optim.AdamW(param_groups(task, cfg), lr=cfg.lr_init, betas=(cfg.beta1, cfg.beta2),
                                   eps=cfg.adam_eps)
     step = 0
     if resume:
@@ -267,16 +277,16 @@ def train(task, cfg: TrainConfig, train_data, out_dir, *, val_data=None, resume=
         lr = lr_at(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr * group["lr_scale"]
-        x, y = train_data.sample_batch(cfg.batch_size, cfg.ctx_len, data_rng)
+        batch = train_data.sample_batch(cfg.batch_size, cfg.ctx_len, data_rng)
         with autocast:
-            loss_t = forward((x.to(device), y.to(device)))
+            loss_t = forward(batch_to(batch, device))
         loss_t.backward()
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(task.parameters(), cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         loss = loss_t.item()
-        tokens_per_s = x.numel() / (time.perf_counter() - t0)
+        tokens_per_s = batch[0].numel() / (time.perf_counter() - t0)
         step += 1
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_s:,.0f}")
@@ -413,10 +423,10 @@ def train_deepspeed(task, cfg: TrainConfig, train_data, out_dir, ds_config, *, v
     run.dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     data_rng = torch.Generator().manual_seed(rank_seed(cfg.seed, rank))
-    prepare_for_mode(task.model, cfg.train_mode)
+    prepare_for_mode(task, cfg.train_mode)
     task.model.grad_checkpointing = cfg.grad_checkpointing
     task.to(device).train()
-    groups = [g for g in param_groups(task.model, cfg) if g["params"]]  # ZeRO cannot partition an empty group
+    groups = [g for g in param_groups(task, cfg) if g["params"]]  # ZeRO cannot partition an empty group
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr_init, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps)
     # DeepSpeed broadcasts rank 0's weights, so every rank starts from the same model; ZeRO then
     # steps our AdamW on its own flat fp32 copies, group by group (each keeps its lr_scale)
@@ -439,14 +449,14 @@ def train_deepspeed(task, cfg: TrainConfig, train_data, out_dir, ds_config, *, v
         lr = lr_at(step, cfg)
         for group in optimizer.param_groups:  # looked up each step: loading a checkpoint replaces the list
             group["lr"] = lr * group["lr_scale"]
-        x, y = train_data.sample_batch(cfg.batch_size, cfg.ctx_len, data_rng)
-        loss_t = engine((x.to(device), y.to(device)))
+        batch = train_data.sample_batch(cfg.batch_size, cfg.ctx_len, data_rng)
+        loss_t = engine(batch_to(batch, device))
         engine.backward(loss_t)
         engine.step()  # averages the gradients over ranks, clips them (gradient_clipping), steps AdamW
         loss_sum = loss_t.detach().clone()
         dist.all_reduce(loss_sum)  # every rank has the same batch size: the global batch's loss is the mean
         loss = loss_sum.item() / world_size
-        tokens_per_s = x.numel() * world_size / (time.perf_counter() - t0)
+        tokens_per_s = batch[0].numel() * world_size / (time.perf_counter() - t0)
         step += 1
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_s:,.0f}")

@@ -18,6 +18,8 @@ it stays in eval mode even when the surrounding model trains.
 (0.12M vision parameters, 3.3M with its CLIP text tower): 64 patch tokens, 16 with pool=2, plus CLS.
 Patch 16 would be faster still, but its CLIP training collapsed to chance on the shapes data.
 """
+import contextlib
+import logging
 import math
 import os
 from pathlib import Path
@@ -105,10 +107,22 @@ class VisionEncoder(nn.Module):
         return tokens
 
 
+@contextlib.contextmanager
+def _quiet_logging():
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
+
+
 def _create(model_name: str, weights: Optional[str]):
     """open_clip model and eval transform, with its loading errors turned into one clear message."""
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=weights)
+        # random init was asked for explicitly: open_clip's "no pretrained weights" warning would only alarm
+        with _quiet_logging() if weights is None else contextlib.nullcontext():
+            model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=weights)
     except Exception as e:
         if weights is None:
             raise

@@ -16,8 +16,8 @@ inference), are supervised. Where the image goes relative to the instruction is 
                 already knowing the question, and the question is fresh when it answers
 
 Bidirectional trick: VisualRWKV reverses the image span before every odd-numbered block and
-restores it after (`reverse_span`), so half the layers scan the image backwards. The pattern must
-be the same in training and inference.
+restores it after (the backbone's `reverse_span` argument, one span per sample), so half the
+layers scan the image backwards. The pattern must be the same in training and inference.
 
 Everything here is a pure function on lists and tensors; tokenization is the caller's `encode`.
 """
@@ -180,20 +180,6 @@ def splice_image_tokens(text_emb: torch.Tensor, image_emb: torch.Tensor, spans: 
             raise ValueError(f"sample {b}: span {start}:{end} holds {end - start} tokens, the image has {image_emb.shape[1]}")
         out[b, start:end] = image_emb[b]
     return out
-
-
-def reverse_span(x: torch.Tensor, spans: Sequence[tuple[int, int]]) -> torch.Tensor:
-    """Reverse the order of positions inside each sample's span; everything else stays in place.
-
-    x: [B, T, C]; spans: B (start, end) pairs. Returns a new [B, T, C] tensor. Applying it twice
-    gives x back. Bidirectional scanning: the backbone calls it on the block input and again on
-    the block output of every odd-numbered block (layer_id % 2 == 1).
-    """
-    B, T = x.shape[:2]
-    index = torch.arange(T, device=x.device).repeat(B, 1)  # [B, T]
-    for b, (start, end) in enumerate(spans):
-        index[b, start:end] = torch.arange(end - 1, start - 1, -1, device=x.device)
-    return x.gather(1, index.unsqueeze(-1).expand_as(x))
 
 
 def per_sample_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -5,13 +5,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rwkv_core.model import reverse_positions
 from visual.prompt import (
     build_layout,
     collate,
     encode_conversation,
     per_sample_loss,
     place_image,
-    reverse_span,
     splice_image_tokens,
 )
 
@@ -134,18 +134,18 @@ def test_splice_places_image_tokens_and_routes_gradients():
 
 @settings(max_examples=40, deadline=None)
 @given(st.data())
-def test_reverse_span_reverses_only_the_span_and_is_its_own_inverse(data):
+def test_per_sample_reverse_span_reverses_only_each_span_and_is_its_own_inverse(data):
     B, T = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 9))
     spans = []
     for _ in range(B):
         start = data.draw(st.integers(0, T))
         spans.append((start, data.draw(st.integers(start, T))))
     x = torch.randn(B, T, 3)
-    y = reverse_span(x, spans)
+    y = reverse_positions(x, spans)
     for b, (start, end) in enumerate(spans):
         order = list(range(start)) + list(range(end - 1, start - 1, -1)) + list(range(end, T))
         assert torch.equal(y[b], x[b, order])
-    assert torch.equal(reverse_span(y, spans), x)
+    assert torch.equal(reverse_positions(y, spans), x)
 
 
 def reference_loss(logits, targets, mask):

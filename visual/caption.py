@@ -1,0 +1,102 @@
+"""Captioning and visual question answering with the recurrent state.
+
+The prompt (image and question) is read once; each new token then costs one recurrent step with
+the carried state, where VisualRWKV's own code re-reads the whole sequence for every token.
+Odd blocks reverse the image span only inside the prompt, which is read whole, so the result is
+the same as recomputing the full sequence at every step (tested).
+"""
+from pathlib import Path
+from typing import Callable, Iterator, Optional, Sequence, Union
+
+import torch
+from PIL import Image
+
+from rwkv_core.generate import Generation
+from rwkv_core.sampling import SamplerConfig
+from visual.images import ImageError, iter_folder_images, load_image
+from visual.model import VisualRWKV
+from visual.prompt import IMAGE_PLACEHOLDER, TURN_END, encode_conversation
+
+DEFAULT_PROMPT = "Describe the image."
+GREEDY = SamplerConfig(temperature=0.0)
+
+
+def prompt_ids(vlm: VisualRWKV, tokenizer, prompt: str = DEFAULT_PROMPT):
+    """The token layout of a one-turn question about an image (an `<image>` is added if missing)."""
+    if IMAGE_PLACEHOLDER not in prompt:
+        prompt = f"{IMAGE_PLACEHOLDER}\n{prompt}"
+    return encode_conversation([(prompt, None)], tokenizer.encode, vlm.n_image_tokens, vlm.cfg.image_position)
+
+
+@torch.no_grad()
+def answer_ids(vlm: VisualRWKV, tokenizer, images: Sequence[Image.Image], prompt: str = DEFAULT_PROMPT,
+               max_tokens: int = 60, sampler: SamplerConfig = GREEDY, seed: Optional[int] = 0) -> list[list[int]]:
+    """The generated token ids for each RGB image (the stop token excluded); see `answer`."""
+    layout = prompt_ids(vlm, tokenizer, prompt)
+    device = vlm.model.emb.weight.device
+    pixels = torch.stack([vlm.encoder.preprocess(image) for image in images]).to(device)
+    inputs = torch.tensor([layout.ids] * len(images), device=device)
+    logits, state = vlm(inputs, pixels, [layout.image_span] * len(images))  # one batched prefill
+    stop_ids = {0}
+    turn_end = tokenizer.encode(TURN_END)
+    if len(turn_end) == 1:
+        stop_ids.add(turn_end[0])
+    generation = Generation(vlm.model, None, max_tokens, sampler, prefilled=(logits[:, -1], state),
+                            stop_ids=stop_ids, seed=seed)
+    for _ in generation:
+        pass
+    return generation.tokens
+
+
+def answer(vlm: VisualRWKV, tokenizer, images: Sequence[Image.Image], prompt: str = DEFAULT_PROMPT,
+           max_tokens: int = 60, sampler: SamplerConfig = GREEDY, seed: Optional[int] = 0) -> list[str]:
+    """One answer per RGB image to the same prompt, decoded with the state carried.
+
+    Stops at the end-of-turn "\\n\\n" (or token 0) or after max_tokens; greedy by default.
+    """
+    if not images:
+        return []
+    ids = answer_ids(vlm, tokenizer, images, prompt, max_tokens, sampler, seed)
+    return [tokenizer.decode(tokens).split(TURN_END)[0].strip() for tokens in ids]
+
+
+def iter_images(paths: Sequence) -> Iterator[tuple[Path, Union[Image.Image, ImageError]]]:
+    """(path, RGB image) or (path, ImageError) for each file, and for every file of each folder."""
+    for path in map(Path, paths):
+        if path.is_dir():
+            yield from iter_folder_images(path)
+            continue
+        try:
+            yield path, load_image(path)
+        except ImageError as error:
+            yield path, error
+
+
+def caption_files(vlm: VisualRWKV, tokenizer, paths: Sequence, prompt: str = DEFAULT_PROMPT,
+                  batch_size: int = 16, on_result: Optional[Callable] = None, **kwargs):
+    """Caption image files (or every file of the folders given); bad files are reported, not fatal.
+
+    Images are read as the batches go, so a large folder never sits in memory. Returns
+    (results, errors): results [(path, caption)], errors [(path, ImageError)], in input order.
+    `on_result(path, caption)` is called as each batch finishes (progress, streaming output).
+    """
+    results, errors, pending = [], [], []
+
+    def flush():
+        captions = answer(vlm, tokenizer, [image for _, image in pending], prompt, **kwargs)
+        for (path, _), text in zip(pending, captions):
+            results.append((path, text))
+            if on_result:
+                on_result(path, text)
+        pending.clear()
+
+    for path, image in iter_images(paths):
+        if isinstance(image, ImageError):
+            errors.append((path, image))
+            continue
+        pending.append((path, image))
+        if len(pending) == batch_size:
+            flush()
+    if pending:
+        flush()
+    return results, errors

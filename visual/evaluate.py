@@ -1,0 +1,82 @@
+"""Caption evaluation: exact-match accuracy on image-caption records, and a grid of predictions."""
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from rwkv_core.checkpoint import atomic_path
+from visual.caption import answer
+from visual.data import VisualRecord
+from visual.images import load_image
+
+
+@dataclass(frozen=True)
+class CaptionResult:
+    image: Path
+    expected: str
+    predicted: str
+
+    @property
+    def exact(self) -> bool:
+        return normalise(self.predicted) == normalise(self.expected)
+
+
+def normalise(text: str) -> str:
+    """Case, surrounding space and a final full stop do not count as differences."""
+    return " ".join(text.lower().strip().rstrip(".").split())
+
+
+def evaluate_captions(vlm, tokenizer, records: Sequence[VisualRecord], batch_size: int = 32,
+                      progress: bool = True) -> list[CaptionResult]:
+    """Caption each record's image with its own (first-turn) question; compare with its answer."""
+    from tqdm import tqdm
+
+    results = []
+    bar = tqdm(total=len(records), disable=not progress, unit="image", desc="captioning")
+    for start in range(0, len(records), batch_size):
+        chunk = records[start:start + batch_size]
+        by_prompt = {}  # one batched prefill per distinct question
+        for k, record in enumerate(chunk):
+            if record.image is None:
+                raise ValueError(f"record {start + k} has no image to caption")
+            by_prompt.setdefault(record.turns[0][0], []).append(k)
+        predicted = [""] * len(chunk)
+        for prompt, members in by_prompt.items():
+            images = [load_image(chunk[k].image) for k in members]
+            for k, text in zip(members, answer(vlm, tokenizer, images, prompt)):
+                predicted[k] = text
+        results += [CaptionResult(r.image, r.turns[0][1], p) for r, p in zip(chunk, predicted)]
+        bar.update(len(chunk))
+    bar.close()
+    return results
+
+
+def accuracy(results: Sequence[CaptionResult]) -> float:
+    return sum(r.exact for r in results) / max(len(results), 1)
+
+
+def save_grid(results: Sequence[CaptionResult], path, columns: int = 4, title: str = "") -> Path:
+    """A PNG grid of images with their predicted captions: green when exact, red (with the
+    expected caption) when not."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not results:
+        raise ValueError("no results to draw")
+    rows = math.ceil(len(results) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.4 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, r in zip(axes.flat, results):
+        ax.imshow(load_image(r.image))
+        label = r.predicted if r.exact else f"{r.predicted}\n(expected: {r.expected})"
+        ax.set_title(label, fontsize=8, color="green" if r.exact else "red", wrap=True)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=80)
+    plt.close(fig)
+    return Path(path)
+

@@ -1,0 +1,139 @@
+"""VisualRWKV: an image encoder and a projector feeding image tokens into the shared RWKV backbone.
+
+    pixels [B, 3, H, W] -> VisionEncoder -> [B, N, width] -> projector -> [B, N, n_embd]
+    token ids [B, T] -> embedding -> image tokens written over each sample's image span -> RWKV
+
+With `bidirectional`, odd-numbered blocks read the patch tokens of each span backwards (the
+backbone's `reverse_span`); the class token, which the encoder puts last, stays outside the
+reversed span as in VisualRWKV, so every layer reads it after all the patches.
+
+A visual run folder holds, beside the language model's files (model.safetensors, and
+vocab_subset.json when the vocabulary is trimmed):
+    visual.json          the VisualConfig
+    visual.safetensors   projector.* and encoder.* weights
+"""
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from rwkv_core import RWKV
+from rwkv_core.checkpoint import CheckpointError, atomic_path
+from visual.encoder import DEFAULT_MODEL, VisionEncoder
+from visual.projector import PROJECTOR_KINDS, build_projector
+from visual.prompt import IMAGE_POSITIONS, splice_image_tokens
+
+CONFIG_FILE, WEIGHTS_FILE = "visual.json", "visual.safetensors"
+
+
+@dataclass
+class VisualConfig:
+    """How images enter the model; the "visual" section of a visual training config."""
+
+    encoder: str = DEFAULT_MODEL     # open_clip model name
+    layer: int = -1                  # encoder block whose output is used (-2: LLaVA's penultimate)
+    pool: int = 1                    # k x k average pooling of the patch grid
+    cls_token: bool = True           # append the class token after the patches
+    freeze_encoder: bool = True
+    projector: str = "linear"        # "linear" (the paper) or "mlp"
+    image_position: str = "first"    # "inline", "first" or "sandwich" (see visual/prompt.py)
+    bidirectional: bool = True       # odd blocks read the patches backwards
+    trim_vocab: bool = False         # train a new model on the World ids the data uses (small models)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "VisualConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown visual config keys {unknown}; known keys: {sorted(known)}")
+        cfg = cls(**d)
+        if cfg.projector not in PROJECTOR_KINDS:
+            raise ValueError(f"projector must be one of {PROJECTOR_KINDS}, got {cfg.projector!r}")
+        if cfg.image_position not in IMAGE_POSITIONS:
+            raise ValueError(f"image_position must be one of {IMAGE_POSITIONS}, got {cfg.image_position!r}")
+        return cfg
+
+
+class VisualRWKV(nn.Module):
+    """`logits, state = vlm(inputs, pixels, spans, state)`: an RWKV reading text with images in it.
+
+    inputs: [B, T] token ids (fill ids inside the image spans); pixels: [B, 3, H, W] or None;
+    spans: B (start, end) image spans in `inputs` (start == end: no image in that sample).
+    """
+
+    def __init__(self, model: RWKV, encoder: VisionEncoder, cfg: VisualConfig):
+        super().__init__()
+        self.model, self.encoder, self.cfg = model, encoder, cfg
+        self.projector = build_projector(cfg.projector, encoder.width, model.cfg.n_embd)
+
+    @property
+    def n_image_tokens(self) -> int:
+        return self.encoder.n_tokens
+
+    def image_embeds(self, pixels: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] -> [B, N, n_embd]."""
+        return self.projector(self.encoder(pixels))
+
+    def scan_spans(self, spans):
+        """The spans odd blocks reverse: the patch tokens only (the class token is the last image token)."""
+        if not self.cfg.bidirectional:
+            return None
+        n_extra = 1 if self.encoder.cls_token else 0
+        return [(start, max(start, end - n_extra)) for start, end in spans]
+
+    def forward(self, inputs, pixels, spans, state=None):
+        embeds = self.model.emb(inputs)
+        if pixels is not None:
+            embeds = splice_image_tokens(embeds, self.image_embeds(pixels).to(embeds.dtype), spans)
+        return self.model(embeds=embeds, state=state, reverse_span=self.scan_spans(spans))
+
+    def set_stage(self, stage: int) -> None:
+        """Stage 1: only the projector trains (backbone frozen). Stage 2: projector and backbone.
+        The encoder trains only if the config unfroze it."""
+        if stage not in (1, 2):
+            raise ValueError(f"stage must be 1 or 2, got {stage}")
+        self.model.requires_grad_(stage == 2)
+        self.projector.requires_grad_(True)
+        self.encoder.requires_grad_(not self.encoder.frozen)
+
+    def save_visual(self, run_dir) -> None:
+        """Write visual.json and visual.safetensors (the language model is saved by the trainer)."""
+        run_dir = Path(run_dir)
+        weights = {f"projector.{k}": v for k, v in self.projector.state_dict().items()}
+        weights.update({f"encoder.{k}": v for k, v in self.encoder.tower.state_dict().items()})
+        with atomic_path(run_dir / WEIGHTS_FILE) as tmp:
+            save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, str(tmp))
+        with atomic_path(run_dir / CONFIG_FILE) as tmp:
+            Path(tmp).write_text(json.dumps(dataclasses.asdict(self.cfg), indent=2))
+
+    @classmethod
+    def load(cls, run_dir, device="cpu") -> "VisualRWKV":
+        """A trained VisualRWKV from a visual run folder (model.safetensors + visual.*)."""
+        run_dir = Path(run_dir)
+        for name in ("model.safetensors", CONFIG_FILE, WEIGHTS_FILE):
+            if not (run_dir / name).is_file():
+                raise CheckpointError(f"{run_dir}: not a visual run folder (no {name})")
+        try:
+            cfg = VisualConfig.from_dict(json.loads((run_dir / CONFIG_FILE).read_text()))
+        except (ValueError, TypeError) as e:
+            raise CheckpointError(f"{run_dir / CONFIG_FILE}: invalid visual config ({e})") from None
+        model = RWKV.from_pretrained(run_dir / "model.safetensors", device=device)
+        encoder = VisionEncoder(cfg.encoder, random_init=True, layer=cfg.layer, pool=cfg.pool,
+                                freeze=cfg.freeze_encoder, cls_token=cfg.cls_token)
+        vlm = cls(model, encoder, cfg)
+        try:
+            weights = load_file(str(run_dir / WEIGHTS_FILE))
+        except Exception as e:  # safetensors raises its own error types for corrupt files
+            raise CheckpointError(f"{run_dir / WEIGHTS_FILE}: cannot read ({e})") from None
+        for prefix, module in (("projector.", vlm.projector), ("encoder.", vlm.encoder.tower)):
+            part = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+            try:
+                module.load_state_dict(part)
+            except RuntimeError as e:
+                raise CheckpointError(f"{run_dir / WEIGHTS_FILE}: {prefix.rstrip('.')} weights do not fit "
+                                      f"the config: {str(e).splitlines()[0]}") from None
+        return vlm.to(device).eval()
