@@ -2,11 +2,12 @@
 chunked PyTorch path, in one process, bf16 inputs, fp32 state, `triton.testing.do_bench` medians.
 
     python bench/wkv.py [--quick] [--json out.json]
-    python bench/wkv.py --variants default,EAGLEFINCH_WKV_DOT=tf32x3 [--baseline old_chunk.py]
+    python bench/wkv.py --variants default,dot=tf32x3,fwd_out=8+bwd_dr=8 [--baseline old_chunk.py]
 
 `--variants` times the chunked kernels at the headline shape once per comma-separated entry, each
-`default` or environment settings `NAME=VALUE[+NAME=VALUE...]` applied around the call (kernel knobs read
-at launch, e.g. EAGLEFINCH_WKV_DOT); `--baseline FILE` adds another version of kernels/triton/chunk.py
+`default` or settings `NAME=VALUE[+NAME=VALUE...]`: `dot=P` passes dot_precision=P to chunk_wkv, and a
+key of kernels.triton.chunk.LAUNCH (e.g. fwd_out, bwd_dkdv) sets that kernel's num_warps for the call;
+`--baseline FILE` adds another version of kernels/triton/chunk.py
 (imported as a sibling module, first in the table) to the same run. Each row also gives the relative
 difference of o and of dr, dk, dv, dw from the first row.
 
@@ -164,8 +165,7 @@ def load_baseline(path):
 
 
 def time_variants(variants, baseline, bw, with_fla=True):
-    """Headline shape: ours per (G, num_warps) variant (and a baseline file), fla once."""
-    import os
+    """Headline shape: ours per variant (and a baseline file), fla once."""
     B, T, H, N = TRAIN_SHAPES[0]
     xs = inputs(B, T, H, N, grad=True)
     do_cache[(B, T, H, N)] = torch.randn(B, T, H, N, device="cuda", dtype=torch.bfloat16)
@@ -181,13 +181,13 @@ def time_variants(variants, baseline, bw, with_fla=True):
         runs.append(("baseline", load_baseline(baseline), {}))
     for v in variants:
         env = {} if v == "default" else dict(kv.split("=", 1) for kv in v.split("+"))
-        runs.append((v, chunk_wkv, env))
-    if with_fla and chunk_rwkv6 is not None:
-        runs.append(("fla chunk_rwkv6", lambda r, k, v, w, u: chunk_rwkv6(r, k, v, w, u, scale=1.0,
-                                                                        output_final_state=True), {}))
-    for name, f, env in runs:
-        saved = {k_: os.environ.get(k_) for k_ in env}
-        os.environ.update(env)
+        prec = env.pop("dot", None)
+        f = (lambda r, k, v, w, u, p=prec: chunk_wkv(r, k, v, w, u, dot_precision=p))
+        runs.append((v, f, {key: int(val) for key, val in env.items()}))
+    from kernels.triton import chunk as chunk_mod
+    for name, f, launch in runs:
+        saved = dict(chunk_mod.LAUNCH)
+        chunk_mod.LAUNCH.update(launch)
         try:
             fn = lambda r, k, v, w, u, f=f: f(r, k, v, w, u)                      # noqa: E731
             o, ht = fn(*xs)
@@ -206,11 +206,8 @@ def time_variants(variants, baseline, bw, with_fla=True):
         except Exception as exc:  # noqa: BLE001
             print(f"| {name} | failed: {exc!r} |", flush=True)
         finally:
-            for k_, val in saved.items():
-                if val is None:
-                    os.environ.pop(k_, None)
-                else:
-                    os.environ[k_] = val
+            chunk_mod.LAUNCH.clear()
+            chunk_mod.LAUNCH.update(saved)
     return rows
 
 

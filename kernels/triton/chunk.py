@@ -4,16 +4,23 @@ Layering (as in flash-linear-attention): Triton kernels -> host functions `chunk
 `chunk_wkv_bwd` -> `ChunkWKVFunction` (autograd) -> public `chunk_wkv`.
 
 Algorithm (derivations in kernels/README.md, "Chunked Triton kernels"):
-  forward   1. `_fwd_state_kernel`: one program per (sequence, head) scans the chunks of BT tokens and
-               stores the state at the start of every chunk (fp32) and the final state.
+  forward   1. `_fwd_state_kernel`: one program per (sequence, head, value slice) scans the chunks of
+               BT tokens and stores the state at the start of every chunk (fp32) and the final state.
             2. `_fwd_out_kernel`: one program per (chunk, head) starts from the stored chunk state and
                walks the chunk in sub-blocks of BS=16 tokens: inter-block part by `tl.dot` against the
-               running state, intra-block part exactly, column by column (every exponent <= 0).
+               running state; in-block part by levels (`_intra_scores`): the pairs s < t are split by
+               the highest differing index bit G = 8, 4, 2, 1, and each level is one masked tensor-core
+               product of r and k decayed to a reference row between s and t (every exponent <= 0).
   backward  3. `_bwd_state_kernel`: reverse scan of the state gradient; stores the gradient at the end
                of every chunk, and dh0.
-            4. `_bwd_chunk_kernel`: one program per (chunk, head): a forward sweep over the sub-blocks
-               (dr, which needs the state) and a reverse sweep (dk, dv, which need the state gradient);
-               dw from the suffix-sum identity, du as per-chunk partial sums.
+            4. `_bwd_chunk_kernel` (default): one program per (chunk, head): a forward sweep over the
+               sub-blocks (dr, which needs the state) and a reverse sweep (dk, dv, which need the state
+               gradient), in-block terms exact one key row at a time; dw from the suffix-sum identity
+               (written in w's dtype), du as per-chunk partial sums.
+               Opt-in (LAUNCH["bwd_levels"] = 1): the same two sweeps as two kernels,
+               `_bwd_dr_kernel` and `_bwd_dkdv_kernel`, with the in-block terms by levels: 14 % faster
+               on the H100, but its tf32 score products likely push bf16 dw over the 2e-3 tolerance
+               (BENCHMARKS.md, run 6), so it is not the default.
 
 Tokens are addressed as a flat [B*T, H, N] array of rows: sequence n holds rows [bos, eos), from
 `cu_seqlens` (packed, B=1) or bos = n*T. Decays are handled in log2 units (w * log2 e) so that the
@@ -23,10 +30,10 @@ import torch
 import triton
 import triton.language as tl
 
-from .utils import dot_precision, new_buffer
+from .utils import dot_precision as _dot_precision, interpreting, new_buffer
 
 LOG2E = tl.constexpr(1.4426950408889634)
-SUB = 16  # sub-block BS: the smallest tl.dot tile; the intra-block part costs BS exp2 per element
+SUB = 16  # sub-block BS: the smallest tl.dot tile
 
 
 # ---------------------------------------------------------------------------------------------
@@ -97,13 +104,6 @@ def _state_ptrs(ptr, col0, N: tl.constexpr, BV: tl.constexpr):
 
 
 @triton.jit
-def _load_row(ptr, row, L, stride, N: tl.constexpr):
-    """Row `row` as fp32 [N]; 0 when row >= L."""
-    cols = tl.arange(0, N)
-    return tl.load(ptr + row * stride + cols, mask=(cols < N) & (row < L), other=0.).to(tl.float32)
-
-
-@triton.jit
 def _load_state(ptr, N: tl.constexpr):
     cols = tl.arange(0, N)
     return tl.load(ptr + cols[:, None] * N + cols[None, :])
@@ -123,59 +123,106 @@ def _to_end(w):
 
 
 @triton.jit
-def _intra_out(r, gb, k_ptr, v_ptr, w_ptr, t0, L, s_x, s_w, BS: tl.constexpr, N: tl.constexpr):
-    """Exact in-block output o[t] = sum_{j<t} (sum_i r[t,i] k_j[i] 2^(gb[t,i] - g_j[i])) v_j.
-
-    r, gb: [BS, N] (gb = exclusive log2-decay cumsum). Key/value rows are re-read one at a time
-    (L1 hits) and g_j is their running inclusive cumsum, so every exponent taken is <= 0. Each score
-    column is a row-reduction whose [:, None] broadcast keeps the layout: no shuffles, no score matrix.
-    """
-    idx = tl.arange(0, BS)
-    o = tl.zeros([BS, N], dtype=tl.float32)
-    g_j = tl.zeros([N], dtype=tl.float32)
-    for j in range(BS):
-        k_j = _load_row(k_ptr, t0 + j, L, s_x, N)
-        v_j = _load_row(v_ptr, t0 + j, L, s_x, N)
-        g_j += _load_row(w_ptr, t0 + j, L, s_w, N) * LOG2E
-        e = tl.exp2(tl.where((idx > j)[:, None], gb - g_j[None, :], float("-inf")))
-        o += tl.sum(r * k_j[None, :] * e, axis=1)[:, None] * v_j[None, :]
-    return o
+def _level_pairs(G: tl.constexpr, BS: tl.constexpr):
+    """[BS, BS] mask of the pairs (t, s), s < t, whose highest differing index bit is G: t in the
+    upper and s in the lower G-row half of one 2G-row group. The levels G = BS/2, ..., 1 partition
+    all pairs s < t of the block."""
+    t = tl.arange(0, BS)[:, None]
+    s = tl.arange(0, BS)[None, :]
+    return ((t // (2 * G)) == (s // (2 * G))) & ((t // G) % 2 == 1) & ((s // G) % 2 == 0)
 
 
 @triton.jit
-def _intra_dr(do, gb, k_ptr, v_ptr, w_ptr, t0, L, s_x, s_w, BS: tl.constexpr, N: tl.constexpr):
-    """In-block part of dr: dr[t] = sum_{j<t} (do[t] . v_j) k_j 2^(gb[t] - g_j). do, gb: [BS, N]."""
-    idx = tl.arange(0, BS)
-    dr = tl.zeros([BS, N], dtype=tl.float32)
-    g_j = tl.zeros([N], dtype=tl.float32)
-    for j in range(BS):
-        k_j = _load_row(k_ptr, t0 + j, L, s_x, N)
-        v_j = _load_row(v_ptr, t0 + j, L, s_x, N)
-        g_j += _load_row(w_ptr, t0 + j, L, s_w, N) * LOG2E
-        e = tl.exp2(tl.where((idx > j)[:, None], gb - g_j[None, :], float("-inf")))
-        dA_j = tl.sum(do * v_j[None, :], axis=1)                               # dA[:, j]
-        dr += dA_j[:, None] * k_j[None, :] * e
+def _level_decay(w_b, G: tl.constexpr, BS: tl.constexpr, XPREC: tl.constexpr):
+    """2^X for level G (w_b: [BS, N] log2 decays). Each G-row half is a segment; X[t] sums w over
+    the rows of t's segment before t in upper halves, after t in lower halves. For a level-G pair
+    (t, s) the reference row is the end of s's half, so 2^(gb_t - g_s) = 2^X[t] * 2^X[s], both <= 1.
+    The segment sums run as a 0/1-matrix product in tf32x3 (fp32-accurate: 1 is exact in tf32)."""
+    t = tl.arange(0, BS)[:, None]
+    m = tl.arange(0, BS)[None, :]
+    upper = (t // G) % 2 == 1
+    lower = (t // G) % 2 == 0
+    sel = ((t // G) == (m // G)) & ((upper & (m < t)) | (lower & (m > t)))
+    X = tl.dot(tl.where(sel, 1.0, 0.0), w_b, input_precision=XPREC)
+    return tl.exp2(X)
+
+
+@triton.jit
+def _level_operands(r, k, w_b, G: tl.constexpr, BS: tl.constexpr, XPREC: tl.constexpr):
+    """r and k decayed to the level-G reference rows, and the decay 2^X itself (None-free: 1 for G=1,
+    adjacent rows, where nothing decays in between)."""
+    if G > 1:
+        e = _level_decay(w_b, G, BS, XPREC)
+    else:
+        e = tl.full(r.shape, 1.0, tl.float32)
+    return r * e, k * e, e
+
+
+@triton.jit
+def _scores_level(r, k, w_b, G: tl.constexpr, BS: tl.constexpr, PREC: tl.constexpr,
+                  XPREC: tl.constexpr):
+    q, kk, e = _level_operands(r, k, w_b, G, BS, XPREC)
+    return tl.where(_level_pairs(G, BS), tl.dot(q, tl.trans(kk), input_precision=PREC), 0.)
+
+
+@triton.jit
+def _intra_scores(r, k, w_b, BS: tl.constexpr, LEVELS: tl.constexpr, PREC: tl.constexpr,
+                  XPREC: tl.constexpr):
+    """In-block scores A[t, s] = sum_i r[t,i] k[s,i] 2^(gb_t[i] - g_s[i]) for s < t (0 elsewhere),
+    exactly as a sum over levels of masked tensor-core products of decayed r and k (no exponent > 0)."""
+    A = tl.zeros([BS, BS], dtype=tl.float32)
+    for lvl in tl.static_range(LEVELS):
+        A += _scores_level(r, k, w_b, BS // (2 << lvl), BS, PREC, XPREC)
+    return A
+
+
+@triton.jit
+def _dr_level(dA, r, k, w_b, G: tl.constexpr, BS: tl.constexpr, PREC: tl.constexpr,
+              XPREC: tl.constexpr):
+    q, kk, e = _level_operands(r, k, w_b, G, BS, XPREC)
+    dA_g = tl.where(_level_pairs(G, BS), dA, 0.)
+    return e * tl.dot(dA_g, kk, input_precision=PREC)
+
+
+@triton.jit
+def _intra_dr(r, k, v, do, w_b, BS: tl.constexpr, LEVELS: tl.constexpr, PREC: tl.constexpr,
+              XPREC: tl.constexpr):
+    """In-block part of dr: dr[t] = sum_{s<t} (do_t . v_s) k_s 2^(gb_t - g_s), by levels."""
+    t = tl.arange(0, BS)[:, None]
+    s = tl.arange(0, BS)[None, :]
+    dA = tl.where(s < t, tl.dot(do, tl.trans(v), input_precision=PREC), 0.)
+    dr = tl.zeros(r.shape, dtype=tl.float32)
+    for lvl in tl.static_range(LEVELS):
+        dr += _dr_level(dA, r, k, w_b, BS // (2 << lvl), BS, PREC, XPREC)
     return dr
 
 
 @triton.jit
-def _intra_dkdv(k, v, g, r_ptr, do_ptr, w_ptr, t0, L, s_x, s_w, BS: tl.constexpr, N: tl.constexpr):
-    """In-block parts of dk and dv, looping over the later row j (t < j):
-        dk[t] += (do_j . v[t]) r_j 2^(gb_j - g[t]),   dv[t] += A[j, t] do_j,
-        A[j, t] = sum_i r_j[i] k[t,i] 2^(gb_j[i] - g[t,i]).   k, v, g: [BS, N]."""
-    idx = tl.arange(0, BS)
-    dk = tl.zeros([BS, N], dtype=tl.float32)
-    dv = tl.zeros([BS, N], dtype=tl.float32)
-    g_j = tl.zeros([N], dtype=tl.float32)
-    for j in range(BS):
-        r_j = _load_row(r_ptr, t0 + j, L, s_x, N)
-        do_j = _load_row(do_ptr, t0 + j, L, s_x, N)
-        gb_j = g_j
-        g_j += _load_row(w_ptr, t0 + j, L, s_w, N) * LOG2E
-        e = tl.exp2(tl.where((idx < j)[:, None], gb_j[None, :] - g, float("-inf")))
-        re = r_j[None, :] * e
-        dk += tl.sum(v * do_j[None, :], axis=1)[:, None] * re
-        dv += tl.sum(k * re, axis=1)[:, None] * do_j[None, :]
+def _dkdv_level(dA, r, k, w_b, G: tl.constexpr, BS: tl.constexpr, PREC: tl.constexpr,
+                XPREC: tl.constexpr):
+    """Level-G parts of dk and of the scores A (for dv)."""
+    q, kk, e = _level_operands(r, k, w_b, G, BS, XPREC)
+    pairs = _level_pairs(G, BS)
+    dk = e * tl.dot(tl.trans(tl.where(pairs, dA, 0.)), q, input_precision=PREC)
+    A = tl.where(pairs, tl.dot(q, tl.trans(kk), input_precision=PREC), 0.)
+    return dk, A
+
+
+@triton.jit
+def _intra_dkdv(r, k, v, do, w_b, BS: tl.constexpr, LEVELS: tl.constexpr, PREC: tl.constexpr,
+                XPREC: tl.constexpr):
+    """In-block parts of dk and dv, by levels:
+        dk[s] = sum_{t>s} (do_t . v_s) r_t 2^(gb_t - g_s),   dv[s] = sum_{t>s} A[t, s] do_t."""
+    t = tl.arange(0, BS)[:, None]
+    s = tl.arange(0, BS)[None, :]
+    dA = tl.where(s < t, tl.dot(do, tl.trans(v), input_precision=PREC), 0.)
+    dk = tl.zeros(k.shape, dtype=tl.float32)
+    A = tl.zeros([BS, BS], dtype=tl.float32)
+    for lvl in tl.static_range(LEVELS):
+        dk_l, A_l = _dkdv_level(dA, r, k, w_b, BS // (2 << lvl), BS, PREC, XPREC)
+        dk += dk_l
+        A += A_l
+    dv = tl.dot(tl.trans(A), do, input_precision=PREC)
     return dk, dv
 
 
@@ -215,7 +262,8 @@ def _fwd_state_kernel(k, v, w, h0, ht, states, cu_seqlens, chunk_offsets, T, s_w
 @triton.jit
 def _fwd_out_kernel(r, k, v, w, u, o, states, cu_seqlens, chunk_offsets, chunk_indices, T, s_w,
                     H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, BS: tl.constexpr,
-                    IS_VARLEN: tl.constexpr, PREC: tl.constexpr):
+                    LEVELS: tl.constexpr, IS_VARLEN: tl.constexpr, PREC: tl.constexpr,
+                    XPREC: tl.constexpr):
     """Grid (chunks, num_seqs * H) or (total chunks, H) when packed. Writes o for one chunk."""
     i_h, c, bos, L, gc = _chunk_ids(cu_seqlens, chunk_offsets, chunk_indices, T, H, BT, IS_VARLEN)
     s_x = H * N
@@ -229,10 +277,10 @@ def _fwd_out_kernel(r, k, v, w, u, o, states, cu_seqlens, chunk_offsets, chunk_i
         k_b = _load_block(k + off, t0, L, s_x, BS, N)
         v_b = _load_block(v + off, t0, L, s_x, BS, N)
         w_b = _load_block(w_ptr, t0, L, s_w, BS, N) * LOG2E
-        g = tl.cumsum(w_b, axis=0)
-        gb = g - w_b
+        gb = tl.cumsum(w_b, axis=0) - w_b
+        A = _intra_scores(r_b, k_b, w_b, BS, LEVELS, PREC, XPREC)
         o_b = tl.dot(r_b * tl.exp2(gb), S, input_precision=PREC)
-        o_b += _intra_out(r_b, gb, k + off, v + off, w_ptr, t0, L, s_x, s_w, BS, N)
+        o_b += tl.dot(A, v_b, input_precision=PREC)
         o_b += tl.sum(r_b * u_h[None, :] * k_b, axis=1)[:, None] * v_b
         _store_block(o + off, o_b, t0, L, s_x, BS, N)
         if s < BT // BS - 1:
@@ -275,11 +323,146 @@ def _bwd_state_kernel(r, w, do, dht, dh0, dstates, cu_seqlens, chunk_offsets, T,
 
 
 @triton.jit
-def _bwd_chunk_kernel(r, k, v, w, u, do, states, dstates, dr, dk, dv, dwbuf, du_part,
+def _bwd_dr_kernel(r, k, v, w, u, do, states, dstates, dr, dwbuf, carry, du_part,
+                   cu_seqlens, chunk_offsets, chunk_indices, T, s_w,
+                   H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, BS: tl.constexpr,
+                   LEVELS: tl.constexpr, IS_VARLEN: tl.constexpr, PREC: tl.constexpr,
+                   XPREC: tl.constexpr):
+    """Grid as `_fwd_out_kernel`: the forward sweep over one chunk (dr needs the state before each
+    token). Writes dr, dwbuf = -(inclusive in-chunk prefix of r*dr), du per chunk, and
+    carry = Q_end + sum_chunk(r*dr) (Q_end = sum_j S_end * dS_end) for `_bwd_dkdv_kernel`."""
+    i_h, c, bos, L, gc = _chunk_ids(cu_seqlens, chunk_offsets, chunk_indices, T, H, BT, IS_VARLEN)
+    s_x = H * N
+    off = bos * s_x + i_h * N
+    w_ptr = w + bos * s_w + i_h * N
+    u_h = tl.load(u + i_h * N + tl.arange(0, N)).to(tl.float32)
+    S = _load_state(states + (gc * H + i_h) * N * N, N)
+    R_run = tl.zeros([N], dtype=tl.float32)
+    du_acc = tl.zeros([N], dtype=tl.float32)
+    for s in tl.static_range(BT // BS):
+        t0 = c * BT + s * BS
+        r_b = _load_block(r + off, t0, L, s_x, BS, N)
+        k_b = _load_block(k + off, t0, L, s_x, BS, N)
+        v_b = _load_block(v + off, t0, L, s_x, BS, N)
+        do_b = _load_block(do + off, t0, L, s_x, BS, N)
+        w_b = _load_block(w_ptr, t0, L, s_w, BS, N) * LOG2E
+        gb = tl.cumsum(w_b, axis=0) - w_b
+        dr_b = tl.exp2(gb) * tl.dot(do_b, tl.trans(S), input_precision=PREC)
+        dr_b += _intra_dr(r_b, k_b, v_b, do_b, w_b, BS, LEVELS, PREC, XPREC)
+        rdr = r_b * dr_b
+        _store_block(dwbuf + off, -(R_run[None, :] + tl.cumsum(rdr, axis=0)), t0, L, s_x, BS, N)
+        R_run += tl.sum(rdr, axis=0)
+        vdo = tl.sum(v_b * do_b, axis=1)
+        dr_b += u_h[None, :] * k_b * vdo[:, None]
+        _store_block(dr + off, dr_b, t0, L, s_x, BS, N)
+        du_acc += tl.sum(r_b * k_b * vdo[:, None], axis=0)
+        g_last = tl.sum(w_b, axis=0)
+        k_d = k_b * tl.exp2(_to_end(w_b))
+        S = S * tl.exp2(g_last)[:, None] + tl.dot(tl.trans(k_d), v_b, input_precision=PREC)
+    dS_end = _load_state(dstates + (gc * H + i_h) * N * N, N)
+    cols = tl.arange(0, N)
+    tl.store(carry + (gc * H + i_h) * N + cols, tl.sum(S * dS_end, axis=1) + R_run)
+    tl.store(du_part + (gc * H + i_h) * N + cols, du_acc)
+
+
+@triton.jit
+def _bwd_dkdv_kernel(r, k, v, w, u, do, dstates, dk, dv, dwbuf, dw, carry,
+                     cu_seqlens, chunk_offsets, chunk_indices, T, s_w,
+                     H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, BS: tl.constexpr,
+                     LEVELS: tl.constexpr, IS_VARLEN: tl.constexpr, PREC: tl.constexpr,
+                     XPREC: tl.constexpr):
+    """Grid as `_fwd_out_kernel`: the reverse sweep over one chunk (dk, dv need the state gradient
+    after each token). dw[s] = carry + dwbuf[s] - sum_{m>=s, in chunk} k*dk, written in dw's dtype
+    (dw may alias dwbuf: each element is read, then written, by the same thread)."""
+    i_h, c, bos, L, gc = _chunk_ids(cu_seqlens, chunk_offsets, chunk_indices, T, H, BT, IS_VARLEN)
+    NS: tl.constexpr = BT // BS
+    s_x = H * N
+    off = bos * s_x + i_h * N
+    w_ptr = w + bos * s_w + i_h * N
+    cols = tl.arange(0, N)
+    u_h = tl.load(u + i_h * N + cols).to(tl.float32)
+    c_h = tl.load(carry + (gc * H + i_h) * N + cols)
+    dS = _load_state(dstates + (gc * H + i_h) * N * N, N)
+    K_run = tl.zeros([N], dtype=tl.float32)
+    for s in tl.static_range(NS):
+        t0 = c * BT + (NS - 1 - s) * BS
+        r_b = _load_block(r + off, t0, L, s_x, BS, N)
+        k_b = _load_block(k + off, t0, L, s_x, BS, N)
+        v_b = _load_block(v + off, t0, L, s_x, BS, N)
+        do_b = _load_block(do + off, t0, L, s_x, BS, N)
+        w_b = _load_block(w_ptr, t0, L, s_w, BS, N) * LOG2E
+        dk_b, dv_b = _intra_dkdv(r_b, k_b, v_b, do_b, w_b, BS, LEVELS, PREC, XPREC)
+        to_end = tl.exp2(_to_end(w_b))
+        dk_b += to_end * tl.dot(v_b, tl.trans(dS), input_precision=PREC)
+        dv_b += tl.dot(k_b * to_end, dS, input_precision=PREC)
+        kdk = k_b * dk_b
+        k_suffix = K_run[None, :] + tl.sum(kdk, axis=0)[None, :] - tl.cumsum(kdk, axis=0) + kdk
+        K_run += tl.sum(kdk, axis=0)
+        dw_b = _load_block(dwbuf + off, t0, L, s_x, BS, N) + c_h[None, :] - k_suffix
+        _store_block(dw + off, dw_b, t0, L, s_x, BS, N)
+        vdo = tl.sum(v_b * do_b, axis=1)
+        dk_b += u_h[None, :] * r_b * vdo[:, None]
+        dv_b += tl.sum(r_b * u_h[None, :] * k_b, axis=1)[:, None] * do_b
+        _store_block(dk + off, dk_b, t0, L, s_x, BS, N)
+        _store_block(dv + off, dv_b, t0, L, s_x, BS, N)
+        if s < NS - 1:
+            gb = tl.cumsum(w_b, axis=0) - w_b
+            g_last = tl.sum(w_b, axis=0)
+            r_d = r_b * tl.exp2(gb)
+            dS = dS * tl.exp2(g_last)[:, None] + tl.dot(tl.trans(r_d), do_b, input_precision=PREC)
+
+
+@triton.jit
+def _load_row(ptr, row, L, stride, N: tl.constexpr):
+    """Row `row` as fp32 [N]; 0 when row >= L."""
+    cols = tl.arange(0, N)
+    return tl.load(ptr + row * stride + cols, mask=(cols < N) & (row < L), other=0.).to(tl.float32)
+
+
+@triton.jit
+def _intra_dr_loop(do, gb, k_ptr, v_ptr, w_ptr, t0, L, s_x, s_w, BS: tl.constexpr, N: tl.constexpr):
+    """In-block part of dr: dr[t] = sum_{j<t} (do[t] . v_j) k_j 2^(gb[t] - g_j). do, gb: [BS, N]."""
+    idx = tl.arange(0, BS)
+    dr = tl.zeros([BS, N], dtype=tl.float32)
+    g_j = tl.zeros([N], dtype=tl.float32)
+    for j in range(BS):
+        k_j = _load_row(k_ptr, t0 + j, L, s_x, N)
+        v_j = _load_row(v_ptr, t0 + j, L, s_x, N)
+        g_j += _load_row(w_ptr, t0 + j, L, s_w, N) * LOG2E
+        e = tl.exp2(tl.where((idx > j)[:, None], gb - g_j[None, :], float("-inf")))
+        dA_j = tl.sum(do * v_j[None, :], axis=1)                               # dA[:, j]
+        dr += dA_j[:, None] * k_j[None, :] * e
+    return dr
+
+
+@triton.jit
+def _intra_dkdv_loop(k, v, g, r_ptr, do_ptr, w_ptr, t0, L, s_x, s_w, BS: tl.constexpr, N: tl.constexpr):
+    """In-block parts of dk and dv, looping over the later row j (t < j):
+        dk[t] += (do_j . v[t]) r_j 2^(gb_j - g[t]),   dv[t] += A[j, t] do_j,
+        A[j, t] = sum_i r_j[i] k[t,i] 2^(gb_j[i] - g[t,i]).   k, v, g: [BS, N]."""
+    idx = tl.arange(0, BS)
+    dk = tl.zeros([BS, N], dtype=tl.float32)
+    dv = tl.zeros([BS, N], dtype=tl.float32)
+    g_j = tl.zeros([N], dtype=tl.float32)
+    for j in range(BS):
+        r_j = _load_row(r_ptr, t0 + j, L, s_x, N)
+        do_j = _load_row(do_ptr, t0 + j, L, s_x, N)
+        gb_j = g_j
+        g_j += _load_row(w_ptr, t0 + j, L, s_w, N) * LOG2E
+        e = tl.exp2(tl.where((idx < j)[:, None], gb_j[None, :] - g, float("-inf")))
+        re = r_j[None, :] * e
+        dk += tl.sum(v * do_j[None, :], axis=1)[:, None] * re
+        dv += tl.sum(k * re, axis=1)[:, None] * do_j[None, :]
+    return dk, dv
+
+
+@triton.jit
+def _bwd_chunk_kernel(r, k, v, w, u, do, states, dstates, dr, dk, dv, dwbuf, dw, du_part,
                       cu_seqlens, chunk_offsets, chunk_indices, T, s_w,
                       H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, BS: tl.constexpr,
                       IS_VARLEN: tl.constexpr, PREC: tl.constexpr):
-    """Grid as `_fwd_out_kernel`. Writes dr, dk, dv, dw (fp32, per token) and du (per chunk)."""
+    """Grid as `_fwd_out_kernel`. Writes dr, dk, dv, dw (per token, in dw's dtype; dw may alias the
+    fp32 dwbuf) and du (per chunk). In-block terms exact, one key row at a time (fp32)."""
     i_h, c, bos, L, gc = _chunk_ids(cu_seqlens, chunk_offsets, chunk_indices, T, H, BT, IS_VARLEN)
     NS: tl.constexpr = BT // BS
     s_x = H * N
@@ -302,7 +485,7 @@ def _bwd_chunk_kernel(r, k, v, w, u, do, states, dstates, dr, dk, dv, dwbuf, du_
         gb = g - w_b
         g_last = tl.sum(w_b, axis=0)
         dr_b = tl.exp2(gb) * tl.dot(do_b, tl.trans(S), input_precision=PREC)
-        dr_b += _intra_dr(do_b, gb, k + off, v + off, w_ptr, t0, L, s_x, s_w, BS, N)
+        dr_b += _intra_dr_loop(do_b, gb, k + off, v + off, w_ptr, t0, L, s_x, s_w, BS, N)
         rdr = r_b * dr_b
         _store_block(dwbuf + off, -(R_run[None, :] + tl.cumsum(rdr, axis=0)), t0, L, s_x, BS, N)
         R_run += tl.sum(rdr, axis=0)
@@ -330,7 +513,7 @@ def _bwd_chunk_kernel(r, k, v, w, u, do, states, dstates, dr, dk, dv, dwbuf, du_
         g = tl.cumsum(w_b, axis=0)
         gb = g - w_b
         g_last = tl.sum(w_b, axis=0)
-        dk_b, dv_b = _intra_dkdv(k_b, v_b, g, r + off, do + off, w_ptr, t0, L, s_x, s_w, BS, N)
+        dk_b, dv_b = _intra_dkdv_loop(k_b, v_b, g, r + off, do + off, w_ptr, t0, L, s_x, s_w, BS, N)
         to_end = tl.exp2(_to_end(w_b))
         dk_b += to_end * tl.dot(v_b, tl.trans(dS), input_precision=PREC)
         dv_b += tl.dot(k_b * to_end, dS, input_precision=PREC)
@@ -339,7 +522,7 @@ def _bwd_chunk_kernel(r, k, v, w, u, do, states, dstates, dr, dk, dv, dwbuf, du_
         k_suffix = K_run[None, :] + tl.sum(kdk, axis=0)[None, :] - tl.cumsum(kdk, axis=0) + kdk
         K_run += tl.sum(kdk, axis=0)
         dw_b = _load_block(dwbuf + off, t0, L, s_x, BS, N) + carry[None, :] - k_suffix
-        _store_block(dwbuf + off, dw_b, t0, L, s_x, BS, N)
+        _store_block(dw + off, dw_b, t0, L, s_x, BS, N)
         vdo = tl.sum(v_b * do_b, axis=1)
         dk_b += u_h[None, :] * r_b * vdo[:, None]
         dv_b += tl.sum(r_b * u_h[None, :] * k_b, axis=1)[:, None] * do_b
@@ -355,14 +538,26 @@ def _bwd_chunk_kernel(r, k, v, w, u, do, states, dstates, dr, dk, dv, dwbuf, du_
 # host functions
 # ---------------------------------------------------------------------------------------------
 
-def _num_warps(N):
-    return 4 if N <= 64 else 8
+# Launch choices (a plain dict, no environment: bench/wkv.py --variants times alternatives in one
+# process): num_warps per kernel for N = 64 ("bwd_dr" also for `_bwd_chunk_kernel`; 8 warps measured
+# slower for the chunk kernels), the value-slice width of the scans when num_seqs * H >= 256, and the
+# opt-in level-based backward (see the module docstring).
+LAUNCH = {"fwd_state": 4, "fwd_out": 4, "bwd_state": 4, "bwd_dr": 4, "bwd_dkdv": 4,
+          "scan_bv": 32, "bwd_levels": 0}
+
+
+def _num_warps(N, kernel):
+    return LAUNCH[kernel] if N <= 64 else 8
+
+
+def _levels(BS):
+    return BS.bit_length() - 1   # log2(BS): the pair levels G = BS/2, ..., 1 of the in-block terms
 
 
 def _scan_block_v(lay):
     """Value-slice width of the sequential scans: narrower slices when few (sequence, head) pairs,
     so that long single sequences still spread over the SMs."""
-    return max(16, min(lay.N, 16 if lay.num_seqs * lay.H < 256 else 32))
+    return max(16, min(lay.N, 16 if lay.num_seqs * lay.H < 256 else LAUNCH["scan_bv"]))
 
 
 def prepare_chunks(cu_seqlens, chunk_size, cu_seqlens_cpu=None):
@@ -403,54 +598,75 @@ class _Layout:
             self.out_grid = (nt, B * H)
 
 
-def chunk_wkv_fwd(r, k, v, w, u, h0, lay, prec):
+def _xprec():
+    """Precision of the 0/1-matrix segment sums of log decays: fp32-accurate everywhere."""
+    return "ieee" if interpreting() else "tf32x3"
+
+
+def chunk_wkv_fwd(r, k, v, w, u, h0, lay, prec, poison=False):
     """Returns o [B, T, H, N] (r's dtype), ht [num_seqs, H, N, N] fp32, chunk states fp32."""
     H, N, BT = lay.H, lay.N, lay.BT
-    o = new_buffer(r.shape, r.dtype, r.device)
-    ht = new_buffer((lay.num_seqs, H, N, N), torch.float32, r.device)
-    states = new_buffer((lay.num_chunks, H, N, N), torch.float32, r.device)
+    o = new_buffer(r.shape, r.dtype, r.device, poison)
+    ht = new_buffer((lay.num_seqs, H, N, N), torch.float32, r.device, poison)
+    states = new_buffer((lay.num_chunks, H, N, N), torch.float32, r.device, poison)
     BV = _scan_block_v(lay)
     _fwd_state_kernel[(N // BV, lay.num_seqs * H)](
         k, v, w, h0, ht, states, lay.cu_seqlens, lay.chunk_offsets, lay.T, lay.s_w,
         H=H, N=N, BT=BT, BV=BV, HAS_H0=h0 is not None, IS_VARLEN=lay.varlen, PREC=prec,
-        num_warps=_num_warps(N))
+        num_warps=_num_warps(N, "fwd_state"))
     _fwd_out_kernel[lay.out_grid](
         r, k, v, w, u, o, states, lay.cu_seqlens, lay.chunk_offsets, lay.chunk_indices, lay.T,
-        lay.s_w, H=H, N=N, BT=BT, BS=SUB, IS_VARLEN=lay.varlen, PREC=prec, num_warps=_num_warps(N))
+        lay.s_w, H=H, N=N, BT=BT, BS=SUB, LEVELS=_levels(SUB), IS_VARLEN=lay.varlen, PREC=prec,
+        XPREC=_xprec(), num_warps=_num_warps(N, "fwd_out"))
     return o, ht, states
 
 
-def chunk_wkv_bwd(r, k, v, w, u, states, do, dht, need_dh0, lay, prec):
+def chunk_wkv_bwd(r, k, v, w, u, states, do, dht, need_dh0, lay, prec, poison=False):
     """Returns dr, dk, dv (input dtypes), dw (w's shape and dtype), du [H, N], dh0 or None."""
     H, N, BT = lay.H, lay.N, lay.BT
-    dstates = new_buffer((lay.num_chunks, H, N, N), torch.float32, r.device)
-    dh0 = new_buffer((lay.num_seqs, H, N, N), torch.float32, r.device) if need_dh0 else None
+    dstates = new_buffer((lay.num_chunks, H, N, N), torch.float32, r.device, poison)
+    dh0 = new_buffer((lay.num_seqs, H, N, N), torch.float32, r.device, poison) if need_dh0 else None
     BV = _scan_block_v(lay)
     _bwd_state_kernel[(N // BV, lay.num_seqs * H)](
         r, w, do, dht, dh0, dstates, lay.cu_seqlens, lay.chunk_offsets, lay.T, lay.s_w,
         H=H, N=N, BT=BT, BV=BV, HAS_DHT=dht is not None, STORE_DH0=need_dh0, IS_VARLEN=lay.varlen,
-        PREC=prec, num_warps=_num_warps(N))
-    dr = new_buffer(r.shape, r.dtype, r.device)
-    dk = new_buffer(k.shape, k.dtype, k.device)
-    dv = new_buffer(v.shape, v.dtype, v.device)
-    dwbuf = new_buffer(r.shape, torch.float32, r.device)
-    du_part = new_buffer((lay.num_chunks, H, N), torch.float32, r.device)
-    _bwd_chunk_kernel[lay.out_grid](
-        r, k, v, w, u, do, states, dstates, dr, dk, dv, dwbuf, du_part,
-        lay.cu_seqlens, lay.chunk_offsets, lay.chunk_indices, lay.T, lay.s_w,
-        H=H, N=N, BT=BT, BS=SUB, IS_VARLEN=lay.varlen, PREC=prec, num_warps=_num_warps(N))
-    dw = dwbuf.sum(dim=(0, 1)) if lay.static_w else dwbuf
-    return dr, dk, dv, dw.to(w.dtype), du_part.sum(0).to(u.dtype), dh0
+        PREC=prec, num_warps=_num_warps(N, "bwd_state"))
+    dr = new_buffer(r.shape, r.dtype, r.device, poison)
+    dk = new_buffer(k.shape, k.dtype, k.device, poison)
+    dv = new_buffer(v.shape, v.dtype, v.device, poison)
+    dwbuf = new_buffer(r.shape, torch.float32, r.device, poison)
+    # Finch: dw straight in w's dtype; Eagle: per-token fp32 terms, summed over tokens below
+    dw = dwbuf if lay.static_w else new_buffer(r.shape, w.dtype, r.device, poison)
+    du_part = new_buffer((lay.num_chunks, H, N), torch.float32, r.device, poison)
+    common = dict(H=H, N=N, BT=BT, BS=SUB, LEVELS=_levels(SUB), IS_VARLEN=lay.varlen, PREC=prec,
+                  XPREC=_xprec())
+    if LAUNCH["bwd_levels"]:
+        carry = new_buffer((lay.num_chunks, H, N), torch.float32, r.device, poison)
+        _bwd_dr_kernel[lay.out_grid](
+            r, k, v, w, u, do, states, dstates, dr, dwbuf, carry, du_part,
+            lay.cu_seqlens, lay.chunk_offsets, lay.chunk_indices, lay.T, lay.s_w,
+            num_warps=_num_warps(N, "bwd_dr"), **common)
+        _bwd_dkdv_kernel[lay.out_grid](
+            r, k, v, w, u, do, dstates, dk, dv, dwbuf, dw, carry,
+            lay.cu_seqlens, lay.chunk_offsets, lay.chunk_indices, lay.T, lay.s_w,
+            num_warps=_num_warps(N, "bwd_dkdv"), **common)
+    else:
+        _bwd_chunk_kernel[lay.out_grid](
+            r, k, v, w, u, do, states, dstates, dr, dk, dv, dwbuf, dw, du_part,
+            lay.cu_seqlens, lay.chunk_offsets, lay.chunk_indices, lay.T, lay.s_w,
+            H=H, N=N, BT=BT, BS=SUB, IS_VARLEN=lay.varlen, PREC=prec, num_warps=_num_warps(N, "bwd_dr"))
+    if lay.static_w:
+        dw = dw.sum(dim=(0, 1)).to(w.dtype)
+    return dr, dk, dv, dw, du_part.sum(0).to(u.dtype), dh0
 
 
 class ChunkWKVFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, r, k, v, w, u, h0, cu_seqlens, chunk_size, cu_seqlens_cpu):
+    def forward(ctx, r, k, v, w, u, h0, cu_seqlens, chunk_size, cu_seqlens_cpu, prec, poison):
         lay = _Layout(r, w, cu_seqlens, chunk_size, cu_seqlens_cpu)
-        prec = dot_precision(r.dtype)
-        o, ht, states = chunk_wkv_fwd(r, k, v, w, u, h0, lay, prec)
+        o, ht, states = chunk_wkv_fwd(r, k, v, w, u, h0, lay, prec, poison)
         ctx.save_for_backward(r, k, v, w, u, states)
-        ctx.lay, ctx.prec, ctx.has_h0 = lay, prec, h0 is not None
+        ctx.lay, ctx.prec, ctx.poison, ctx.has_h0 = lay, prec, poison, h0 is not None
         return o, ht
 
     @staticmethod
@@ -459,12 +675,12 @@ class ChunkWKVFunction(torch.autograd.Function):
         need_dh0 = ctx.has_h0 and ctx.needs_input_grad[5]
         dr, dk, dv, dw, du, dh0 = chunk_wkv_bwd(
             r, k, v, w, u, states, do.contiguous(), None if dht is None else dht.contiguous(),
-            need_dh0, ctx.lay, ctx.prec)
-        return dr, dk, dv, dw, du, dh0, None, None, None
+            need_dh0, ctx.lay, ctx.prec, ctx.poison)
+        return dr, dk, dv, dw, du, dh0, None, None, None, None, None
 
 
 def chunk_wkv(r, k, v, w_log, u, initial_state=None, cu_seqlens=None, chunk_size=64,
-              cu_seqlens_cpu=None):
+              cu_seqlens_cpu=None, dot_precision=None, poison=False):
     """Chunked Triton WKV (Finch per-token decay or Eagle static decay), differentiable.
 
     Args:
@@ -475,6 +691,8 @@ def chunk_wkv(r, k, v, w_log, u, initial_state=None, cu_seqlens=None, chunk_size
         cu_seqlens: packed sequences: int tensor [num_seqs + 1] of row offsets into T, with B = 1.
         chunk_size: tokens per chunk (multiple of 16); 64 on the GPU.
         cu_seqlens_cpu: optional host copy of cu_seqlens (avoids a device sync).
+        dot_precision: None (by dtype: see utils.dot_precision), "tf32", "tf32x3" or "ieee".
+        poison: fill every kernel-written buffer with NaN first (tests: a missed element shows).
 
     Returns:
         (out [B, T, H, N] in r's dtype, final_state [num_seqs, H, N, N] fp32).
@@ -484,7 +702,9 @@ def chunk_wkv(r, k, v, w_log, u, initial_state=None, cu_seqlens=None, chunk_size
         raise ValueError(f"chunk_wkv: packed sequences (cu_seqlens) need B = 1, got B = {B}")
     if chunk_size % SUB or N < 16 or N & (N - 1):
         raise ValueError(f"chunk_wkv: need chunk_size % {SUB} == 0 and N a power of two >= 16")
+    prec = _dot_precision(r.dtype, dot_precision)
     r, k, v, u = (x.contiguous() for x in (r, k, v, u))
     w_log = w_log.contiguous() if w_log.dim() == 2 else w_log.expand(B, T, H, N).contiguous()
     h0 = None if initial_state is None else initial_state.float().contiguous()
-    return ChunkWKVFunction.apply(r, k, v, w_log, u, h0, cu_seqlens, chunk_size, cu_seqlens_cpu)
+    return ChunkWKVFunction.apply(r, k, v, w_log, u, h0, cu_seqlens, chunk_size, cu_seqlens_cpu,
+                                  prec, poison)

@@ -46,7 +46,7 @@ def _decode_kernel(r, k, v, w, u, o, state, state_idx, T, s_wb, s_wt,
     tl.store(s_ptr, S)
 
 
-def wkv_decode_(r, k, v, w_log, u, state, state_idx=None, block_v=16):
+def wkv_decode_(r, k, v, w_log, u, state, state_idx=None, block_v=16, poison=False):
     """Advance `state` in place by T tokens (decode T = 1, or a short prefill) and return the output.
 
     Args:
@@ -56,6 +56,7 @@ def wkv_decode_(r, k, v, w_log, u, state, state_idx=None, block_v=16):
         state: fp32 [S, H, N, N] indexed [key, value]; rows `state_idx` (or 0..B-1) are updated in place.
         state_idx: optional int tensor [B]: the state slot of each sequence (a pool of conversations).
             Slots must be distinct.
+        poison: fill the output with NaN first (tests: an element the kernel misses shows).
 
     Returns:
         out [B, T, H, N] in r's dtype.
@@ -71,7 +72,7 @@ def wkv_decode_(r, k, v, w_log, u, state, state_idx=None, block_v=16):
     else:
         w_log = w_log.expand(B, T, H, N).contiguous()
         s_wb, s_wt = T * H * N, H * N
-    o = new_buffer(r.shape, r.dtype, r.device)
+    o = new_buffer(r.shape, r.dtype, r.device, poison)
     BV = min(block_v, N)
     _decode_kernel[(N // BV, B * H)](
         r, k, v, w_log, u, o, state, state_idx, T, s_wb, s_wt,

@@ -1,9 +1,14 @@
-"""Small helpers shared by the Triton WKV kernels: interpreter detection, dot precision, debug poison."""
+"""Small helpers shared by the Triton WKV kernels: interpreter detection, dot precision, debug poison.
+
+Nothing here reads kernel settings from the environment: precision and poisoning are explicit
+arguments of the host functions (`chunk_wkv(..., dot_precision=..., poison=...)`).
+"""
 import os
 
 import torch
 
 LOG2E = 1.4426950408889634
+DOT_PRECISIONS = ("tf32", "tf32x3", "ieee")
 
 
 def interpreting():
@@ -11,34 +16,26 @@ def interpreting():
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def dot_precision(dtype):
+def dot_precision(dtype, requested=None):
     """Precision of the fp32 `tl.dot`s inside the kernels (all dot operands are fp32).
 
-    fp32 inputs need fp32 accuracy (tf32x3: three tf32 products); bf16/fp16 inputs are exact in tf32,
-    and tf32 rounding of the decayed operands (~5e-4) stays well under the bf16 output rounding.
-    EAGLEFINCH_WKV_DOT=tf32x3 raises the bf16/fp16 path to fp32-like dots too (about 3x the MMA work).
-    The interpreter ignores the setting; it is passed as "ieee" there.
+    Default: "tf32x3" (three tf32 products, fp32-like) for fp32/fp64 inputs; "tf32" for bf16/fp16
+    inputs, whose values are exact in tf32 (the rounding of decayed operands, ~5e-4, stays under the
+    bf16 output rounding). `requested` overrides it ("tf32", "tf32x3" or "ieee"). The interpreter
+    has no tf32: it always gets "ieee".
     """
+    if requested is not None and requested not in DOT_PRECISIONS:
+        raise ValueError(f"dot_precision must be one of {DOT_PRECISIONS}, got {requested!r}")
     if interpreting():
         return "ieee"
-    if dtype in (torch.float32, torch.float64):
-        return "tf32x3"
-    return os.environ.get("EAGLEFINCH_WKV_DOT", "tf32")
+    if requested is not None:
+        return requested
+    return "tf32x3" if dtype in (torch.float32, torch.float64) else "tf32"
 
 
-def poison_outputs():
-    """Debug flag: fill kernel-written buffers with NaN instead of leaving them uninitialised.
-
-    On by default under the interpreter (tests), or with EAGLEFINCH_WKV_POISON=1.
-    """
-    flag = os.environ.get("EAGLEFINCH_WKV_POISON")
-    if flag is not None:
-        return flag == "1"
-    return interpreting()
-
-
-def new_buffer(shape, dtype, device):
-    """A buffer a kernel must fill completely: NaN-poisoned in debug mode so a missed element shows."""
-    if poison_outputs():
+def new_buffer(shape, dtype, device, poison=False):
+    """A buffer a kernel must fill completely; `poison=True` (tests) fills it with NaN first, so an
+    element the kernel forgets to write shows up."""
+    if poison:
         return torch.full(shape, float("nan"), dtype=dtype, device=device)
     return torch.empty(shape, dtype=dtype, device=device)

@@ -1,19 +1,15 @@
 """Triton WKV kernels on the GPU at real shapes (skipped without CUDA): bf16 and fp32 against the fp64
 oracle, packed sequences, T = 65536 with strong decays, decode. Run on the device:
     python -m pytest -q tests/gpu tests/triton
-Kernel buffers are NaN-poisoned here too (EAGLEFINCH_WKV_POISON=1 is set below before any call)."""
-import os
-
+Kernel buffers are NaN-poisoned here too (`poison=True`), so an element a kernel misses fails."""
 import pytest
 import torch
 
 if not torch.cuda.is_available():
     pytest.skip("needs CUDA", allow_module_level=True)
 
-os.environ.setdefault("EAGLEFINCH_WKV_POISON", "1")
-
-from kernels import wkv, wkv_chunked, wkv_decode_, wkv_reference        # noqa: E402
-from kernels.triton import chunk_wkv                                     # noqa: E402
+from kernels import wkv_chunked, wkv_reference                    # noqa: E402
+from kernels.triton import chunk_wkv, wkv_decode_                  # noqa: E402
 from kernels.triton.testing import assert_close, check_fwd_bwd, make_inputs, rel_err  # noqa: E402
 
 DEV = "cuda"
@@ -21,7 +17,7 @@ TOL = {torch.bfloat16: 2e-3, torch.float16: 2e-3, torch.float32: 1e-5}
 
 
 def _fn(cu=None):
-    return lambda r, k, v, w, u, h0: wkv(r, k, v, w, u, h0, backend="triton", cu_seqlens=cu)
+    return lambda r, k, v, w, u, h0: chunk_wkv(r, k, v, w, u, h0, cu_seqlens=cu, poison=True)
 
 
 def _assert_close(result, tol):
@@ -54,7 +50,7 @@ def test_long_sequence_strong_decay(dtype):
     B, T, H, N = 1, 65536, 2, 64
     r, k, v, w, u = make_inputs(B, T, H, N, dtype, DEV, decay="strong", seed=3)
     leaves = [x.clone().requires_grad_() for x in (r, k, v, w, u)]
-    o, ht = chunk_wkv(*leaves)
+    o, ht = chunk_wkv(*leaves, poison=True)
     do, dht = torch.randn_like(o), torch.randn_like(ht)
     torch.autograd.backward([o, ht], [do, dht])
     for x in [o, ht] + [x.grad for x in leaves]:
@@ -81,7 +77,7 @@ def test_decode_bf16(B):
     pool = torch.randn(B + 3, H, N, N, device=DEV)
     idx = torch.randperm(B + 3, device=DEV)[:B]
     before = pool.clone()
-    o = wkv_decode_(r, k, v, w, u, pool, idx)
+    o = wkv_decode_(r, k, v, w, u, pool, idx, poison=True)
     o_ref, ht_ref = wkv_reference(r, k, v, w, u, before[idx])
     assert rel_err(o, o_ref) < 2e-3 and rel_err(pool[idx], ht_ref) < 1e-5
     mask = torch.ones(B + 3, dtype=torch.bool, device=DEV)

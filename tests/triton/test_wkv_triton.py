@@ -1,8 +1,8 @@
 """Triton WKV kernels under the CPU interpreter (`TRITON_INTERPRET=1 pytest tests/triton`), at tiny
 shapes, against the fp64 serial reference: forward, every gradient (r, k, v, w, u, initial state,
 with a gradient on the final state too), ragged T, packed sequences, strong decays, decode.
-Kernel-written buffers are NaN-poisoned under the interpreter (kernels.triton.utils.poison_outputs),
-so an element a kernel forgets to write fails the comparison."""
+Every call passes `poison=True`: kernel-written buffers start as NaN, so an element a kernel forgets to
+write fails the comparison."""
 import os
 
 import pytest
@@ -12,9 +12,8 @@ if os.environ.get("TRITON_INTERPRET", "0") != "1" and not torch.cuda.is_availabl
     pytest.skip("needs TRITON_INTERPRET=1 (set before triton is imported) or CUDA",
                 allow_module_level=True)
 
-from kernels import wkv, wkv_decode_, wkv_reference                    # noqa: E402
-from kernels.triton import chunk_wkv                                   # noqa: E402
-from kernels.triton.utils import poison_outputs                        # noqa: E402
+from kernels import wkv, wkv_reference                                 # noqa: E402
+from kernels.triton import chunk, chunk_wkv, wkv_decode_               # noqa: E402
 from kernels.triton.testing import assert_close, check_fwd_bwd, make_inputs, rel_err  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1" else "cpu"
@@ -23,7 +22,7 @@ TOL = {torch.float32: 1e-5, torch.float16: 2e-3}
 
 def _chunk(chunk_size, cu_seqlens=None):
     def fn(r, k, v, w, u, h0):
-        return chunk_wkv(r, k, v, w, u, h0, cu_seqlens=cu_seqlens, chunk_size=chunk_size)
+        return chunk_wkv(r, k, v, w, u, h0, cu_seqlens=cu_seqlens, chunk_size=chunk_size, poison=True)
     return fn
 
 
@@ -31,8 +30,18 @@ def _assert_close(result, tol):
     assert_close(*result, tol)
 
 
-def test_poison_is_on():
-    assert poison_outputs() or DEV == "cuda"
+def test_poison_argument_fills_nan():
+    from kernels.triton.utils import new_buffer
+    assert new_buffer((3,), torch.float32, "cpu", poison=True).isnan().all()
+
+
+@pytest.fixture
+def level_backward():
+    """The opt-in backward with the in-block terms by levels (kernels.triton.chunk.LAUNCH)."""
+    saved = chunk.LAUNCH["bwd_levels"]
+    chunk.LAUNCH["bwd_levels"] = 1
+    yield
+    chunk.LAUNCH["bwd_levels"] = saved
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
@@ -66,6 +75,21 @@ def test_chunk_strong_decay(dtype):
     inputs = make_inputs(1, 40, 1, 16, dtype, DEV, decay="strong", seed=5)
     h0 = torch.randn(1, 1, 16, 16, device=DEV)
     _assert_close(check_fwd_bwd(_chunk(32), inputs, h0), 1e-4 if dtype == torch.float32 else 3e-3)
+
+
+@pytest.mark.parametrize("decay", ["normal", "strong"])
+def test_chunk_level_backward(level_backward, decay):
+    inputs = make_inputs(1, 40, 1, 16, torch.float32, DEV, decay=decay, seed=12)
+    h0 = torch.randn(1, 1, 16, 16, device=DEV)
+    _assert_close(check_fwd_bwd(_chunk(32), inputs, h0), 1e-5)
+
+
+def test_chunk_level_backward_packed_eagle(level_backward):
+    lens = [1, 20, 33]
+    cu = torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist(), dtype=torch.int32, device=DEV)
+    inputs = make_inputs(1, sum(lens), 2, 16, torch.float32, DEV, static_w=True, seed=13)
+    h0 = torch.randn(len(lens), 2, 16, 16, device=DEV)
+    _assert_close(check_fwd_bwd(_chunk(16, cu), inputs, h0, cu_seqlens=cu), 1e-5)
 
 
 def test_chunk_weak_decay():
@@ -107,7 +131,7 @@ def test_decode_in_place(T, static_w, use_idx):
     idx = torch.tensor([3, 0], device=DEV) if use_idx else None
     rows = [3, 0] if use_idx else [0, 1]
     before = pool.clone()
-    o = wkv_decode_(r, k, v, w, u, pool, idx, backend="triton")
+    o = wkv_decode_(r, k, v, w, u, pool, idx, poison=True)
     o_ref, ht_ref = wkv_reference(r, k, v, w, u, before[rows])
     assert rel_err(o, o_ref) < 1e-5
     assert rel_err(pool[rows], ht_ref) < 1e-5
@@ -119,7 +143,7 @@ def test_decode_fp16_strong_decay():
     r, k, v, w, u = make_inputs(3, 2, 1, 16, torch.float16, DEV, decay="strong", seed=11)
     state = torch.randn(3, 1, 16, 16, device=DEV)
     before = state.clone()
-    o = wkv_decode_(r, k, v, w, u, state, backend="triton")
+    o = wkv_decode_(r, k, v, w, u, state, poison=True)
     o_ref, ht_ref = wkv_reference(r, k, v, w, u, before)
     assert torch.isfinite(state).all()
     assert rel_err(o, o_ref) < 2e-3 and rel_err(state, ht_ref) < 1e-5
