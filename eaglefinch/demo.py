@@ -2,12 +2,16 @@
 
 Text: the chatterbot-corpus dialogues (28 languages, installed from PyPI) -> token shards ->
 a tiny Finch trained from scratch -> replies generated in several languages and scripts.
-Everything goes to runs/demo/; the loss curve is runs/demo/text/loss.png.
+Music: the Bach chorales of music21 -> MIDI event shards -> a tiny Finch -> a new piece
+(runs/demo/music/sample.mid and its piano roll sample.png), see music/demo.py.
+Everything goes to runs/demo/; the loss curves are runs/demo/<name>/loss.png.
 """
 import shutil
 import sys
 import time
 from pathlib import Path
+
+from music.demo import music_demo
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = Path("runs/demo")
@@ -50,7 +54,7 @@ def text_demo():
         print(prompt + reply)
 
 
-DEMOS = {"text": text_demo}
+DEMOS = {"text": text_demo, "music": music_demo}
 
 
 def main(argv=None):

@@ -11,18 +11,18 @@ separators are scored but have no bytes (their nats are charged to the text, as 
 """
 import json
 import math
-import shutil
 from contextlib import ExitStack
 from pathlib import Path
 
 from rwkv_core import RWKV, RWKVConfig
 from rwkv_core.checkpoint import atomic_path
-from rwkv_core.data import SEPARATOR, DataError, ShardWriter, TokenDataset, split_of, temp_dir_beside
+from rwkv_core.data import SEPARATOR, DataError, ShardWriter, TokenDataset, folder_written_whole, split_of
+from rwkv_core.heldout import heldout_nats
+from rwkv_core.runs import load_config
 from rwkv_core.train import NextTokenTask, train, train_config_with
 
 from .corpus import abc_tunes
-from .evaluate import heldout_nats
-from .train import load_config
+from .train import SECTIONS
 
 VOCAB_SIZE = 128
 ARCHS = ("eagle", "finch")
@@ -32,28 +32,18 @@ RESULTS_FILE = "abc.json"
 def write_abc_data(out_dir, tunes=None, val_fraction: float = 0.05) -> dict:
     """Write ABC tunes (default: every ASCII tune of music21's corpus) as byte shards in out_dir.
 
-    out_dir must not exist; it appears only when complete. Returns {"train"|"val": {"docs", "tokens"}}.
+    out_dir must be absent or empty; it appears only when complete. Returns {"train"|"val": {"docs", "tokens"}}.
     """
     tunes = abc_tunes() if tunes is None else tunes
-    out_dir = Path(out_dir)
-    if out_dir.exists():
-        raise DataError(f"{out_dir} already exists")
     metadata = {"tokenizer": "bytes", "vocab_size": VOCAB_SIZE}
-    tmp = temp_dir_beside(out_dir)
-    try:
-        with ExitStack() as stack:  # an error aborts both writers
-            writers = {s: stack.enter_context(ShardWriter(tmp, s, metadata=metadata)) for s in ("train", "val")}
-            for tune in tunes:
-                data = tune.encode("ascii")  # raises for a non-ASCII tune: it has no byte-level id
-                if SEPARATOR in data:
-                    raise DataError("an ABC tune holds a NUL byte, which is the tune separator")
-                writers[split_of(tune, val_fraction)].add(list(data))
-        stats = {s: {"docs": w.docs, "tokens": w.tokens} for s, w in writers.items()}
-        tmp.replace(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return stats
+    with folder_written_whole(out_dir) as tmp, ExitStack() as stack:  # an error aborts both writers
+        writers = {s: stack.enter_context(ShardWriter(tmp, s, metadata=metadata)) for s in ("train", "val")}
+        for tune in tunes:
+            data = tune.encode("ascii")  # raises for a non-ASCII tune: it has no byte-level id
+            if SEPARATOR in data:
+                raise DataError("an ABC tune holds a NUL byte, which is the tune separator")
+            writers[split_of(tune, val_fraction)].add(list(data))
+    return {s: {"docs": w.docs, "tokens": w.tokens} for s, w in writers.items()}
 
 
 def bits_per_byte(model, data, ctx_len: int, batch_size: int = 8, max_tokens: int | None = None) -> dict:
@@ -71,7 +61,7 @@ def compare_archs(config_path, data_dir, out_dir, *, max_steps=None, seed=None, 
     {"config", "steps", "batch_size", "ctx_len", "tokens_seen", <arch>: {"params", "train_loss",
     "bytes", "tokens", "bits_per_byte"}}.
     """
-    cfg = load_config(config_path)
+    cfg = load_config(config_path, SECTIONS)
     train_cfg = train_config_with(cfg.get("train", {}), max_steps, seed)
     train_data, val_data = TokenDataset(data_dir, "train"), TokenDataset(data_dir, "val")
     if train_data.metadata.get("tokenizer") != "bytes":

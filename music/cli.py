@@ -2,6 +2,8 @@
 import json
 from pathlib import Path
 
+from rwkv_core.runs import add_sampling_args, add_train_args, run_folder, sampler_from, training_ctx_len
+
 
 def cmd_prepare(args):
     from .corpus import default_midi_folder
@@ -20,11 +22,6 @@ def cmd_train(args):
                 init=args.init)
 
 
-def sampler_from(args):
-    from rwkv_core.sampling import SamplerConfig
-    return SamplerConfig(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)
-
-
 def cmd_generate(args):
     from .generate import generate_music, prompt_ids
     from .pianoroll import save_midi_and_pianoroll
@@ -40,14 +37,13 @@ def cmd_generate(args):
 
 def cmd_eval(args):
     from .evaluate import evaluate_music, save_results, summary
-    from .train import load_run, training_ctx_len
+    from .train import load_run
 
     model, tokenizer = load_run(args.checkpoint)
     results = evaluate_music(model, tokenizer, args.data, args.split, ctx_len=training_ctx_len(args.checkpoint, model),
                              batch_size=args.batch_size, max_tokens=args.max_tokens, samples=args.samples,
                              seconds=args.seconds, sampler=sampler_from(args), seed=args.seed)
-    checkpoint = Path(args.checkpoint)
-    path = save_results(results, args.out or (checkpoint if checkpoint.is_dir() else checkpoint.parent))
+    path = save_results(results, args.out or run_folder(args.checkpoint))
     print(summary(results))
     print(f"wrote {path}")
 
@@ -65,13 +61,6 @@ def cmd_abc(args):
     print(f"wrote {Path(args.out) / 'abc.json'}")
 
 
-def add_sampling_args(p, seed_default=None):
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus mass; 1.0 = no truncation")
-    p.add_argument("--top-k", type=int, default=0, help="0 = off")
-    p.add_argument("--seed", type=int, default=seed_default)
-
-
 def add_commands(parser, common):
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -86,13 +75,7 @@ def add_commands(parser, common):
     p.set_defaults(func=cmd_prepare)
 
     t = sub.add_parser("train", parents=[common], help="train or fine-tune a music model")
-    t.add_argument("--config", required=True, help="JSON with model/train sections (configs/music-tiny.json)")
-    t.add_argument("--data", required=True, help="folder written by `eaglefinch music prepare`")
-    t.add_argument("--out", required=True, help="run folder (checkpoints, tokenizer.json, metrics.jsonl, loss.png)")
-    t.add_argument("--max-steps", type=int)
-    t.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
-    t.add_argument("--seed", type=int)
-    t.add_argument("--init", help="start from this checkpoint (same vocabulary)")
+    add_train_args(t, "music", "model and train sections: configs/music-tiny.json")
     t.set_defaults(func=cmd_train)
 
     g = sub.add_parser("generate", parents=[common], help="write a generated .mid and its piano roll (.png)")
@@ -112,7 +95,7 @@ def add_commands(parser, common):
     e.add_argument("--samples", type=int, default=4, help="pieces to generate for the statistics")
     e.add_argument("--seconds", type=float, default=20.0, help="length of each generated piece")
     e.add_argument("--out", help="folder for eval.json (default: the run folder)")
-    add_sampling_args(e, seed_default=0)
+    add_sampling_args(e, seed=0)
     e.set_defaults(func=cmd_eval)
 
     a = sub.add_parser("abc", parents=[common], help="byte-level ABC models: Eagle vs Finch bits per byte")

@@ -16,14 +16,16 @@ SECONDS = 25
 def music_demo():
     """Prepare the chorales, train configs/music-tiny.json (a few minutes on 2 cores), generate, compare."""
     from rwkv_core.data import TokenDataset
+    from rwkv_core.heldout import heldout_nats
+    from rwkv_core.runs import training_ctx_len
     from rwkv_core.sampling import SamplerConfig
 
     from .corpus import default_midi_folder
-    from .evaluate import heldout_nats, unigram_entropy
+    from .evaluate import unigram_entropy
     from .generate import generate_music
     from .pianoroll import save_midi_and_pianoroll
     from .prepare import prepare
-    from .train import load_run, train_music, training_ctx_len
+    from .train import load_run, train_music
 
     data, run = RUNS / "music-data", RUNS / "music"
     if not data.exists():

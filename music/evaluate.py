@@ -19,44 +19,19 @@ import math
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from rwkv_core.checkpoint import atomic_path
 from rwkv_core.data import SEPARATOR, DataError, TokenDataset
+from rwkv_core.heldout import heldout_nats
 from rwkv_core.sampling import SamplerConfig
 
 from .generate import generate_music
 from .metrics import compare_note_sets
 from .tokenizer import DRUMS, midi_to_notes
+from .train import data_tokenizer
 
 RESULTS_FILE = "eval.json"
 REFERENCE_TOKENS = 200_000  # held-out tokens decoded for the music statistics (a few hundred chorales)
-
-
-@torch.no_grad()
-def heldout_nats(model, data, ctx_len: int, batch_size: int = 8, max_tokens: int | None = None):
-    """(total nats, target counts [V]) over windows of ctx_len targets of a token stream.
-
-    At most `max_tokens` targets (whole windows, at least one) when given.
-    """
-    n_windows = (len(data) - 1) // ctx_len
-    if n_windows == 0:
-        raise DataError(f"{data.name} has {len(data)} tokens: too few for one window of {ctx_len}")
-    if max_tokens is not None:
-        n_windows = min(n_windows, max(1, max_tokens // ctx_len))
-    vocab, device = model.cfg.vocab_size, model.emb.weight.device
-    model.eval()
-    nats, counts, seen = 0.0, torch.zeros(vocab, dtype=torch.long), 0
-    for x, y in data.iter_batches(batch_size, ctx_len):
-        x, y = x[:n_windows - seen], y[:n_windows - seen]
-        logits, _ = model(x.to(device))
-        nats += F.cross_entropy(logits.float().flatten(0, 1), y.flatten().to(device), reduction="sum").item()
-        counts += torch.bincount(y.flatten(), minlength=vocab)
-        seen += len(x)
-        if seen == n_windows:
-            break
-    return nats, counts
 
 
 def unigram_entropy(counts) -> float:
@@ -85,6 +60,9 @@ def evaluate_music(model, tokenizer, data_dir, split: str = "val", *, ctx_len: i
     output, or None when the generated pieces hold no pitched note}.
     """
     ctx_len = ctx_len or model.cfg.ctx_len
+    if data_tokenizer(data_dir, split).to_dict() != tokenizer.to_dict():  # else the ids mean other events
+        raise DataError(f"{data_dir} was tokenized with another MIDI tokenizer config than the run's; "
+                        f"prepare it with the run's tokenizer settings")
     data = TokenDataset(data_dir, split)
     nats, counts = heldout_nats(model, data, ctx_len, batch_size, max_tokens)
     tokens = int(counts.sum())

@@ -4,8 +4,9 @@
 
 Output: `<out_dir>/train` and `<out_dir>/val` written by `rwkv_core.data.ShardWriter` (read them
 with `TokenDataset`; the index metadata holds the tokenizer, `MidiTokenizer.from_dict(
-metadata["tokenizer"])` rebuilds it) and `stats.json`. Everything is written into a temporary
-folder renamed into place at the end, so a failed run leaves nothing behind.
+metadata["tokenizer"])` rebuilds it) and `stats.json`; a split that gets no file is left out.
+Everything is written into a temporary folder renamed into place at the end, so a failed run
+leaves nothing behind.
 
 Each file goes whole to one split, chosen by `split_of` on its path, so augmented copies never
 leak across. Training files are encoded once per (transposition, tempo factor); validation files
@@ -15,7 +16,6 @@ once, unchanged. Unreadable or truncated files are counted, reported and skipped
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from collections.abc import Iterable
 from contextlib import ExitStack
@@ -24,7 +24,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from music.tokenizer import DRUMS, MidiError, MidiTokenizer, midi_to_notes, read_midi
-from rwkv_core.data import DEFAULT_SHARD_TOKENS, DataError, ShardWriter, split_of, temp_dir_beside
+from rwkv_core.data import DEFAULT_SHARD_TOKENS, DataError, ShardWriter, folder_written_whole, split_of
 
 MIDI_SUFFIXES = (".mid", ".midi")
 DEFAULT_TRANSPOSITIONS = (-3, -2, -1, 0, 1, 2, 3)
@@ -72,21 +72,13 @@ def prepare(
     files = find_midi_files(folder)
     if not files:
         raise DataError(f"no .mid or .midi files under {folder}")
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not (out_dir.is_dir() and not any(out_dir.iterdir())):
-        raise DataError(f"{out_dir} exists and is not an empty folder")
     augmentations = {"train": [(t, f) for t in transpositions for f in tempo_factors], "val": [(0, 1.0)]}
     metadata = {"tokenizer": tokenizer.to_dict(), "vocab_size": tokenizer.vocab_size}
-    tmp_dir = temp_dir_beside(out_dir)
-    try:
+    with folder_written_whole(out_dir) as tmp_dir:
         stats = _tokenize(files, tmp_dir, tokenizer, augmentations, val_fraction, shard_tokens, metadata, progress)
         if stats["docs"] == 0:
             raise DataError(f"no usable MIDI file under {folder}; skipped: {stats['skipped']}")
         (tmp_dir / "stats.json").write_text(json.dumps(stats, indent=1), encoding="utf-8")
-        tmp_dir.replace(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
     if progress:
         print(f"prepared {stats['docs']:,} documents, {stats['tokens']:,} tokens, {stats['notes']:,} notes "
               f"from {stats['files']} files into {out_dir}; skipped {stats['skipped']}")
@@ -120,8 +112,12 @@ def _tokenize(files, out_dir, tokenizer, augmentations, val_fraction, shard_toke
                 ids = tokenizer.encode(midi, transpose=transpose, tempo_factor=tempo_factor)
                 writers[split].add(ids)
                 notes[split] += tokenizer.count_notes(ids)
-        if writers["val"].docs == 0 and val_fraction > 0:
-            tqdm.write(f"warning: the val split is empty: no file hashed into val_fraction={val_fraction}", file=sys.stderr)
+        for name, writer in writers.items():
+            if writer.docs == 0:  # no folder rather than an empty split that TokenDataset would refuse
+                writer.abort()
+                if any(w.docs for w in writers.values()):  # with no document at all, prepare() says so
+                    tqdm.write(f"warning: no {name} split: no file hashed into it with val_fraction={val_fraction}",
+                               file=sys.stderr)
     splits = {s: {"docs": w.docs, "tokens": w.tokens, "notes": notes[s]} for s, w in writers.items()}
     return {
         "files": len(files),

@@ -6,35 +6,25 @@ The model is a plain RWKV whose vocabulary is the tokenizer's (its head is the m
 tokenizer comes from the shards' index metadata and is saved in the run folder as
 `tokenizer.json`, so generation and evaluation decode with exactly the vocabulary trained on.
 """
-import json
-import shutil
 from pathlib import Path
 
 from rwkv_core import RWKV, RWKVConfig
-from rwkv_core.data import DataError, TokenDataset
+from rwkv_core.data import INDEX_NAME, DataError, TokenDataset
+from rwkv_core.runs import copy_config, load_config, model_file, run_folder
 from rwkv_core.train import NextTokenTask, load_splits, train, train_config_with
 
 from .tokenizer import MidiTokenizer
 
 TOKENIZER_FILE = "tokenizer.json"
-MODEL_FILE = "model.safetensors"
+SECTIONS = ("model", "train")  # of a training config (configs/music-tiny.json)
 
 
-def load_config(path) -> dict:
-    """A training config: JSON with `model` and `train` sections (configs/music-tiny.json)."""
-    try:
-        d = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: cannot read the training config ({e})") from None
-    unknown = sorted(set(d) - {"model", "train"})
-    if unknown:
-        raise ValueError(f"{path}: unknown sections {unknown}; expected model, train")
-    return d
-
-
-def data_tokenizer(data_dir) -> MidiTokenizer:
-    """The tokenizer stored in the index of `<data_dir>/train` by `music.prepare.prepare`."""
-    meta = TokenDataset(data_dir, "train").metadata
+def data_tokenizer(data_dir, split: str = "train") -> MidiTokenizer:
+    """The tokenizer stored in the index of `<data_dir>/<split>` by `music.prepare.prepare`."""
+    if not (Path(data_dir) / split / INDEX_NAME).is_file():
+        raise DataError(f"{data_dir}: no '{split}' split of prepared data (a folder written by "
+                        f"`eaglefinch music prepare MIDI_FOLDER --out DATA`)")
+    meta = TokenDataset(data_dir, split).metadata
     if "tokenizer" not in meta or not isinstance(meta["tokenizer"], dict):
         raise DataError(f"{data_dir}: not music data (no MIDI tokenizer in its index); "
                         f"write it with `eaglefinch music prepare`")
@@ -48,7 +38,7 @@ def train_music(config_path, data_dir, out_dir, *, max_steps=None, resume=False,
     The run folder gets the trainer's files (model.safetensors, checkpoint.pt, metrics.jsonl,
     loss.png) plus config.json and tokenizer.json.
     """
-    cfg = load_config(config_path)
+    cfg = load_config(config_path, SECTIONS)
     train_cfg = train_config_with(cfg.get("train", {}), max_steps, seed)
     tokenizer = data_tokenizer(data_dir)
     train_data, val_data = load_splits(data_dir, train_cfg.ctx_len)
@@ -65,19 +55,14 @@ def train_music(config_path, data_dir, out_dir, *, max_steps=None, resume=False,
         raise ValueError(f"cannot resume: {data_dir} was tokenized differently from the run in {out_dir}")
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer.save(saved)
-    if Path(config_path).resolve() != (out_dir / "config.json").resolve():
-        shutil.copyfile(config_path, out_dir / "config.json")
+    copy_config(config_path, out_dir)
     return train(NextTokenTask(model, train_cfg.l2wrap), train_cfg, train_data, out_dir, val_data=val_data,
                  resume=resume, progress=progress)
 
 
 def load_run(checkpoint):
     """(model in eval mode, tokenizer) of a run folder, or of a model file with tokenizer.json beside it."""
-    path = Path(checkpoint)
-    folder = path if path.is_dir() else path.parent
-    model_path = path / MODEL_FILE if path.is_dir() else path
-    if not model_path.is_file():
-        raise FileNotFoundError(f"{model_path}: no such model file (give a run folder or a .safetensors/.pth)")
+    model_path, folder = model_file(checkpoint), run_folder(checkpoint)
     if not (folder / TOKENIZER_FILE).is_file():
         raise FileNotFoundError(f"{folder / TOKENIZER_FILE} not found: not a music run")
     try:
@@ -89,14 +74,3 @@ def load_run(checkpoint):
         raise ValueError(f"{model_path} has {model.cfg.vocab_size} outputs but its tokenizer "
                          f"{tokenizer.vocab_size} ids")
     return model, tokenizer
-
-
-def training_ctx_len(checkpoint, model) -> int:
-    """The ctx_len a run was trained with (its config.json's train section), else the model's."""
-    path = Path(checkpoint)
-    config = (path if path.is_dir() else path.parent) / "config.json"
-    if config.is_file():
-        ctx_len = load_config(config).get("train", {}).get("ctx_len")
-        if ctx_len:
-            return int(ctx_len)
-    return model.cfg.ctx_len

@@ -16,6 +16,7 @@ RWKV-LM's json2binidx also ends every document with token 0 and samples the `.bi
 
 All problems with the data raise `DataError` (a ValueError) with the path and what is wrong.
 """
+import contextlib
 import hashlib
 import json
 import shutil
@@ -59,6 +60,35 @@ def temp_dir_beside(final: Path) -> Path:
     tmp = final.parent / f".{final.name}.{uuid.uuid4().hex[:12]}.tmp"
     tmp.mkdir(parents=True)
     return tmp
+
+
+@contextlib.contextmanager
+def folder_written_whole(final, overwrite: bool = False):
+    """Yield a temporary folder beside `final` to write into; it becomes `final` when the block succeeds.
+
+    `final` must be absent or an empty folder, or any folder with overwrite=True: the old one is
+    set aside and deleted only once the new one is in place. If the block raises, the temporary
+    folder is removed and `final` is left as it was, so a failed run leaves nothing behind.
+
+        with folder_written_whole("runs/data") as tmp:
+            (tmp / "stats.json").write_text("{}")
+    """
+    final = Path(final)
+    if final.exists() and not (final.is_dir() and (overwrite or not any(final.iterdir()))):
+        raise DataError(f"{final} exists and is not an empty folder" + ("" if overwrite else " (overwrite to replace it)"))
+    tmp = temp_dir_beside(final)
+    try:
+        yield tmp
+        if final.exists() and any(final.iterdir()):
+            old = temp_dir_beside(final)
+            final.replace(old)
+            tmp.replace(final)
+            shutil.rmtree(old)
+        else:
+            tmp.replace(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 class ShardWriter:

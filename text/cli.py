@@ -1,18 +1,8 @@
 """`eaglefinch text ...` subcommands: prepare, train, generate, chat, eval."""
 import argparse
 import sys
-from pathlib import Path
 
-
-def load_model(path):
-    """An official .pth / .safetensors file, or a training run folder (its model.safetensors)."""
-    from rwkv_core import RWKV
-    path = Path(path)
-    if path.is_dir():
-        path = path / "model.safetensors"
-        if not path.exists():
-            raise FileNotFoundError(f"{path.parent}: a run folder must contain model.safetensors")
-    return RWKV.from_pretrained(path).eval()
+from rwkv_core.runs import add_sampling_args, add_train_args, load_model, run_folder, sampler_from, training_ctx_len
 
 
 def cmd_prepare(args):
@@ -26,13 +16,6 @@ def cmd_train(args):
     from .train import train_text
     train_text(args.config, args.data, args.out, max_steps=args.max_steps, resume=args.resume, seed=args.seed,
                init=args.init, deepspeed_config=args.deepspeed)
-
-
-def sampler_from(args):
-    from rwkv_core.sampling import SamplerConfig
-    return SamplerConfig(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                         presence_penalty=args.presence_penalty, frequency_penalty=args.frequency_penalty,
-                         penalty_decay=args.penalty_decay)
 
 
 def load_state(path):
@@ -82,29 +65,22 @@ def cmd_chat(args):
         session.state.save(args.save_state)
 
 
-def add_sampling_args(p):
+def add_generation_args(p):
     p.add_argument("--max-tokens", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-p", type=float, default=0.85, help="nucleus mass; 1.0 = no truncation")
-    p.add_argument("--top-k", type=int, default=0, help="0 = off")
-    p.add_argument("--presence-penalty", type=float, default=0.0)
-    p.add_argument("--frequency-penalty", type=float, default=0.0)
-    p.add_argument("--penalty-decay", type=float, default=0.996)
-    p.add_argument("--seed", type=int, default=None)
+    add_sampling_args(p, top_p=0.85)
     p.add_argument("--load-state", help="continue from a saved state (skips re-reading a long prompt)")
     p.add_argument("--save-state", help="save the state at the end (.safetensors)")
 
 
 def cmd_eval(args):
-    from .evaluate import evaluate, save_results, summary, training_ctx_len
+    from .evaluate import evaluate, save_results, summary
     from .train import tokenizer_for
 
     model = load_model(args.checkpoint)
     results = evaluate(model, args.data, args.split, tokenizer=tokenizer_for(args.checkpoint),
                        ctx_len=training_ctx_len(args.checkpoint, model), max_len=args.max_len,
                        batch_size=args.batch_size, max_tokens=args.max_tokens)
-    checkpoint = Path(args.checkpoint)
-    json_path, plot_path = save_results(results, args.out or (checkpoint if checkpoint.is_dir() else checkpoint.parent))
+    json_path, plot_path = save_results(results, args.out or run_folder(args.checkpoint))
     print(summary(results))
     print(f"wrote {json_path} and {plot_path}")
 
@@ -120,13 +96,7 @@ def add_commands(parser, common):
     p.set_defaults(func=cmd_prepare)
 
     t = sub.add_parser("train", parents=[common], help="train or fine-tune a text model")
-    t.add_argument("--config", required=True, help="JSON with model/train/text sections (configs/text-tiny.json)")
-    t.add_argument("--data", required=True, help="folder written by `eaglefinch text prepare`")
-    t.add_argument("--out", required=True, help="run folder (checkpoints, metrics.jsonl, loss.png)")
-    t.add_argument("--max-steps", type=int)
-    t.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
-    t.add_argument("--seed", type=int)
-    t.add_argument("--init", help="start from this checkpoint (official .pth or ours)")
+    add_train_args(t, "text", "model, train and text sections: configs/text-tiny.json")
     t.add_argument("--deepspeed", metavar="DS_CONFIG", help="DeepSpeed JSON config (run under the deepspeed launcher)")
     t.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # added by the deepspeed launcher; ranks come from env
     t.set_defaults(func=cmd_train)
@@ -135,12 +105,12 @@ def add_commands(parser, common):
     g.add_argument("--checkpoint", required=True, help="official .pth, .safetensors, or a run folder")
     g.add_argument("--prompt", required=True)
     g.add_argument("--stop", action="append", help="stop at this string (repeatable)")
-    add_sampling_args(g)
+    add_generation_args(g)
     g.set_defaults(func=cmd_generate)
 
     c = sub.add_parser("chat", parents=[common], help="chat on stdin/stdout, the state carried across turns")
     c.add_argument("--checkpoint", required=True, help="official .pth, .safetensors, or a run folder")
-    add_sampling_args(c)
+    add_generation_args(c)
     c.set_defaults(func=cmd_chat)
 
     e = sub.add_parser("eval", parents=[common], help="loss, bits per byte and loss by position on held-out shards")

@@ -26,80 +26,39 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from rwkv_core.checkpoint import atomic_path
 from rwkv_core.data import MAX_TOKEN_ID, SEPARATOR, DataError, TokenDataset
+from rwkv_core.heldout import count_windows, first_windows, heldout_nats, window_losses
 
 from .subset import SubsetTokenizer
 from .tokenizer import WorldTokenizer
-from .train import load_config
 
 RESULTS_FILE = "eval.json"
 PLOT_FILE = "eval_positions.png"
-HEAD_ELEMENTS = 1 << 24  # logits materialised at once (64 MB in fp32), whatever the vocabulary
 PLOT_BUCKETS = 48        # log-spaced position buckets of the smoothed curve
 
 
-@torch.no_grad()
-def window_losses(model, x, y, chunk_len: int) -> torch.Tensor:
-    """Cross-entropy in nats of every target: [B, T] fp32 for inputs x and targets y, both [B, T].
-
-    The model reads the window chunk_len tokens at a time and carries its state from chunk to
-    chunk, which gives the same losses as one pass over the whole window; the head and softmax
-    run on slices of at most HEAD_ELEMENTS logits, so a 65,536-token vocabulary fits too.
-    """
-    batch, length = x.shape
-    rows = max(1, HEAD_ELEMENTS // (batch * model.cfg.vocab_size))  # positions per head slice
-    state, losses = None, []
-    for start in range(0, length, chunk_len):
-        hidden, state = model.forward_hidden(x[:, start:start + chunk_len], state)
-        for a in range(0, hidden.shape[1], rows):
-            logits = model.head(hidden[:, a:a + rows]).float()
-            targets = y[:, start + a:start + a + logits.shape[1]]
-            losses.append(F.cross_entropy(logits.transpose(1, 2), targets, reduction="none"))
-    return torch.cat(losses, dim=1)
-
-
-def _id_table(tokenizer, model_vocab: int) -> torch.Tensor | None:
-    """Lookup from the ids stored in the shards (World ids) to model ids; -1 where the model has
-    none. None when they are the same ids (the full World vocabulary)."""
+def _id_map(tokenizer, model_vocab: int, data_name: str):
+    """A function turning (x, y) batches of the ids stored in the shards (World ids) into model ids:
+    the identity for the full World vocabulary, a lookup for a trimmed one."""
     if tokenizer.vocab_size != model_vocab:
         raise ValueError(f"the model has {model_vocab} outputs but the tokenizer {tokenizer.vocab_size} ids; "
                          f"a trimmed-vocabulary run needs its vocab_subset.json")
     if not isinstance(tokenizer, SubsetTokenizer):
-        return None
-    table = torch.full((MAX_TOKEN_ID + 1,), -1, dtype=torch.long)
+        return lambda x, y: (x, y)
+    table = torch.full((MAX_TOKEN_ID + 1,), -1, dtype=torch.long)  # -1 where the model has no id
     table[torch.tensor(tokenizer.ids)] = torch.arange(len(tokenizer.ids))
-    return table
 
+    def map_ids(x, y):
+        x, y = table[x], table[y]
+        if (x < 0).any() or (y < 0).any():
+            raise DataError(f"{data_name} has tokens outside the model's trimmed vocabulary; evaluate on data "
+                            f"whose tokens the run was trained with (e.g. its own val split)")
+        return x, y
 
-def _windows(stream, table, length: int, batch_size: int, n_windows: int):
-    """(x, y) batches of the first n_windows windows of `length` targets, in model ids."""
-    seen = 0
-    for x, y in stream.iter_batches(batch_size, length):
-        x, y = x[:n_windows - seen], y[:n_windows - seen]
-        if table is not None:
-            x, y = table[x], table[y]
-            if (x < 0).any() or (y < 0).any():
-                raise DataError(f"{stream.name} has tokens outside the model's trimmed vocabulary; "
-                                f"evaluate on data whose tokens the run was trained with (e.g. its own val split)")
-        yield x, y
-        seen += len(x)
-        if seen == n_windows:
-            return
-
-
-def _count_windows(stream, length: int, max_tokens: int | None, option: str) -> int:
-    """How many windows of `length` targets to score: all that fit, or max_tokens' worth."""
-    n = (len(stream) - 1) // length
-    if n == 0:
-        raise DataError(f"{stream.name} has {len(stream)} tokens: too few for one window of {length} "
-                        f"(needs {length + 1}); lower {option}")
-    if max_tokens is not None:
-        n = min(n, max(1, max_tokens // length))  # whole windows, at least one
-    return n
+    return map_ids
 
 
 def _buckets(curve: np.ndarray, edges) -> list[dict]:
@@ -132,28 +91,21 @@ def evaluate(model, data_dir, split: str = "val", tokenizer=None, ctx_len: int |
     max_len = max_len or 4 * ctx_len
     if batch_size < 1 or ctx_len < 1 or max_len < 1:
         raise ValueError(f"batch_size, ctx_len and max_len must be >= 1, got {batch_size}, {ctx_len}, {max_len}")
-    vocab = model.cfg.vocab_size
-    table = _id_table(tokenizer, vocab)
     stream = TokenDataset(data_dir, split)
+    map_ids = _id_map(tokenizer, model.cfg.vocab_size, stream.name)
     device = model.emb.weight.device
-    model.eval()
 
     # pass 1: training-length windows, each from a fresh state
-    n_windows = _count_windows(stream, ctx_len, max_tokens, "ctx_len")
-    nats, counts = 0.0, torch.zeros(vocab, dtype=torch.long)
-    with tqdm(total=n_windows * ctx_len, unit="tok", desc=f"{split} loss", disable=not progress) as bar:
-        for x, y in _windows(stream, table, ctx_len, batch_size, n_windows):
-            nats += window_losses(model, x.to(device), y.to(device), ctx_len).double().sum().item()
-            counts += torch.bincount(y.flatten(), minlength=vocab)
-            bar.update(y.numel())
+    nats, counts = heldout_nats(model, stream, ctx_len, batch_size, max_tokens, map_ids, progress)
     tokens = int(counts.sum())
     n_bytes = sum(int(counts[i]) * len(tokenizer.decode_bytes([i])) for i in counts.nonzero().flatten().tolist())
 
     # pass 2: long windows in ctx_len chunks with the state carried
-    n_long = _count_windows(stream, max_len, max_tokens, "--max-len")
+    n_long = count_windows(stream, max_len, max_tokens, "--max-len")
     position_nats = torch.zeros(max_len, dtype=torch.float64)
     with tqdm(total=n_long * max_len, unit="tok", desc=f"{split} by position", disable=not progress) as bar:
-        for x, y in _windows(stream, table, max_len, batch_size, n_long):
+        for x, y in first_windows(stream, max_len, batch_size, n_long):
+            x, y = map_ids(x, y)
             position_nats += window_losses(model, x.to(device), y.to(device), ctx_len).double().sum(0).cpu()
             bar.update(y.numel())
     curve = (position_nats / n_long).numpy()
@@ -177,17 +129,6 @@ def evaluate(model, data_dir, split: str = "val", tokenizer=None, ctx_len: int |
             "buckets": _buckets(curve, log_edges),
         },
     }
-
-
-def training_ctx_len(checkpoint, model) -> int:
-    """The ctx_len a checkpoint was trained with: a run folder's config.json (its train section),
-    else the model config's ctx_len."""
-    config = Path(checkpoint) / "config.json"
-    if Path(checkpoint).is_dir() and config.is_file():
-        train = load_config(config).get("train", {})
-        if "ctx_len" in train:
-            return int(train["ctx_len"])
-    return model.cfg.ctx_len
 
 
 def save_results(results: dict, out_dir) -> tuple[Path, Path]:

@@ -15,14 +15,13 @@ output folder is left behind: everything is written to a temporary folder rename
 """
 import codecs
 import json
-import shutil
 import sys
 from contextlib import ExitStack
 from pathlib import Path
 
 from tqdm import tqdm
 
-from rwkv_core.data import DEFAULT_SHARD_TOKENS, DataError, ShardWriter, split_of, temp_dir_beside
+from rwkv_core.data import DEFAULT_SHARD_TOKENS, DataError, ShardWriter, folder_written_whole, split_of
 
 SUFFIXES = (".txt", ".jsonl")
 DEFAULT_MAX_DOC_CHARS = 1_000_000
@@ -142,19 +141,11 @@ def prepare(
     files = find_files(inputs)
     if not 0 <= val_fraction <= 1:
         raise DataError(f"val_fraction must be in [0, 1], got {val_fraction}")
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not (out_dir.is_dir() and (overwrite or not any(out_dir.iterdir()))):
-        raise DataError(f"{out_dir} exists and is not an empty folder (pass overwrite=True to replace it)")
-    tmp_dir = temp_dir_beside(out_dir)
-    try:
+    with folder_written_whole(out_dir, overwrite) as tmp_dir:
         stats = _tokenize(files, tmp_dir, tokenizer, val_fraction, shard_tokens, max_doc_chars, metadata, progress)
         if stats["docs"] == 0:
             raise DataError(f"no usable document in {[str(i) for i in inputs]}; skipped: {stats['skipped']}")
         (tmp_dir / "stats.json").write_text(json.dumps(stats, indent=1), encoding="utf-8")
-        _move_into_place(tmp_dir, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
     if progress:
         print(f"prepared {stats['docs']:,} documents, {stats['tokens']:,} tokens from {stats['files']} files "
               f"into {out_dir} (train {stats['splits']['train']}, val {stats['splits']['val']}); skipped {stats['skipped']}")
@@ -218,15 +209,3 @@ def _tokenize(files, out_dir, tokenizer, val_fraction, shard_tokens, max_doc_cha
         "splits": splits,
         "skipped": skipped,
     }
-
-
-def _move_into_place(tmp_dir: Path, out_dir: Path) -> None:
-    """Rename the finished tmp_dir to out_dir; an old out_dir is set aside first and deleted last."""
-    if out_dir.exists() and any(out_dir.iterdir()):
-        old = out_dir.parent / f".{out_dir.name}.old"
-        shutil.rmtree(old, ignore_errors=True)
-        out_dir.rename(old)
-        tmp_dir.rename(out_dir)
-        shutil.rmtree(old)
-    else:
-        tmp_dir.replace(out_dir)

@@ -1,26 +1,16 @@
 """Text training: the shared trainer on World-tokenised shards, with an optional trimmed vocabulary."""
 import json
-import shutil
 from pathlib import Path
 
 from rwkv_core import RWKV, RWKVConfig
+from rwkv_core.runs import copy_config, load_config, run_folder
 from rwkv_core.train import NextTokenTask, is_main_process, load_splits, train, train_config_with
 
 from .subset import MappedTokens, SubsetTokenizer, used_ids
 from .tokenizer import WorldTokenizer
 
 VOCAB_FILE = "vocab_subset.json"
-
-
-def load_config(path) -> dict:
-    try:
-        d = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: cannot read the training config ({e})") from None
-    unknown = sorted(set(d) - {"model", "train", "text"})
-    if unknown:
-        raise ValueError(f"{path}: unknown sections {unknown}; expected model, train, text")
-    return d
+SECTIONS = ("model", "train", "text")
 
 
 def train_text(config_path, data_dir, out_dir, *, max_steps=None, resume=False, seed=None, init=None,
@@ -30,7 +20,7 @@ def train_text(config_path, data_dir, out_dir, *, max_steps=None, resume=False, 
     With `deepspeed_config` (a JSON path, e.g. configs/deepspeed/zero2.json) every process of the
     `deepspeed` launcher runs this; only rank 0 writes the run folder's files.
     """
-    cfg = load_config(config_path)
+    cfg = load_config(config_path, SECTIONS)
     train_cfg = train_config_with(cfg.get("train", {}), max_steps, seed)
     out_dir = Path(out_dir)
     train_data, val_data = load_splits(data_dir, train_cfg.ctx_len)
@@ -57,8 +47,8 @@ def train_text(config_path, data_dir, out_dir, *, max_steps=None, resume=False, 
         val_data = val_data and MappedTokens(val_data, ids)
     elif main and (out_dir / VOCAB_FILE).exists():
         (out_dir / VOCAB_FILE).unlink()
-    if main and Path(config_path).resolve() != (out_dir / "config.json").resolve():
-        shutil.copyfile(config_path, out_dir / "config.json")
+    if main:
+        copy_config(config_path, out_dir)
     return train(NextTokenTask(model, train_cfg.l2wrap), train_cfg, train_data, out_dir, val_data=val_data,
                  resume=resume, progress=progress, deepspeed_config=deepspeed_config)
 
@@ -66,6 +56,5 @@ def train_text(config_path, data_dir, out_dir, *, max_steps=None, resume=False, 
 def tokenizer_for(checkpoint):
     """The tokenizer a checkpoint was trained with: World, or the run's trimmed subset of it."""
     world = WorldTokenizer()
-    path = Path(checkpoint)
-    subset = (path if path.is_dir() else path.parent) / VOCAB_FILE
+    subset = run_folder(checkpoint) / VOCAB_FILE
     return SubsetTokenizer.load(world, subset) if subset.exists() else world

@@ -5,8 +5,6 @@ A run config has three sections: "model" (the RWKV, used when not starting from 
 The run folder gets the trainer's files (model.safetensors, checkpoint.pt, metrics.jsonl,
 loss.png) plus visual.json / visual.safetensors, and vocab_subset.json with a trimmed vocabulary.
 """
-import json
-import shutil
 from pathlib import Path
 from typing import Sequence
 
@@ -15,6 +13,7 @@ from torch import nn
 
 from rwkv_core import RWKV, RWKVConfig
 from rwkv_core.data import DataError
+from rwkv_core.runs import copy_config, load_config, model_file
 from rwkv_core.train import L2Wrap, is_main_process, train, train_config_with
 from text.subset import SubsetTokenizer
 from text.tokenizer import WorldTokenizer
@@ -25,17 +24,6 @@ from visual.model import CONFIG_FILE, VisualConfig, VisualRWKV
 from visual.prompt import encode_conversation, per_sample_loss
 
 SECTIONS = ("model", "train", "visual")
-
-
-def load_config(path) -> dict:
-    try:
-        d = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: cannot read the training config ({e})") from None
-    unknown = sorted(set(d) - set(SECTIONS))
-    if unknown:
-        raise ValueError(f"{path}: unknown sections {unknown}; expected {', '.join(SECTIONS)}")
-    return d
 
 
 class VisualTask(nn.Module):
@@ -117,7 +105,7 @@ def train_visual(config_path, data, out_dir, *, val=None, stage: int = 2, clip=N
             are reused), or a language model (.pth / .safetensors / text run folder) to build on
     random_encoder: an untrained encoder (set "freeze_encoder": false so it learns)
     """
-    cfg = load_config(config_path)
+    cfg = load_config(config_path, SECTIONS)
     train_cfg = train_config_with(cfg.get("train", {}), max_steps, seed)
     out_dir = Path(out_dir)
     records = read_records(data)
@@ -138,7 +126,7 @@ def train_visual(config_path, data, out_dir, *, val=None, stage: int = 2, clip=N
         encoder = VisionEncoder(vcfg.encoder, pretrained=str(clip) if clip else None, random_init=random_encoder,
                                 layer=vcfg.layer, pool=vcfg.pool, freeze=vcfg.freeze_encoder, cls_token=vcfg.cls_token)
         if init is not None:
-            model, tokenizer = RWKV.from_pretrained(init / "model.safetensors" if init.is_dir() else init), tokenizer_for(init)
+            model, tokenizer = RWKV.from_pretrained(model_file(init)), tokenizer_for(init)
         elif vcfg.trim_vocab:
             ids = vocabulary_of(records + (val_records or []), encoder.n_tokens, vcfg.image_position)
             tokenizer = SubsetTokenizer(WorldTokenizer(), ids)
@@ -160,8 +148,7 @@ def train_visual(config_path, data, out_dir, *, val=None, stage: int = 2, clip=N
             tokenizer.save(out_dir / VOCAB_FILE)
         elif (out_dir / VOCAB_FILE).exists():
             (out_dir / VOCAB_FILE).unlink()
-        if Path(config_path).resolve() != (out_dir / "config.json").resolve():
-            shutil.copyfile(config_path, out_dir / "config.json")
+        copy_config(config_path, out_dir)
     task = VisualTask(vlm, train_cfg.l2wrap)
     loss = train(task, train_cfg, batches(records), out_dir, val_data=val_records and batches(val_records),
                  resume=resume, progress=progress, deepspeed_config=deepspeed_config,

@@ -16,7 +16,8 @@ from rwkv_core import RWKV
 from rwkv_core.checkpoint import infer_config
 from rwkv_core.data import DataError, ShardWriter
 from tests.core.official_ckpt import random_official_state_dict
-from text.evaluate import evaluate, window_losses
+from rwkv_core.heldout import window_losses
+from text.evaluate import evaluate
 from text.prepare import prepare
 from text.subset import SubsetTokenizer
 from text.tokenizer import WorldTokenizer
@@ -95,7 +96,7 @@ def test_loss_bits_per_byte_and_positions_match_a_direct_computation(tmp_path):
 @pytest.mark.parametrize("arch", ["eagle", "finch"])
 def test_chunks_with_the_state_carried_equal_one_pass(arch, monkeypatch):
     # 50 tokens in chunks of 16 (the last one 2 long); the head in slices of 7 positions, across chunk edges
-    monkeypatch.setattr("text.evaluate.HEAD_ELEMENTS", 3 * 7 * VOCAB)
+    monkeypatch.setattr("rwkv_core.heldout.HEAD_ELEMENTS", 3 * 7 * VOCAB)
     model = random_model(arch)
     g = torch.Generator().manual_seed(0)
     x, y = torch.randint(0, VOCAB, (3, 50), generator=g), torch.randint(0, VOCAB, (3, 50), generator=g)

@@ -1,0 +1,82 @@
+"""Held-out loss of a token model, shared by the domains' `eval` commands.
+
+    nats, counts = heldout_nats(model, TokenDataset("runs/data", "val"), ctx_len=256)
+    loss = nats / counts.sum()        # nats per token; counts[i] = how many targets are id i
+
+Windows are non-overlapping and laid end to end from the start of the token stream (as the
+trainer's validation does), each scored from the model's initial state; every target is scored
+exactly once, the document separator included.
+"""
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .data import DataError
+
+HEAD_ELEMENTS = 1 << 24  # logits materialised at once (64 MB in fp32), whatever the vocabulary
+
+
+@torch.no_grad()
+def window_losses(model, x, y, chunk_len: int) -> torch.Tensor:
+    """Cross-entropy in nats of every target: [B, T] fp32 for inputs x and targets y, both [B, T].
+
+    The model reads the window chunk_len tokens at a time and carries its state from chunk to
+    chunk, which gives the same losses as one pass over the whole window; the head and softmax
+    run on slices of at most HEAD_ELEMENTS logits, so a 65,536-token vocabulary fits too.
+    """
+    batch, length = x.shape
+    rows = max(1, HEAD_ELEMENTS // (batch * model.cfg.vocab_size))  # positions per head slice
+    state, losses = None, []
+    for start in range(0, length, chunk_len):
+        hidden, state = model.forward_hidden(x[:, start:start + chunk_len], state)
+        for a in range(0, hidden.shape[1], rows):
+            logits = model.head(hidden[:, a:a + rows]).float()
+            targets = y[:, start + a:start + a + logits.shape[1]]
+            losses.append(F.cross_entropy(logits.transpose(1, 2), targets, reduction="none"))
+    return torch.cat(losses, dim=1)
+
+
+def count_windows(stream, length: int, max_tokens: int | None = None, option: str = "ctx_len") -> int:
+    """How many windows of `length` targets to score: all that fit, or max_tokens' worth (at least one).
+
+    `option` names the setting to lower in the error for a stream too short for one window.
+    """
+    n = (len(stream) - 1) // length
+    if n == 0:
+        raise DataError(f"{stream.name} has {len(stream)} tokens: too few for one window of {length} "
+                        f"(needs {length + 1}); lower {option}")
+    if max_tokens is not None:
+        n = min(n, max(1, max_tokens // length))
+    return n
+
+
+def first_windows(stream, length: int, batch_size: int, n_windows: int):
+    """(x, y) batches of the stream's first n_windows windows of `length` targets."""
+    seen = 0
+    for x, y in stream.iter_batches(batch_size, length):
+        x, y = x[:n_windows - seen], y[:n_windows - seen]
+        yield x, y
+        seen += len(x)
+        if seen == n_windows:
+            return
+
+
+@torch.no_grad()
+def heldout_nats(model, stream, ctx_len: int, batch_size: int = 8, max_tokens: int | None = None,
+                 map_ids=None, progress: bool = False):
+    """(total nats, target counts [V] int64) over windows of ctx_len targets of a token stream.
+
+    At most `max_tokens` targets (whole windows, at least one) when given. `map_ids`, if given,
+    turns each (x, y) batch of stored ids into the model's ids (a trimmed vocabulary).
+    """
+    n_windows = count_windows(stream, ctx_len, max_tokens)
+    vocab, device = model.cfg.vocab_size, model.emb.weight.device
+    model.eval()
+    nats, counts = 0.0, torch.zeros(vocab, dtype=torch.long)
+    with tqdm(total=n_windows * ctx_len, unit="tok", desc=f"loss on {stream.name}", disable=not progress) as bar:
+        for x, y in first_windows(stream, ctx_len, batch_size, n_windows):
+            x, y = map_ids(x, y) if map_ids else (x, y)
+            nats += window_losses(model, x.to(device), y.to(device), ctx_len).double().sum().item()
+            counts += torch.bincount(y.flatten(), minlength=vocab)
+            bar.update(y.numel())
+    return nats, counts
