@@ -6,7 +6,8 @@ chunked PyTorch path, in one process, bf16 inputs, fp32 state, `triton.testing.d
 
 `--variants` times the chunked kernels at the headline shape once per comma-separated entry, each
 `default` or settings `NAME=VALUE[+NAME=VALUE...]`: `dot=P` passes dot_precision=P to chunk_wkv, and a
-key of kernels.triton.chunk.LAUNCH (e.g. fwd_out, bwd_dkdv) sets that kernel's num_warps for the call;
+key of kernels.triton.chunk.LAUNCH sets that entry for the call (fwd_out, bwd_dkdv, ...: a kernel's
+num_warps; bwd_levels, split, split_state: the kernel choices, e.g. `bwd_levels=1+split=1`);
 `--baseline FILE` adds another version of kernels/triton/chunk.py
 (imported as a sibling module, first in the table) to the same run. Each row also gives the relative
 difference of o and of dr, dk, dv, dw from the first row.

@@ -18,13 +18,21 @@ Algorithm (derivations in kernels/README.md, "Chunked Triton kernels"):
                gradient), in-block terms exact one key row at a time; dw from the suffix-sum identity
                (written in w's dtype), du as per-chunk partial sums.
                Opt-in (LAUNCH["bwd_levels"] = 1): the same two sweeps as two kernels,
-               `_bwd_dr_kernel` and `_bwd_dkdv_kernel`, with the in-block terms by levels: 14 % faster
-               on the H100, but its tf32 score products likely push bf16 dw over the 2e-3 tolerance
-               (BENCHMARKS.md, run 6), so it is not the default.
+               `_bwd_dr_kernel` and `_bwd_dkdv_kernel`, with the in-block terms by levels. With tf32
+               dots its bf16 dw error is 2.49e-3 (> 2e-3, BENCHMARKS.md run 7); with the bf16 split
+               products below (LAUNCH["split"] = 1) it is 1.66e-3, the bf16 rounding floor, and
+               fwd+bwd takes 7.82 ms instead of 10.05 (run 8). Opt-in until tests/gpu has run in full.
+
+Dot products (`_mm`): by default fp32 operands at `dot_precision` (tf32 for bf16/fp16 inputs). Opt-in
+for bf16 inputs (LAUNCH["split"] = 1): bf16 tensor-core products; raw r, k, v, w, do go in as they are
+(bf16-exact), and each decayed/accumulated fp32 operand as a bf16 hi + lo pair: 2 products against an
+exact operand, 3 when neither is exact. Every product is then fp32-like (~2^-16), at about the MMA
+cost of one tf32 product (bf16 MMAs run at twice the tf32 rate).
 
 Tokens are addressed as a flat [B*T, H, N] array of rows: sequence n holds rows [bos, eos), from
 `cu_seqlens` (packed, B=1) or bos = n*T. Decays are handled in log2 units (w * log2 e) so that the
-kernels use exp2. All arithmetic is fp32; the dot operands are fp32 too (precision: see utils).
+kernels use exp2. All arithmetic is fp32; the dot operands are fp32 too (precision: see utils),
+or bf16 pairs with LAUNCH["split"] (above).
 """
 import torch
 import triton
@@ -133,96 +141,153 @@ def _level_pairs(G: tl.constexpr, BS: tl.constexpr):
 
 
 @triton.jit
-def _level_decay(w_b, G: tl.constexpr, BS: tl.constexpr, XPREC: tl.constexpr):
-    """2^X for level G (w_b: [BS, N] log2 decays). Each G-row half is a segment; X[t] sums w over
-    the rows of t's segment before t in upper halves, after t in lower halves. For a level-G pair
-    (t, s) the reference row is the end of s's half, so 2^(gb_t - g_s) = 2^X[t] * 2^X[s], both <= 1.
-    The segment sums run as a 0/1-matrix product in tf32x3 (fp32-accurate: 1 is exact in tf32)."""
+def _split_bf16(x):
+    """fp32 x as a bf16 pair hi + lo with x - (hi + lo) ~ 2^-17 |x| (16 significant bits)."""
+    hi = x.to(tl.bfloat16)
+    return hi, (x - hi.to(tl.float32)).to(tl.bfloat16)
+
+
+@triton.jit
+def _bdot(a, b, acc, SPLIT: tl.constexpr):
+    """tl.dot of bf16 operands with fp32 accumulation. SPLIT = 2 (CPU interpreter, whose tl.dot
+    multiplies the raw bits of bf16 operands) emulates it: the bf16 values, widened, in an fp32 dot."""
+    if SPLIT == 2:
+        out = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+    else:
+        out = tl.dot(a, b, acc)
+    return out
+
+
+@triton.jit
+def _mm(a, b, A_EXACT: tl.constexpr, B_EXACT: tl.constexpr, SPLIT: tl.constexpr, PREC: tl.constexpr):
+    """fp32 a @ b. SPLIT = 0: one tl.dot at PREC (tf32 keeps 10 mantissa bits of fp32 operands).
+    SPLIT = 1 (2 in the interpreter, see `_bdot`): bf16 tensor-core products, fp32 accumulation.
+    An operand flagged exact (its fp32 value is a bf16 value: raw bf16 r, k, v, w, do) goes in as
+    is; any other is split into a bf16 hi + lo pair: 1 product if both are exact, 2 if one is
+    (exact times a 16-bit operand), 3 if neither (hi*hi + hi*lo + lo*hi, dropping lo*lo ~ 2^-18).
+    Every case is fp32-like (~2^-16 relative per product term), unlike tf32 (~2^-11)."""
+    if SPLIT:
+        if A_EXACT:
+            a_h = a.to(tl.bfloat16)
+            if B_EXACT:
+                out = _bdot(a_h, b.to(tl.bfloat16), None, SPLIT)
+            else:
+                b_h, b_l = _split_bf16(b)
+                out = _bdot(a_h, b_l, None, SPLIT)
+                out = _bdot(a_h, b_h, out, SPLIT)
+        else:
+            a_h, a_l = _split_bf16(a)
+            if B_EXACT:
+                b_h = b.to(tl.bfloat16)
+                out = _bdot(a_l, b_h, None, SPLIT)
+                out = _bdot(a_h, b_h, out, SPLIT)
+            else:
+                b_h, b_l = _split_bf16(b)
+                out = _bdot(a_l, b_h, None, SPLIT)
+                out = _bdot(a_h, b_l, out, SPLIT)
+                out = _bdot(a_h, b_h, out, SPLIT)
+    else:
+        out = tl.dot(a, b, input_precision=PREC)
+    return out
+
+
+@triton.jit
+def _level_decay(w_l, G: tl.constexpr, BS: tl.constexpr, XPREC: tl.constexpr, SPLIT: tl.constexpr):
+    """2^X for level G. Each G-row half is a segment; X[t] sums w over the rows of t's segment
+    before t in upper halves, after t in lower halves. For a level-G pair (t, s) the reference row
+    is the end of s's half, so 2^(gb_t - g_s) = 2^X[t] * 2^X[s], both <= 1.
+    The segment sums run as a 0/1-matrix product: SPLIT = 0: w_l holds log2 decays, product in tf32x3
+    (fp32-accurate: 1 is exact in tf32); SPLIT = 1: w_l holds the raw bf16-exact natural-log decays,
+    one bf16 product (exact products, fp32 sums), scaled to log2 after the sum."""
     t = tl.arange(0, BS)[:, None]
     m = tl.arange(0, BS)[None, :]
     upper = (t // G) % 2 == 1
     lower = (t // G) % 2 == 0
     sel = ((t // G) == (m // G)) & ((upper & (m < t)) | (lower & (m > t)))
-    X = tl.dot(tl.where(sel, 1.0, 0.0), w_b, input_precision=XPREC)
+    if SPLIT:
+        X = _bdot(tl.where(sel, 1.0, 0.0).to(tl.bfloat16), w_l.to(tl.bfloat16), None, SPLIT) * LOG2E
+    else:
+        X = tl.dot(tl.where(sel, 1.0, 0.0), w_l, input_precision=XPREC)
     return tl.exp2(X)
 
 
 @triton.jit
-def _level_operands(r, k, w_b, G: tl.constexpr, BS: tl.constexpr, XPREC: tl.constexpr):
+def _level_operands(r, k, w_l, G: tl.constexpr, BS: tl.constexpr, XPREC: tl.constexpr,
+                    SPLIT: tl.constexpr):
     """r and k decayed to the level-G reference rows, and the decay 2^X itself (None-free: 1 for G=1,
     adjacent rows, where nothing decays in between)."""
     if G > 1:
-        e = _level_decay(w_b, G, BS, XPREC)
+        e = _level_decay(w_l, G, BS, XPREC, SPLIT)
     else:
         e = tl.full(r.shape, 1.0, tl.float32)
     return r * e, k * e, e
 
 
 @triton.jit
-def _scores_level(r, k, w_b, G: tl.constexpr, BS: tl.constexpr, PREC: tl.constexpr,
-                  XPREC: tl.constexpr):
-    q, kk, e = _level_operands(r, k, w_b, G, BS, XPREC)
-    return tl.where(_level_pairs(G, BS), tl.dot(q, tl.trans(kk), input_precision=PREC), 0.)
+def _scores_level(r, k, w_l, G: tl.constexpr, BS: tl.constexpr, PREC: tl.constexpr,
+                  XPREC: tl.constexpr, SPLIT: tl.constexpr):
+    q, kk, e = _level_operands(r, k, w_l, G, BS, XPREC, SPLIT)
+    return tl.where(_level_pairs(G, BS), _mm(q, tl.trans(kk), G == 1, G == 1, SPLIT, PREC), 0.)
 
 
 @triton.jit
-def _intra_scores(r, k, w_b, BS: tl.constexpr, LEVELS: tl.constexpr, PREC: tl.constexpr,
-                  XPREC: tl.constexpr):
+def _intra_scores(r, k, w_l, BS: tl.constexpr, LEVELS: tl.constexpr, PREC: tl.constexpr,
+                  XPREC: tl.constexpr, SPLIT: tl.constexpr):
     """In-block scores A[t, s] = sum_i r[t,i] k[s,i] 2^(gb_t[i] - g_s[i]) for s < t (0 elsewhere),
     exactly as a sum over levels of masked tensor-core products of decayed r and k (no exponent > 0)."""
     A = tl.zeros([BS, BS], dtype=tl.float32)
     for lvl in tl.static_range(LEVELS):
-        A += _scores_level(r, k, w_b, BS // (2 << lvl), BS, PREC, XPREC)
+        A += _scores_level(r, k, w_l, BS // (2 << lvl), BS, PREC, XPREC, SPLIT)
     return A
 
 
 @triton.jit
-def _dr_level(dA, r, k, w_b, G: tl.constexpr, BS: tl.constexpr, PREC: tl.constexpr,
-              XPREC: tl.constexpr):
-    q, kk, e = _level_operands(r, k, w_b, G, BS, XPREC)
+def _dr_level(dA, r, k, w_l, G: tl.constexpr, BS: tl.constexpr, PREC: tl.constexpr,
+              XPREC: tl.constexpr, SPLIT: tl.constexpr):
+    q, kk, e = _level_operands(r, k, w_l, G, BS, XPREC, SPLIT)
     dA_g = tl.where(_level_pairs(G, BS), dA, 0.)
-    return e * tl.dot(dA_g, kk, input_precision=PREC)
+    return e * _mm(dA_g, kk, False, G == 1, SPLIT, PREC)
 
 
 @triton.jit
-def _intra_dr(r, k, v, do, w_b, BS: tl.constexpr, LEVELS: tl.constexpr, PREC: tl.constexpr,
-              XPREC: tl.constexpr):
+def _intra_dr(r, k, v, do, w_l, BS: tl.constexpr, LEVELS: tl.constexpr, PREC: tl.constexpr,
+              XPREC: tl.constexpr, SPLIT: tl.constexpr):
     """In-block part of dr: dr[t] = sum_{s<t} (do_t . v_s) k_s 2^(gb_t - g_s), by levels."""
     t = tl.arange(0, BS)[:, None]
     s = tl.arange(0, BS)[None, :]
-    dA = tl.where(s < t, tl.dot(do, tl.trans(v), input_precision=PREC), 0.)
+    dA = tl.where(s < t, _mm(do, tl.trans(v), True, True, SPLIT, PREC), 0.)
     dr = tl.zeros(r.shape, dtype=tl.float32)
     for lvl in tl.static_range(LEVELS):
-        dr += _dr_level(dA, r, k, w_b, BS // (2 << lvl), BS, PREC, XPREC)
+        dr += _dr_level(dA, r, k, w_l, BS // (2 << lvl), BS, PREC, XPREC, SPLIT)
     return dr
 
 
 @triton.jit
-def _dkdv_level(dA, r, k, w_b, G: tl.constexpr, BS: tl.constexpr, PREC: tl.constexpr,
-                XPREC: tl.constexpr):
+def _dkdv_level(dA, r, k, w_l, G: tl.constexpr, BS: tl.constexpr, PREC: tl.constexpr,
+                XPREC: tl.constexpr, SPLIT: tl.constexpr):
     """Level-G parts of dk and of the scores A (for dv)."""
-    q, kk, e = _level_operands(r, k, w_b, G, BS, XPREC)
+    q, kk, e = _level_operands(r, k, w_l, G, BS, XPREC, SPLIT)
     pairs = _level_pairs(G, BS)
-    dk = e * tl.dot(tl.trans(tl.where(pairs, dA, 0.)), q, input_precision=PREC)
-    A = tl.where(pairs, tl.dot(q, tl.trans(kk), input_precision=PREC), 0.)
+    dk = e * _mm(tl.trans(tl.where(pairs, dA, 0.)), q, False, G == 1, SPLIT, PREC)
+    A = tl.where(pairs, _mm(q, tl.trans(kk), G == 1, G == 1, SPLIT, PREC), 0.)
     return dk, A
 
 
 @triton.jit
-def _intra_dkdv(r, k, v, do, w_b, BS: tl.constexpr, LEVELS: tl.constexpr, PREC: tl.constexpr,
-                XPREC: tl.constexpr):
+def _intra_dkdv(r, k, v, do, w_l, BS: tl.constexpr, LEVELS: tl.constexpr, PREC: tl.constexpr,
+                XPREC: tl.constexpr, SPLIT: tl.constexpr):
     """In-block parts of dk and dv, by levels:
         dk[s] = sum_{t>s} (do_t . v_s) r_t 2^(gb_t - g_s),   dv[s] = sum_{t>s} A[t, s] do_t."""
     t = tl.arange(0, BS)[:, None]
     s = tl.arange(0, BS)[None, :]
-    dA = tl.where(s < t, tl.dot(do, tl.trans(v), input_precision=PREC), 0.)
+    dA = tl.where(s < t, _mm(do, tl.trans(v), True, True, SPLIT, PREC), 0.)
     dk = tl.zeros(k.shape, dtype=tl.float32)
     A = tl.zeros([BS, BS], dtype=tl.float32)
     for lvl in tl.static_range(LEVELS):
-        dk_l, A_l = _dkdv_level(dA, r, k, w_b, BS // (2 << lvl), BS, PREC, XPREC)
+        dk_l, A_l = _dkdv_level(dA, r, k, w_l, BS // (2 << lvl), BS, PREC, XPREC, SPLIT)
         dk += dk_l
         A += A_l
-    dv = tl.dot(tl.trans(A), do, input_precision=PREC)
+    dv = _mm(tl.trans(A), do, False, True, SPLIT, PREC)
     return dk, dv
 
 
@@ -233,7 +298,8 @@ def _intra_dkdv(r, k, v, do, w_b, BS: tl.constexpr, LEVELS: tl.constexpr, PREC: 
 @triton.jit
 def _fwd_state_kernel(k, v, w, h0, ht, states, cu_seqlens, chunk_offsets, T, s_w,
                       H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
-                      HAS_H0: tl.constexpr, IS_VARLEN: tl.constexpr, PREC: tl.constexpr):
+                      HAS_H0: tl.constexpr, IS_VARLEN: tl.constexpr, PREC: tl.constexpr,
+                      SPLIT: tl.constexpr):
     """Grid (N // BV, num_seqs * H): the [N, BV] value-slice of one head's state, scanned over chunks.
     states[chunk, h] = state before the chunk; ht = state after the sequence."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
@@ -255,7 +321,7 @@ def _fwd_state_kernel(k, v, w, h0, ht, states, cu_seqlens, chunk_offsets, T, s_w
         w_b = _load_block(w_ptr, c * BT, L, s_w, BT, N) * LOG2E
         g_last = tl.sum(w_b, axis=0)
         k_d = k_b * tl.exp2(_to_end(w_b))
-        S = S * tl.exp2(g_last)[:, None] + tl.dot(tl.trans(k_d), v_b, input_precision=PREC)
+        S = S * tl.exp2(g_last)[:, None] + _mm(tl.trans(k_d), v_b, False, True, SPLIT, PREC)
     tl.store(_state_ptrs(ht + i_nh.to(tl.int64) * N * N, i_v * BV, N, BV), S)
 
 
@@ -263,8 +329,10 @@ def _fwd_state_kernel(k, v, w, h0, ht, states, cu_seqlens, chunk_offsets, T, s_w
 def _fwd_out_kernel(r, k, v, w, u, o, states, cu_seqlens, chunk_offsets, chunk_indices, T, s_w,
                     H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, BS: tl.constexpr,
                     LEVELS: tl.constexpr, IS_VARLEN: tl.constexpr, PREC: tl.constexpr,
-                    XPREC: tl.constexpr):
-    """Grid (chunks, num_seqs * H) or (total chunks, H) when packed. Writes o for one chunk."""
+                    XPREC: tl.constexpr, SPLIT: tl.constexpr, SPLIT_S: tl.constexpr):
+    """Grid (chunks, num_seqs * H) or (total chunks, H) when packed. Writes o for one chunk.
+    SPLIT: bf16 split products (`_mm`) for the in-block and state-update dots; SPLIT_S: also for the
+    dots against the fp32 state."""
     i_h, c, bos, L, gc = _chunk_ids(cu_seqlens, chunk_offsets, chunk_indices, T, H, BT, IS_VARLEN)
     s_x = H * N
     off = bos * s_x + i_h * N
@@ -276,24 +344,25 @@ def _fwd_out_kernel(r, k, v, w, u, o, states, cu_seqlens, chunk_offsets, chunk_i
         r_b = _load_block(r + off, t0, L, s_x, BS, N)
         k_b = _load_block(k + off, t0, L, s_x, BS, N)
         v_b = _load_block(v + off, t0, L, s_x, BS, N)
-        w_b = _load_block(w_ptr, t0, L, s_w, BS, N) * LOG2E
+        w_r = _load_block(w_ptr, t0, L, s_w, BS, N)
+        w_b = w_r * LOG2E
         gb = tl.cumsum(w_b, axis=0) - w_b
-        A = _intra_scores(r_b, k_b, w_b, BS, LEVELS, PREC, XPREC)
-        o_b = tl.dot(r_b * tl.exp2(gb), S, input_precision=PREC)
-        o_b += tl.dot(A, v_b, input_precision=PREC)
+        A = _intra_scores(r_b, k_b, w_r if SPLIT else w_b, BS, LEVELS, PREC, XPREC, SPLIT)
+        o_b = _mm(r_b * tl.exp2(gb), S, False, False, SPLIT_S, PREC)
+        o_b += _mm(A, v_b, False, True, SPLIT, PREC)
         o_b += tl.sum(r_b * u_h[None, :] * k_b, axis=1)[:, None] * v_b
         _store_block(o + off, o_b, t0, L, s_x, BS, N)
         if s < BT // BS - 1:
             g_last = tl.sum(w_b, axis=0)
             k_d = k_b * tl.exp2(_to_end(w_b))
-            S = S * tl.exp2(g_last)[:, None] + tl.dot(tl.trans(k_d), v_b, input_precision=PREC)
+            S = S * tl.exp2(g_last)[:, None] + _mm(tl.trans(k_d), v_b, False, True, SPLIT, PREC)
 
 
 @triton.jit
 def _bwd_state_kernel(r, w, do, dht, dh0, dstates, cu_seqlens, chunk_offsets, T, s_w,
                       H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
                       HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr, IS_VARLEN: tl.constexpr,
-                      PREC: tl.constexpr):
+                      PREC: tl.constexpr, SPLIT: tl.constexpr):
     """Grid (N // BV, num_seqs * H). dstates[chunk, h] = gradient of the state after the chunk; dh0."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
@@ -317,7 +386,7 @@ def _bwd_state_kernel(r, w, do, dht, dh0, dstates, cu_seqlens, chunk_offsets, T,
         g = tl.cumsum(w_b, axis=0)
         g_last = tl.sum(w_b, axis=0)
         r_d = r_b * tl.exp2(g - w_b)
-        dS = dS * tl.exp2(g_last)[:, None] + tl.dot(tl.trans(r_d), do_b, input_precision=PREC)
+        dS = dS * tl.exp2(g_last)[:, None] + _mm(tl.trans(r_d), do_b, False, True, SPLIT, PREC)
     if STORE_DH0:
         tl.store(_state_ptrs(dh0 + i_nh.to(tl.int64) * N * N, i_v * BV, N, BV), dS)
 
@@ -327,7 +396,7 @@ def _bwd_dr_kernel(r, k, v, w, u, do, states, dstates, dr, dwbuf, carry, du_part
                    cu_seqlens, chunk_offsets, chunk_indices, T, s_w,
                    H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, BS: tl.constexpr,
                    LEVELS: tl.constexpr, IS_VARLEN: tl.constexpr, PREC: tl.constexpr,
-                   XPREC: tl.constexpr):
+                   XPREC: tl.constexpr, SPLIT: tl.constexpr, SPLIT_S: tl.constexpr):
     """Grid as `_fwd_out_kernel`: the forward sweep over one chunk (dr needs the state before each
     token). Writes dr, dwbuf = -(inclusive in-chunk prefix of r*dr), du per chunk, and
     carry = Q_end + sum_chunk(r*dr) (Q_end = sum_j S_end * dS_end) for `_bwd_dkdv_kernel`."""
@@ -345,10 +414,11 @@ def _bwd_dr_kernel(r, k, v, w, u, do, states, dstates, dr, dwbuf, carry, du_part
         k_b = _load_block(k + off, t0, L, s_x, BS, N)
         v_b = _load_block(v + off, t0, L, s_x, BS, N)
         do_b = _load_block(do + off, t0, L, s_x, BS, N)
-        w_b = _load_block(w_ptr, t0, L, s_w, BS, N) * LOG2E
+        w_r = _load_block(w_ptr, t0, L, s_w, BS, N)
+        w_b = w_r * LOG2E
         gb = tl.cumsum(w_b, axis=0) - w_b
-        dr_b = tl.exp2(gb) * tl.dot(do_b, tl.trans(S), input_precision=PREC)
-        dr_b += _intra_dr(r_b, k_b, v_b, do_b, w_b, BS, LEVELS, PREC, XPREC)
+        dr_b = tl.exp2(gb) * _mm(do_b, tl.trans(S), True, False, SPLIT_S, PREC)
+        dr_b += _intra_dr(r_b, k_b, v_b, do_b, w_r if SPLIT else w_b, BS, LEVELS, PREC, XPREC, SPLIT)
         rdr = r_b * dr_b
         _store_block(dwbuf + off, -(R_run[None, :] + tl.cumsum(rdr, axis=0)), t0, L, s_x, BS, N)
         R_run += tl.sum(rdr, axis=0)
@@ -358,7 +428,7 @@ def _bwd_dr_kernel(r, k, v, w, u, do, states, dstates, dr, dwbuf, carry, du_part
         du_acc += tl.sum(r_b * k_b * vdo[:, None], axis=0)
         g_last = tl.sum(w_b, axis=0)
         k_d = k_b * tl.exp2(_to_end(w_b))
-        S = S * tl.exp2(g_last)[:, None] + tl.dot(tl.trans(k_d), v_b, input_precision=PREC)
+        S = S * tl.exp2(g_last)[:, None] + _mm(tl.trans(k_d), v_b, False, True, SPLIT, PREC)
     dS_end = _load_state(dstates + (gc * H + i_h) * N * N, N)
     cols = tl.arange(0, N)
     tl.store(carry + (gc * H + i_h) * N + cols, tl.sum(S * dS_end, axis=1) + R_run)
@@ -370,7 +440,7 @@ def _bwd_dkdv_kernel(r, k, v, w, u, do, dstates, dk, dv, dwbuf, dw, carry,
                      cu_seqlens, chunk_offsets, chunk_indices, T, s_w,
                      H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, BS: tl.constexpr,
                      LEVELS: tl.constexpr, IS_VARLEN: tl.constexpr, PREC: tl.constexpr,
-                     XPREC: tl.constexpr):
+                     XPREC: tl.constexpr, SPLIT: tl.constexpr, SPLIT_S: tl.constexpr):
     """Grid as `_fwd_out_kernel`: the reverse sweep over one chunk (dk, dv need the state gradient
     after each token). dw[s] = carry + dwbuf[s] - sum_{m>=s, in chunk} k*dk, written in dw's dtype
     (dw may alias dwbuf: each element is read, then written, by the same thread)."""
@@ -390,11 +460,13 @@ def _bwd_dkdv_kernel(r, k, v, w, u, do, dstates, dk, dv, dwbuf, dw, carry,
         k_b = _load_block(k + off, t0, L, s_x, BS, N)
         v_b = _load_block(v + off, t0, L, s_x, BS, N)
         do_b = _load_block(do + off, t0, L, s_x, BS, N)
-        w_b = _load_block(w_ptr, t0, L, s_w, BS, N) * LOG2E
-        dk_b, dv_b = _intra_dkdv(r_b, k_b, v_b, do_b, w_b, BS, LEVELS, PREC, XPREC)
+        w_r = _load_block(w_ptr, t0, L, s_w, BS, N)
+        w_b = w_r * LOG2E
+        dk_b, dv_b = _intra_dkdv(r_b, k_b, v_b, do_b, w_r if SPLIT else w_b, BS, LEVELS, PREC, XPREC,
+                                 SPLIT)
         to_end = tl.exp2(_to_end(w_b))
-        dk_b += to_end * tl.dot(v_b, tl.trans(dS), input_precision=PREC)
-        dv_b += tl.dot(k_b * to_end, dS, input_precision=PREC)
+        dk_b += to_end * _mm(v_b, tl.trans(dS), True, False, SPLIT_S, PREC)
+        dv_b += _mm(k_b * to_end, dS, False, False, SPLIT_S, PREC)
         kdk = k_b * dk_b
         k_suffix = K_run[None, :] + tl.sum(kdk, axis=0)[None, :] - tl.cumsum(kdk, axis=0) + kdk
         K_run += tl.sum(kdk, axis=0)
@@ -409,7 +481,7 @@ def _bwd_dkdv_kernel(r, k, v, w, u, do, dstates, dk, dv, dwbuf, dw, carry,
             gb = tl.cumsum(w_b, axis=0) - w_b
             g_last = tl.sum(w_b, axis=0)
             r_d = r_b * tl.exp2(gb)
-            dS = dS * tl.exp2(g_last)[:, None] + tl.dot(tl.trans(r_d), do_b, input_precision=PREC)
+            dS = dS * tl.exp2(g_last)[:, None] + _mm(tl.trans(r_d), do_b, False, True, SPLIT, PREC)
 
 
 @triton.jit
@@ -540,10 +612,15 @@ def _bwd_chunk_kernel(r, k, v, w, u, do, states, dstates, dr, dk, dv, dwbuf, dw,
 
 # Launch choices (a plain dict, no environment: bench/wkv.py --variants times alternatives in one
 # process): num_warps per kernel for N = 64 ("bwd_dr" also for `_bwd_chunk_kernel`; 8 warps measured
-# slower for the chunk kernels), the value-slice width of the scans when num_seqs * H >= 256, and the
-# opt-in level-based backward (see the module docstring).
+# slower for the chunk kernels), the value-slice width of the scans when num_seqs * H >= 256, the
+# opt-in level-based backward (see the module docstring), and, for bf16 inputs at the default
+# precision, the bf16 split products of `_mm`: "split" for the in-block and state-update dots of
+# every kernel but the loop backward, "split_state" also for the dots against the fp32 chunk state.
+# Candidate default (BENCHMARKS.md, run 8: bf16 errors at the rounding floor, fwd 1.95 / fwd+bwd
+# 7.82 ms against 2.14 / 10.05 on the H100), opt-in until a full tests/gpu run passes with it:
+#     LAUNCH.update(bwd_levels=1, split=1, split_state=1)
 LAUNCH = {"fwd_state": 4, "fwd_out": 4, "bwd_state": 4, "bwd_dr": 4, "bwd_dkdv": 4,
-          "scan_bv": 32, "bwd_levels": 0}
+          "scan_bv": 32, "bwd_levels": 0, "split": 0, "split_state": 1}
 
 
 def _num_warps(N, kernel):
@@ -603,34 +680,45 @@ def _xprec():
     return "ieee" if interpreting() else "tf32x3"
 
 
-def chunk_wkv_fwd(r, k, v, w, u, h0, lay, prec, poison=False):
-    """Returns o [B, T, H, N] (r's dtype), ht [num_seqs, H, N, N] fp32, chunk states fp32."""
+def _split_flags(split):
+    """(SPLIT, SPLIT_S) of the kernels: bf16 split products only where the caller's inputs are bf16
+    (their raw values are then exact bf16 operands) and no dot precision was forced."""
+    on = 2 if interpreting() else 1   # 2: `_bdot` emulates bf16 products in the interpreter
+    return (on if split and LAUNCH["split"] else 0,
+            on if split and LAUNCH["split"] and LAUNCH["split_state"] else 0)
+
+
+def chunk_wkv_fwd(r, k, v, w, u, h0, lay, prec, poison=False, split=False):
+    """Returns o [B, T, H, N] (r's dtype), ht [num_seqs, H, N, N] fp32, chunk states fp32.
+    split: r, k, v, w are bf16 and the dot precision is the default (see `_mm`)."""
     H, N, BT = lay.H, lay.N, lay.BT
+    sp, sp_s = _split_flags(split)
     o = new_buffer(r.shape, r.dtype, r.device, poison)
     ht = new_buffer((lay.num_seqs, H, N, N), torch.float32, r.device, poison)
     states = new_buffer((lay.num_chunks, H, N, N), torch.float32, r.device, poison)
     BV = _scan_block_v(lay)
     _fwd_state_kernel[(N // BV, lay.num_seqs * H)](
         k, v, w, h0, ht, states, lay.cu_seqlens, lay.chunk_offsets, lay.T, lay.s_w,
-        H=H, N=N, BT=BT, BV=BV, HAS_H0=h0 is not None, IS_VARLEN=lay.varlen, PREC=prec,
+        H=H, N=N, BT=BT, BV=BV, HAS_H0=h0 is not None, IS_VARLEN=lay.varlen, PREC=prec, SPLIT=sp,
         num_warps=_num_warps(N, "fwd_state"))
     _fwd_out_kernel[lay.out_grid](
         r, k, v, w, u, o, states, lay.cu_seqlens, lay.chunk_offsets, lay.chunk_indices, lay.T,
         lay.s_w, H=H, N=N, BT=BT, BS=SUB, LEVELS=_levels(SUB), IS_VARLEN=lay.varlen, PREC=prec,
-        XPREC=_xprec(), num_warps=_num_warps(N, "fwd_out"))
+        XPREC=_xprec(), SPLIT=sp, SPLIT_S=sp_s, num_warps=_num_warps(N, "fwd_out"))
     return o, ht, states
 
 
-def chunk_wkv_bwd(r, k, v, w, u, states, do, dht, need_dh0, lay, prec, poison=False):
+def chunk_wkv_bwd(r, k, v, w, u, states, do, dht, need_dh0, lay, prec, poison=False, split=False):
     """Returns dr, dk, dv (input dtypes), dw (w's shape and dtype), du [H, N], dh0 or None."""
     H, N, BT = lay.H, lay.N, lay.BT
+    sp, sp_s = _split_flags(split and do.dtype == torch.bfloat16)
     dstates = new_buffer((lay.num_chunks, H, N, N), torch.float32, r.device, poison)
     dh0 = new_buffer((lay.num_seqs, H, N, N), torch.float32, r.device, poison) if need_dh0 else None
     BV = _scan_block_v(lay)
     _bwd_state_kernel[(N // BV, lay.num_seqs * H)](
         r, w, do, dht, dh0, dstates, lay.cu_seqlens, lay.chunk_offsets, lay.T, lay.s_w,
         H=H, N=N, BT=BT, BV=BV, HAS_DHT=dht is not None, STORE_DH0=need_dh0, IS_VARLEN=lay.varlen,
-        PREC=prec, num_warps=_num_warps(N, "bwd_state"))
+        PREC=prec, SPLIT=sp, num_warps=_num_warps(N, "bwd_state"))
     dr = new_buffer(r.shape, r.dtype, r.device, poison)
     dk = new_buffer(k.shape, k.dtype, k.device, poison)
     dv = new_buffer(v.shape, v.dtype, v.device, poison)
@@ -639,7 +727,7 @@ def chunk_wkv_bwd(r, k, v, w, u, states, do, dht, need_dh0, lay, prec, poison=Fa
     dw = dwbuf if lay.static_w else new_buffer(r.shape, w.dtype, r.device, poison)
     du_part = new_buffer((lay.num_chunks, H, N), torch.float32, r.device, poison)
     common = dict(H=H, N=N, BT=BT, BS=SUB, LEVELS=_levels(SUB), IS_VARLEN=lay.varlen, PREC=prec,
-                  XPREC=_xprec())
+                  XPREC=_xprec(), SPLIT=sp, SPLIT_S=sp_s)
     if LAUNCH["bwd_levels"]:
         carry = new_buffer((lay.num_chunks, H, N), torch.float32, r.device, poison)
         _bwd_dr_kernel[lay.out_grid](
@@ -662,11 +750,12 @@ def chunk_wkv_bwd(r, k, v, w, u, states, do, dht, need_dh0, lay, prec, poison=Fa
 
 class ChunkWKVFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, r, k, v, w, u, h0, cu_seqlens, chunk_size, cu_seqlens_cpu, prec, poison):
+    def forward(ctx, r, k, v, w, u, h0, cu_seqlens, chunk_size, cu_seqlens_cpu, prec, poison, split):
         lay = _Layout(r, w, cu_seqlens, chunk_size, cu_seqlens_cpu)
-        o, ht, states = chunk_wkv_fwd(r, k, v, w, u, h0, lay, prec, poison)
+        o, ht, states = chunk_wkv_fwd(r, k, v, w, u, h0, lay, prec, poison, split)
         ctx.save_for_backward(r, k, v, w, u, states)
         ctx.lay, ctx.prec, ctx.poison, ctx.has_h0 = lay, prec, poison, h0 is not None
+        ctx.split = split
         return o, ht
 
     @staticmethod
@@ -675,8 +764,8 @@ class ChunkWKVFunction(torch.autograd.Function):
         need_dh0 = ctx.has_h0 and ctx.needs_input_grad[5]
         dr, dk, dv, dw, du, dh0 = chunk_wkv_bwd(
             r, k, v, w, u, states, do.contiguous(), None if dht is None else dht.contiguous(),
-            need_dh0, ctx.lay, ctx.prec, ctx.poison)
-        return dr, dk, dv, dw, du, dh0, None, None, None, None, None
+            need_dh0, ctx.lay, ctx.prec, ctx.poison, ctx.split)
+        return dr, dk, dv, dw, du, dh0, None, None, None, None, None, None
 
 
 def chunk_wkv(r, k, v, w_log, u, initial_state=None, cu_seqlens=None, chunk_size=64,
@@ -703,8 +792,9 @@ def chunk_wkv(r, k, v, w_log, u, initial_state=None, cu_seqlens=None, chunk_size
     if chunk_size % SUB or N < 16 or N & (N - 1):
         raise ValueError(f"chunk_wkv: need chunk_size % {SUB} == 0 and N a power of two >= 16")
     prec = _dot_precision(r.dtype, dot_precision)
+    split = dot_precision is None and all(x.dtype == torch.bfloat16 for x in (r, k, v, w_log))
     r, k, v, u = (x.contiguous() for x in (r, k, v, u))
     w_log = w_log.contiguous() if w_log.dim() == 2 else w_log.expand(B, T, H, N).contiguous()
     h0 = None if initial_state is None else initial_state.float().contiguous()
     return ChunkWKVFunction.apply(r, k, v, w_log, u, h0, cu_seqlens, chunk_size, cu_seqlens_cpu,
-                                  prec, poison)
+                                  prec, poison, split)

@@ -92,6 +92,42 @@ def test_chunk_level_backward_packed_eagle(level_backward):
     _assert_close(check_fwd_bwd(_chunk(16, cu), inputs, h0, cu_seqlens=cu), 1e-5)
 
 
+@pytest.fixture(params=[0, 1], ids=["loop_bwd", "level_bwd"])
+def backward_kind(request):
+    """Both backward kernels (kernels.triton.chunk.LAUNCH["bwd_levels"])."""
+    saved = chunk.LAUNCH["bwd_levels"]
+    chunk.LAUNCH["bwd_levels"] = request.param
+    yield request.param
+    chunk.LAUNCH["bwd_levels"] = saved
+
+
+def test_chunk_loop_backward_strong_decay(backward_kind):
+    inputs = make_inputs(1, 40, 1, 16, torch.float32, DEV, decay="strong", seed=14)
+    h0 = torch.randn(1, 1, 16, 16, device=DEV)
+    tol = 1e-4 if backward_kind == 0 else 1e-5   # loop: exponents as prefix-sum differences
+    _assert_close(check_fwd_bwd(_chunk(32), inputs, h0), tol)
+
+
+@pytest.mark.parametrize("decay", ["normal", "strong"])
+def test_chunk_bf16_split_products(backward_kind, decay):
+    """bf16 inputs take the bf16 hi/lo split products (`chunk._mm`, emulated in the interpreter).
+    Against fp64 they must be as accurate as the fp32 dots of the same kernels (the interpreter's
+    bf16 output rounding dominates both), and the fp32 outputs (final state, dh0) fp32-like."""
+    inputs = make_inputs(1, 40, 1, 16, torch.bfloat16, DEV, decay=decay, seed=15)
+    h0 = torch.randn(1, 1, 16, 16, device=DEV)
+    saved = chunk.LAUNCH["split"]
+    try:
+        chunk.LAUNCH["split"] = 0
+        plain, _ = check_fwd_bwd(_chunk(32), inputs, h0)
+        chunk.LAUNCH["split"] = 1
+        split, floors = check_fwd_bwd(_chunk(32), inputs, h0)
+    finally:
+        chunk.LAUNCH["split"] = saved
+    worse = {k: (split[k], plain[k]) for k in split if not split[k] <= plain[k] + 1e-4}
+    assert not worse, f"split products less accurate than fp32 dots: {worse}"
+    assert split["ht"] <= 3e-5 and split["dh0"] <= 3e-5, split
+
+
 def test_chunk_weak_decay():
     inputs = make_inputs(1, 40, 1, 16, torch.float32, DEV, decay="weak", seed=6)
     _assert_close(check_fwd_bwd(_chunk(32), inputs, None), TOL[torch.float32])
