@@ -4,6 +4,9 @@ Text: the chatterbot-corpus dialogues (28 languages, installed from PyPI) -> tok
 a tiny Finch trained from scratch -> replies generated in several languages and scripts.
 Music: the Bach chorales of music21 -> MIDI event shards -> a tiny Finch -> a new piece
 (runs/demo/music/sample.mid and its piano roll sample.png), see music/demo.py.
+Visual: procedural shapes with exact captions -> a tiny CLIP -> a tiny VisualRWKV -> greedy
+captions of held-out images, their exact-match accuracy and a grid (runs/demo/visual/captions.png),
+see visual/demo.py.
 Everything goes to runs/demo/; the loss curves are runs/demo/<name>/loss.png.
 """
 import shutil
@@ -12,6 +15,7 @@ import time
 from pathlib import Path
 
 from music.demo import music_demo
+from visual.demo import visual_demo
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = Path("runs/demo")
@@ -54,7 +58,7 @@ def text_demo():
         print(prompt + reply)
 
 
-DEMOS = {"text": text_demo, "music": music_demo}
+DEMOS = {"text": text_demo, "music": music_demo, "visual": visual_demo}
 
 
 def main(argv=None):

@@ -19,7 +19,7 @@ def cmd_prepare(args):
 def cmd_train(args):
     from .train import train_music
     train_music(args.config, args.data, args.out, max_steps=args.max_steps, resume=args.resume, seed=args.seed,
-                init=args.init)
+                init=args.init, deepspeed_config=args.deepspeed)
 
 
 def cmd_generate(args):

@@ -11,7 +11,7 @@ from pathlib import Path
 from rwkv_core import RWKV, RWKVConfig
 from rwkv_core.data import INDEX_NAME, DataError, TokenDataset
 from rwkv_core.runs import copy_config, load_config, model_file, run_folder
-from rwkv_core.train import NextTokenTask, load_splits, train, train_config_with
+from rwkv_core.train import NextTokenTask, is_main_process, load_splits, train, train_config_with
 
 from .tokenizer import MidiTokenizer
 
@@ -32,7 +32,7 @@ def data_tokenizer(data_dir, split: str = "train") -> MidiTokenizer:
 
 
 def train_music(config_path, data_dir, out_dir, *, max_steps=None, resume=False, seed=None, init=None,
-                progress=True) -> float:
+                progress=True, deepspeed_config=None) -> float:
     """Train (or fine-tune from `init`) a music model; returns the last step's training loss.
 
     The run folder gets the trainer's files (model.safetensors, checkpoint.pt, metrics.jsonl,
@@ -54,10 +54,11 @@ def train_music(config_path, data_dir, out_dir, *, max_steps=None, resume=False,
     if resume and saved.exists() and MidiTokenizer.load(saved).to_dict() != tokenizer.to_dict():
         raise ValueError(f"cannot resume: {data_dir} was tokenized differently from the run in {out_dir}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(saved)
-    copy_config(config_path, out_dir)
+    if is_main_process():  # under DeepSpeed, rank 0 alone writes the run folder's files
+        tokenizer.save(saved)
+        copy_config(config_path, out_dir)
     return train(NextTokenTask(model, train_cfg.l2wrap), train_cfg, train_data, out_dir, val_data=val_data,
-                 resume=resume, progress=progress)
+                 resume=resume, progress=progress, deepspeed_config=deepspeed_config)
 
 
 def load_run(checkpoint):

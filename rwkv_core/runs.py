@@ -5,6 +5,7 @@ model.safetensors and config.json (the training config, copied), plus the domain
 (text: vocab_subset.json, music: tokenizer.json). Commands take `--checkpoint` as a run folder or
 as a model file; files that belong to the run are looked up in the folder the model file is in.
 """
+import argparse
 import json
 import shutil
 from pathlib import Path
@@ -48,7 +49,7 @@ def model_file(checkpoint) -> Path:
         if not path.is_file():
             raise FileNotFoundError(f"{path.parent}: a run folder must contain {MODEL_FILE}")
     elif not path.is_file():
-        raise FileNotFoundError(f"{path}: no such model file (give a run folder, a .safetensors or a .pth)")
+        raise FileNotFoundError(f"{path}: no such checkpoint file (give a run folder, a .safetensors or a .pth)")
     return path
 
 
@@ -80,6 +81,9 @@ def add_train_args(parser, domain: str, config_example: str) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--init", help="start from the weights of this model file (.pth or .safetensors)")
+    parser.add_argument("--deepspeed", metavar="DS_CONFIG",
+                        help="DeepSpeed JSON config, e.g. configs/deepspeed/zero1.json (run under the deepspeed launcher)")
+    parser.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # added by the launcher; ranks come from env
 
 
 def add_sampling_args(parser, top_p: float = 1.0, seed: int | None = None) -> None:

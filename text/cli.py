@@ -1,5 +1,4 @@
 """`eaglefinch text ...` subcommands: prepare, train, generate, chat, eval."""
-import argparse
 import sys
 
 from rwkv_core.runs import add_sampling_args, add_train_args, load_model, run_folder, sampler_from, training_ctx_len
@@ -97,8 +96,6 @@ def add_commands(parser, common):
 
     t = sub.add_parser("train", parents=[common], help="train or fine-tune a text model")
     add_train_args(t, "text", "model, train and text sections: configs/text-tiny.json")
-    t.add_argument("--deepspeed", metavar="DS_CONFIG", help="DeepSpeed JSON config (run under the deepspeed launcher)")
-    t.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # added by the deepspeed launcher; ranks come from env
     t.set_defaults(func=cmd_train)
 
     g = sub.add_parser("generate", parents=[common], help="continue a prompt, streaming text to stdout")

@@ -21,7 +21,7 @@ from PIL import Image
 
 from rwkv_core.checkpoint import atomic_path
 from rwkv_core.train import TrainConfig, lr_at
-from visual.encoder import DEFAULT_MODEL, register_model_configs
+from visual.encoder import DEFAULT_MODEL, quiet_logging, register_model_configs
 from visual.images import load_image, to_rgb
 
 ImageSource = Union[str, Path, Image.Image]
@@ -94,9 +94,10 @@ def train_clip(
         raise ValueError(f"steps must be >= 1, got {steps}")
     register_model_configs()
     torch.manual_seed(seed)
-    model, preprocess_train, preprocess = open_clip.create_model_and_transforms(
-        model_name, pretrained=None, output_dict=True
-    )
+    with quiet_logging():  # open_clip warns that no pretrained weights were loaded: that is the point here
+        model, preprocess_train, preprocess = open_clip.create_model_and_transforms(
+            model_name, pretrained=None, output_dict=True
+        )
     tokenizer = open_clip.get_tokenizer(model_name)
     loss_fn = open_clip.ClipLoss()
     image_ids = {id(p) for p in model.visual.parameters()}

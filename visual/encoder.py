@@ -108,7 +108,7 @@ class VisionEncoder(nn.Module):
 
 
 @contextlib.contextmanager
-def _quiet_logging():
+def quiet_logging():
     previous = logging.root.manager.disable
     logging.disable(logging.WARNING)
     try:
@@ -121,7 +121,7 @@ def _create(model_name: str, weights: Optional[str]):
     """open_clip model and eval transform, with its loading errors turned into one clear message."""
     try:
         # random init was asked for explicitly: open_clip's "no pretrained weights" warning would only alarm
-        with _quiet_logging() if weights is None else contextlib.nullcontext():
+        with quiet_logging() if weights is None else contextlib.nullcontext():
             model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=weights)
     except Exception as e:
         if weights is None:

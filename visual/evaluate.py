@@ -74,7 +74,7 @@ def save_grid(results: Sequence[CaptionResult], path, columns: int = 4, title: s
         ax.set_title(label, fontsize=8, color="green" if r.exact else "red", wrap=True)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.97) if title else None)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=80)
     plt.close(fig)

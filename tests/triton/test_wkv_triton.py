@@ -114,7 +114,7 @@ def test_chunk_bf16_split_products(backward_kind, decay):
     Against fp64 they must be as accurate as the fp32 dots of the same kernels (the interpreter's
     bf16 output rounding dominates both), and the fp32 outputs (final state, dh0) fp32-like."""
     inputs = make_inputs(1, 40, 1, 16, torch.bfloat16, DEV, decay=decay, seed=15)
-    h0 = torch.randn(1, 1, 16, 16, device=DEV)
+    h0 = torch.randn(1, 1, 16, 16, generator=torch.Generator().manual_seed(15)).to(DEV)
     saved = chunk.LAUNCH["split"]
     try:
         chunk.LAUNCH["split"] = 0
@@ -123,7 +123,10 @@ def test_chunk_bf16_split_products(backward_kind, decay):
         split, floors = check_fwd_bwd(_chunk(32), inputs, h0)
     finally:
         chunk.LAUNCH["split"] = saved
-    worse = {k: (split[k], plain[k]) for k in split if not split[k] <= plain[k] + 1e-4}
+    # bf16 outputs: both errors are dominated by their bf16 rounding; allow 20% over it, not more.
+    # The fp32 outputs (ht, dh0) are bounded on their own below.
+    worse = {k: (split[k], plain[k]) for k in split
+             if k not in ("ht", "dh0") and not split[k] <= 1.2 * max(plain[k], floors[k])}
     assert not worse, f"split products less accurate than fp32 dots: {worse}"
     assert split["ht"] <= 3e-5 and split["dh0"] <= 3e-5, split
 
