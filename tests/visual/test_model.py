@@ -188,6 +188,14 @@ def test_cli_train_caption_eval_and_bad_inputs(shapes, tmp_path, capsys):
     assert cli(["visual", "train", "--config", str(config), "--data", str(shapes / "train.jsonl"),
                 "--out", str(tmp_path / "run2"), "--init", str(run), "--max-steps", "1"]) == 0
 
+    # the offline path end to end: a small CLIP trained here gives the encoder its weights
+    clip = tmp_path / "clip.pt"
+    assert cli(["visual", "clip-train", "--data", str(shapes / "train.jsonl"), "--out", str(clip),
+                "--steps", "2", "--batch-size", "8"]) == 0
+    assert cli(["visual", "train", "--config", str(config), "--data", str(shapes / "train.jsonl"),
+                "--out", str(tmp_path / "run_clip"), "--clip", str(clip), "--max-steps", "1", "--stage", "1"]) == 0
+    assert "retrieval" in capsys.readouterr().out
+
     # no encoder weights named: one clear error
     capsys.readouterr()
     assert cli(["visual", "train", "--config", str(config), "--data", str(shapes / "train.jsonl"),
