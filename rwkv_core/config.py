@@ -47,11 +47,7 @@ class RWKVConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "RWKVConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown config keys {unknown}; known keys: {sorted(known)}")
-        return cls(**d)
+        return dataclass_from_dict(cls, d, "config")
 
     @classmethod
     def load(cls, name_or_path: str | Path) -> "RWKVConfig":
@@ -67,6 +63,15 @@ class RWKVConfig:
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+def dataclass_from_dict(cls, d: dict, what: str):
+    """cls(**d), refusing keys the dataclass does not have (a typo must not silently fall back to a default)."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"unknown {what} keys {unknown}; known keys: {sorted(known)}")
+    return cls(**d)
 
 
 def list_presets() -> list[str]:

@@ -86,9 +86,9 @@ def add_train_args(parser, domain: str, config_example: str) -> None:
     parser.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # added by the launcher; ranks come from env
 
 
-def add_sampling_args(parser, top_p: float = 1.0, seed: int | None = None) -> None:
+def add_sampling_args(parser, top_p: float = 1.0, seed: int | None = None, temperature: float = 1.0) -> None:
     """The sampler's options (`sampler_from` reads them back), with this command's defaults."""
-    parser.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    parser.add_argument("--temperature", type=float, default=temperature, help="0 = greedy")
     parser.add_argument("--top-p", type=float, default=top_p, help="nucleus mass; 1.0 = no truncation")
     parser.add_argument("--top-k", type=int, default=0, help="0 = off")
     parser.add_argument("--presence-penalty", type=float, default=0.0)

@@ -26,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .checkpoint import atomic_path
+from .config import dataclass_from_dict
 
 
 @dataclass
@@ -54,11 +55,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown train config keys {unknown}; known keys: {sorted(known)}")
-        cfg = cls(**d)
+        cfg = dataclass_from_dict(cls, d, "train config")
         if cfg.train_mode not in ("full", "state"):
             raise ValueError(f"train_mode must be 'full' or 'state', got {cfg.train_mode!r}")
         return cfg

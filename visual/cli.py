@@ -4,6 +4,8 @@ import json
 import sys
 from pathlib import Path
 
+from rwkv_core.runs import add_sampling_args, sampler_from
+
 
 def cmd_shapes(args):
     from .shapes import write_shapes_dataset
@@ -43,13 +45,12 @@ def cmd_train(args):
 
 def cmd_caption(args):
     from rwkv_core.checkpoint import atomic_path
-    from rwkv_core.sampling import SamplerConfig
 
     from .caption import caption_files
     from .train import load_visual
 
     vlm, tokenizer = load_visual(args.checkpoint)
-    sampler = SamplerConfig(temperature=args.temperature, top_p=args.top_p)
+    sampler = sampler_from(args)
     results, errors = caption_files(vlm, tokenizer, args.images, args.prompt, batch_size=args.batch_size,
                                     on_result=None if args.out else lambda path, text: print(f"{path}\t{text}", flush=True),
                                     max_tokens=args.max_tokens, sampler=sampler, seed=args.seed)
@@ -100,7 +101,7 @@ def add_commands(parser, common):
     c.add_argument("--data", required=True, help="JSONL of {\"image\", \"caption\"} records")
     c.add_argument("--out", required=True, help="weights file for `visual train --clip`")
     c.add_argument("--model", default="EagleFinch-ViT-Tiny", help="open_clip model name")
-    c.add_argument("--steps", type=int, default=2000)
+    c.add_argument("--steps", type=int, default=3000)
     c.add_argument("--batch-size", type=int, default=64)
     c.add_argument("--lr", type=float, default=1e-3)
     c.add_argument("--seed", type=int, default=0)
@@ -129,9 +130,7 @@ def add_commands(parser, common):
     g.add_argument("--out", help="write JSONL here instead of printing path<TAB>caption lines")
     g.add_argument("--batch-size", type=int, default=16)
     g.add_argument("--max-tokens", type=int, default=60)
-    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    g.add_argument("--top-p", type=float, default=1.0)
-    g.add_argument("--seed", type=int, default=0)
+    add_sampling_args(g, top_p=1.0, seed=0, temperature=0.0)  # greedy by default: a caption, not a story
     g.set_defaults(func=cmd_caption)
 
     e = sub.add_parser("eval", parents=[common], help="exact-caption accuracy on image-caption JSONL, and a grid PNG")

@@ -23,6 +23,7 @@ from torch import nn
 
 from rwkv_core import RWKV
 from rwkv_core.checkpoint import CheckpointError, atomic_path
+from rwkv_core.config import dataclass_from_dict
 from visual.encoder import DEFAULT_MODEL, VisionEncoder
 from visual.projector import PROJECTOR_KINDS, build_projector
 from visual.prompt import IMAGE_POSITIONS, splice_image_tokens
@@ -46,11 +47,7 @@ class VisualConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "VisualConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown visual config keys {unknown}; known keys: {sorted(known)}")
-        cfg = cls(**d)
+        cfg = dataclass_from_dict(cls, d, "visual config")
         if cfg.projector not in PROJECTOR_KINDS:
             raise ValueError(f"projector must be one of {PROJECTOR_KINDS}, got {cfg.projector!r}")
         if cfg.image_position not in IMAGE_POSITIONS:
