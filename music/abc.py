@@ -14,6 +14,8 @@ import math
 from contextlib import ExitStack
 from pathlib import Path
 
+import torch
+
 from rwkv_core import RWKV, RWKVConfig
 from rwkv_core.checkpoint import atomic_path
 from rwkv_core.data import SEPARATOR, DataError, ShardWriter, TokenDataset, folder_written_whole, split_of
@@ -63,6 +65,7 @@ def compare_archs(config_path, data_dir, out_dir, *, max_steps=None, seed=None, 
     """
     cfg = load_config(config_path, SECTIONS)
     train_cfg = train_config_with(cfg.get("train", {}), max_steps, seed)
+    torch.manual_seed(train_cfg.seed)  # a new model's initial weights follow the seed too
     train_data, val_data = TokenDataset(data_dir, "train"), TokenDataset(data_dir, "val")
     if train_data.metadata.get("tokenizer") != "bytes":
         raise DataError(f"{data_dir}: not byte-level ABC data (write it with `eaglefinch music abc`)")

@@ -8,6 +8,8 @@ tokenizer comes from the shards' index metadata and is saved in the run folder a
 """
 from pathlib import Path
 
+import torch
+
 from rwkv_core import RWKV, RWKVConfig
 from rwkv_core.data import INDEX_NAME, DataError, TokenDataset
 from rwkv_core.runs import copy_config, load_config, model_file, run_folder
@@ -40,6 +42,7 @@ def train_music(config_path, data_dir, out_dir, *, max_steps=None, resume=False,
     """
     cfg = load_config(config_path, SECTIONS)
     train_cfg = train_config_with(cfg.get("train", {}), max_steps, seed)
+    torch.manual_seed(train_cfg.seed)  # a new model's initial weights follow the seed too
     tokenizer = data_tokenizer(data_dir)
     train_data, val_data = load_splits(data_dir, train_cfg.ctx_len)
     if init:

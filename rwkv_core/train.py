@@ -62,9 +62,12 @@ class TrainConfig:
 
 
 def train_config_with(d: dict, max_steps=None, seed=None) -> TrainConfig:
-    """The "train" section of a run config, with the command line's --max-steps / --seed on top."""
+    """The "train" section of a run config, with the command line's --max-steps / --seed on top.
+    --max-steps stops the run early; the lr schedule keeps the config's length, so a run stopped
+    there and resumed follows the same schedule as one that never stopped."""
     cfg = TrainConfig.from_dict(d)
     if max_steps is not None:
+        cfg.decay_steps = cfg.decay_steps or cfg.max_steps
         cfg.max_steps = max_steps
     if seed is not None:
         cfg.seed = seed

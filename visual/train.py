@@ -107,6 +107,7 @@ def train_visual(config_path, data, out_dir, *, val=None, stage: int = 2, clip=N
     """
     cfg = load_config(config_path, SECTIONS)
     train_cfg = train_config_with(cfg.get("train", {}), max_steps, seed)
+    torch.manual_seed(train_cfg.seed)  # a new model's initial weights follow the seed too
     out_dir = Path(out_dir)
     records = read_records(data)
     check_images(records, data)

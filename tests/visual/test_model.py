@@ -214,3 +214,20 @@ def test_answer_returns_text_per_image(shapes):
     assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
     results, errors = caption_files(vlm, tokenizer, [], max_tokens=2)
     assert results == [] and errors == []
+
+
+def test_resumed_visual_run_repeats_the_uninterrupted_losses(shapes, tmp_path):
+    """Seeded end to end (weights, data order, schedule): stop at step 2, resume, same losses as one run."""
+    from rwkv_core.train import read_metrics
+    from visual.train import train_visual
+
+    cfg = json.loads(json.dumps(TINY_CONFIG))
+    cfg["train"].update(max_steps=4, save_every=2, log_every=1, val_every=100)
+    config = tmp_path / "visual.json"
+    config.write_text(json.dumps(cfg))
+    data = shapes / "train.jsonl"
+    train_visual(config, data, tmp_path / "a", random_encoder=True, progress=False)
+    train_visual(config, data, tmp_path / "b", random_encoder=True, max_steps=2, progress=False)
+    train_visual(config, data, tmp_path / "b", random_encoder=True, resume=True, progress=False)
+    losses = [[r["loss"] for r in read_metrics(tmp_path / run / "metrics.jsonl") if "loss" in r] for run in "ab"]
+    assert len(losses[0]) == 4 and losses[0] == losses[1]
