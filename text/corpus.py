@@ -11,12 +11,12 @@ format, turns alternating "User: " and "Assistant: " and separated by a blank li
 """
 import json
 import re
-import shutil
+from contextlib import ExitStack
 from pathlib import Path
 
 import yaml
 
-from rwkv_core.data import DataError, temp_dir_beside
+from rwkv_core.data import DataError, folder_written_whole
 
 ROLES = ("User", "Assistant")
 # libyaml's safe loader is ~10x faster than the pure-Python one, when PyYAML was built with it
@@ -67,25 +67,14 @@ def write_default_corpus(out_dir) -> dict:
     out_dir must be absent or empty; the files appear all at once (written to a temporary folder
     that is renamed into place). Returns {language: {"docs": n, "chars": n}}.
     """
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not (out_dir.is_dir() and not any(out_dir.iterdir())):
-        raise DataError(f"{out_dir} exists and is not an empty folder")
-    tmp_dir = temp_dir_beside(out_dir)
-    stats, files = {}, {}
-    try:
+    stats = {}
+    with folder_written_whole(out_dir) as tmp_dir, ExitStack() as files:
+        handles = {}
         for language, text in chatterbot_corpus_texts():
-            if language not in files:
-                files[language] = open(tmp_dir / f"{language}.jsonl", "w", encoding="utf-8")
+            if language not in handles:
+                handles[language] = files.enter_context(open(tmp_dir / f"{language}.jsonl", "w", encoding="utf-8"))
                 stats[language] = {"docs": 0, "chars": 0}
-            files[language].write(json.dumps({"text": text, "language": language}, ensure_ascii=False) + "\n")
+            handles[language].write(json.dumps({"text": text, "language": language}, ensure_ascii=False) + "\n")
             stats[language]["docs"] += 1
             stats[language]["chars"] += len(text)
-        for f in files.values():
-            f.close()
-        tmp_dir.replace(out_dir)
-    except BaseException:
-        for f in files.values():
-            f.close()
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
     return stats
