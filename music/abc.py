@@ -20,8 +20,8 @@ from rwkv_core import RWKV, RWKVConfig
 from rwkv_core.checkpoint import atomic_path
 from rwkv_core.data import SEPARATOR, DataError, ShardWriter, TokenDataset, folder_written_whole, split_of
 from rwkv_core.heldout import heldout_nats
-from rwkv_core.runs import load_config
-from rwkv_core.train import NextTokenTask, train, train_config_with
+from rwkv_core.runs import run_config
+from rwkv_core.train import NextTokenTask, train
 
 from .corpus import abc_tunes
 from .train import SECTIONS
@@ -63,9 +63,7 @@ def compare_archs(config_path, data_dir, out_dir, *, max_steps=None, seed=None, 
     {"config", "steps", "batch_size", "ctx_len", "tokens_seen", <arch>: {"params", "train_loss",
     "bytes", "tokens", "bits_per_byte"}}.
     """
-    cfg = load_config(config_path, SECTIONS)
-    train_cfg = train_config_with(cfg.get("train", {}), max_steps, seed)
-    torch.manual_seed(train_cfg.seed)  # a new model's initial weights follow the seed too
+    cfg, train_cfg = run_config(config_path, SECTIONS, max_steps, seed)
     train_data, val_data = TokenDataset(data_dir, "train"), TokenDataset(data_dir, "val")
     if train_data.metadata.get("tokenizer") != "bytes":
         raise DataError(f"{data_dir}: not byte-level ABC data (write it with `eaglefinch music abc`)")
@@ -73,6 +71,7 @@ def compare_archs(config_path, data_dir, out_dir, *, max_steps=None, seed=None, 
     results = {"config": str(config_path), "steps": train_cfg.max_steps, "batch_size": train_cfg.batch_size,
                "ctx_len": train_cfg.ctx_len, "tokens_seen": train_cfg.max_steps * train_cfg.batch_size * train_cfg.ctx_len}
     for arch in archs:
+        torch.manual_seed(train_cfg.seed)  # every architecture starts from the same random stream
         model = RWKV(RWKVConfig.from_dict({**cfg["model"], "arch": arch, "vocab_size": VOCAB_SIZE}))
         loss = train(NextTokenTask(model, train_cfg.l2wrap), train_cfg, train_data, out_dir / arch,
                      val_data=val_data, progress=progress)

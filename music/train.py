@@ -8,12 +8,10 @@ tokenizer comes from the shards' index metadata and is saved in the run folder a
 """
 from pathlib import Path
 
-import torch
-
 from rwkv_core import RWKV, RWKVConfig
 from rwkv_core.data import INDEX_NAME, DataError, TokenDataset
-from rwkv_core.runs import copy_config, load_config, model_file, run_folder
-from rwkv_core.train import NextTokenTask, is_main_process, load_splits, train, train_config_with
+from rwkv_core.runs import copy_config, model_file, run_config, run_folder
+from rwkv_core.train import NextTokenTask, is_main_process, load_splits, train
 
 from .tokenizer import MidiTokenizer
 
@@ -40,9 +38,7 @@ def train_music(config_path, data_dir, out_dir, *, max_steps=None, resume=False,
     The run folder gets the trainer's files (model.safetensors, checkpoint.pt, metrics.jsonl,
     loss.png) plus config.json and tokenizer.json.
     """
-    cfg = load_config(config_path, SECTIONS)
-    train_cfg = train_config_with(cfg.get("train", {}), max_steps, seed)
-    torch.manual_seed(train_cfg.seed)  # a new model's initial weights follow the seed too
+    cfg, train_cfg = run_config(config_path, SECTIONS, max_steps, seed)
     tokenizer = data_tokenizer(data_dir)
     train_data, val_data = load_splits(data_dir, train_cfg.ctx_len)
     if init:

@@ -28,6 +28,18 @@ def load_config(path, sections) -> dict:
     return d
 
 
+def run_config(config_path, sections, max_steps=None, seed=None):
+    """(config dict, TrainConfig) of a training run, with the command line's --max-steps / --seed
+    on top; torch is seeded with the run's seed here, so the weights of a model built next follow it."""
+    import torch
+
+    from .train import train_config_with
+    cfg = load_config(config_path, sections)
+    train_cfg = train_config_with(cfg.get("train", {}), max_steps, seed)
+    torch.manual_seed(train_cfg.seed)
+    return cfg, train_cfg
+
+
 def copy_config(config_path, out_dir) -> None:
     """Keep the training config in the run folder as config.json (unless it already is that file)."""
     target = Path(out_dir) / CONFIG_FILE

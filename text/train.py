@@ -2,11 +2,9 @@
 import json
 from pathlib import Path
 
-import torch
-
 from rwkv_core import RWKV, RWKVConfig
-from rwkv_core.runs import copy_config, load_config, run_folder
-from rwkv_core.train import NextTokenTask, is_main_process, load_splits, train, train_config_with
+from rwkv_core.runs import copy_config, run_config, run_folder
+from rwkv_core.train import NextTokenTask, is_main_process, load_splits, train
 
 from .subset import MappedTokens, SubsetTokenizer, used_ids
 from .tokenizer import WorldTokenizer
@@ -22,9 +20,7 @@ def train_text(config_path, data_dir, out_dir, *, max_steps=None, resume=False, 
     With `deepspeed_config` (a JSON path, e.g. configs/deepspeed/zero2.json) every process of the
     `deepspeed` launcher runs this; only rank 0 writes the run folder's files.
     """
-    cfg = load_config(config_path, SECTIONS)
-    train_cfg = train_config_with(cfg.get("train", {}), max_steps, seed)
-    torch.manual_seed(train_cfg.seed)  # a new model's initial weights follow the seed too
+    cfg, train_cfg = run_config(config_path, SECTIONS, max_steps, seed)
     out_dir = Path(out_dir)
     train_data, val_data = load_splits(data_dir, train_cfg.ctx_len)
     if init:

@@ -13,9 +13,9 @@ from torch import nn
 
 from rwkv_core import RWKV, RWKVConfig
 from rwkv_core.data import DataError
-from rwkv_core.runs import copy_config, load_config, model_file
-from rwkv_core.train import L2Wrap, is_main_process, train, train_config_with
-from text.subset import SubsetTokenizer
+from rwkv_core.runs import copy_config, model_file, run_config
+from rwkv_core.train import L2Wrap, is_main_process, train
+from text.subset import SubsetTokenizer, ids_in
 from text.tokenizer import WorldTokenizer
 from text.train import VOCAB_FILE, tokenizer_for
 from visual.data import VisualDataset, VisualRecord, collate_visual, read_records
@@ -83,10 +83,8 @@ class VisualBatches:
 def vocabulary_of(records: Sequence[VisualRecord], n_image_tokens: int, image_position: str) -> list[int]:
     """Sorted World ids the records' conversations use, plus 0 and the 256 byte tokens."""
     world = WorldTokenizer()
-    ids = set(range(257))
-    for record in records:
-        ids.update(encode_conversation(record.turns, world.encode, n_image_tokens, image_position).ids)
-    return sorted(ids)
+    return ids_in(encode_conversation(record.turns, world.encode, n_image_tokens, image_position).ids
+                  for record in records)
 
 
 def check_images(records: Sequence[VisualRecord], where) -> None:
@@ -105,9 +103,7 @@ def train_visual(config_path, data, out_dir, *, val=None, stage: int = 2, clip=N
             are reused), or a language model (.pth / .safetensors / text run folder) to build on
     random_encoder: an untrained encoder (set "freeze_encoder": false so it learns)
     """
-    cfg = load_config(config_path, SECTIONS)
-    train_cfg = train_config_with(cfg.get("train", {}), max_steps, seed)
-    torch.manual_seed(train_cfg.seed)  # a new model's initial weights follow the seed too
+    cfg, train_cfg = run_config(config_path, SECTIONS, max_steps, seed)
     out_dir = Path(out_dir)
     records = read_records(data)
     check_images(records, data)
@@ -117,6 +113,8 @@ def train_visual(config_path, data, out_dir, *, val=None, stage: int = 2, clip=N
     init = Path(init) if init else None
 
     if init is not None and (init / CONFIG_FILE).is_file():  # a visual run: everything comes from it
+        if clip is not None or random_encoder:
+            raise ValueError(f"{init} is a visual run and brings its own encoder: drop --clip / --random-encoder")
         vlm = VisualRWKV.load(init)
         vcfg, tokenizer = vlm.cfg, tokenizer_for(init)
     else:
