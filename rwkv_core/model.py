@@ -18,20 +18,22 @@ def token_shift(x, prev):
     return torch.cat([prev[:, None], x[:, :-1]], dim=1)
 
 
-def reverse_positions(x, span):
-    """x [B, T, C] with positions start..end-1 in reverse order; everything else stays in place.
+def reversal_index(span, B, T, device=None):
+    """[B, T] source position of every position when positions start..end-1 are read in reverse.
 
     span: one (start, end) for the whole batch, or a list of B such pairs (start == end: nothing
-    reversed in that sample). Applying it twice gives x back."""
-    if isinstance(span[0], int):
-        start, end = span
-        return torch.cat([x[:, :start], x[:, start:end].flip(1), x[:, end:]], dim=1)
-    B, T = x.shape[:2]
-    if len(span) != B:
-        raise ValueError(f"reverse_span has {len(span)} spans for a batch of {B}")
-    index = torch.arange(T, device=x.device).repeat(B, 1)  # [B, T]: where each position reads from
-    for b, (start, end) in enumerate(span):
-        index[b, start:end] = torch.arange(end - 1, start - 1, -1, device=x.device)
+    reversed in that sample). The reversal is its own inverse, so one index flips and flips back."""
+    spans = [span] * B if isinstance(span[0], int) else list(span)
+    if len(spans) != B:
+        raise ValueError(f"reverse_span has {len(spans)} spans for a batch of {B}")
+    index = torch.arange(T, device=device).repeat(B, 1)
+    for b, (start, end) in enumerate(spans):
+        index[b, start:end] = torch.arange(end - 1, start - 1, -1, device=device)
+    return index
+
+
+def gather_positions(x, index):
+    """x [B, T, C] read at positions index [B, T]."""
     return x.gather(1, index.unsqueeze(-1).expand_as(x))
 
 
@@ -263,17 +265,19 @@ class RWKV(nn.Module):
         elif state.batch_size != B:
             raise ValueError(f"state is for batch {state.batch_size}, input has batch {B}")
         x = self.blocks[0].ln0(x)
+        if reverse_span is not None:  # built once per call, used before and after every odd block
+            flip_index = reversal_index(reverse_span, B, T, x.device)
         att_shift, wkv_state, ffn_shift = [], [], []
         for i, block in enumerate(self.blocks):
             flip = reverse_span is not None and i % 2 == 1
             if flip:
-                x = reverse_positions(x, reverse_span)
+                x = gather_positions(x, flip_index)
             args = (x, state.att_shift[i], state.wkv[i], state.ffn_shift[i])
             if self.grad_checkpointing and torch.is_grad_enabled():
                 out = torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)
             else:
                 out = block(*args)
-            x = reverse_positions(out[0], reverse_span) if flip else out[0]
+            x = gather_positions(out[0], flip_index) if flip else out[0]
             att_shift.append(out[1]); wkv_state.append(out[2]); ffn_shift.append(out[3])
         new_state = RWKVState(torch.stack(att_shift), torch.stack(wkv_state), torch.stack(ffn_shift))
         return self.ln_out(x), new_state

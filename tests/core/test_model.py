@@ -3,10 +3,13 @@ import json
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from .official_ckpt import random_official_state_dict
 from rwkv_core import RWKV, RWKVConfig, RWKVState, list_presets
 from rwkv_core.checkpoint import infer_config
+from rwkv_core.model import gather_positions, reversal_index
 
 
 def random_model(arch, dtype=torch.float32, seed=0, tuned=False):
@@ -169,3 +172,20 @@ def test_reverse_span_equals_its_definition():
     assert torch.allclose(ours, ref, atol=1e-6)
     assert not torch.allclose(ours, plain, atol=1e-3)
     assert torch.allclose(ours[:, :3], plain[:, :3], atol=1e-6)  # positions before the span see no change
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.data())
+def test_per_sample_reverse_span_reverses_only_each_span_and_is_its_own_inverse(data):
+    B, T = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 9))
+    spans = []
+    for _ in range(B):
+        start = data.draw(st.integers(0, T))
+        spans.append((start, data.draw(st.integers(start, T))))
+    x = torch.randn(B, T, 3)
+    index = reversal_index(spans, B, T)
+    y = gather_positions(x, index)
+    for b, (start, end) in enumerate(spans):
+        order = list(range(start)) + list(range(end - 1, start - 1, -1)) + list(range(end, T))
+        assert torch.equal(y[b], x[b, order])
+    assert torch.equal(gather_positions(y, index), x)  # one index flips and flips back
