@@ -14,12 +14,18 @@ import torch
 
 def used_ids(*streams) -> list[int]:
     """Sorted World ids of the streams (TokenDataset), plus 0 and the 256 byte tokens."""
+    return ids_in(array for stream in streams for array in stream.arrays)
+
+
+def ids_in(arrays) -> list[int]:
+    """Sorted World ids in the id arrays (or lists), plus 0 and the 256 byte tokens: what a
+    trimmed vocabulary keeps."""
     seen = np.zeros(65536, dtype=bool)
     seen[:257] = True
-    for stream in streams:
-        for array in stream.arrays:
-            for start in range(0, len(array), 1 << 22):  # in pieces: the corpus may exceed RAM
-                seen[np.unique(array[start:start + (1 << 22)])] = True
+    for array in arrays:
+        array = np.asarray(array)
+        for start in range(0, len(array), 1 << 22):  # in pieces: a corpus may exceed RAM
+            seen[np.unique(array[start:start + (1 << 22)])] = True
     return np.flatnonzero(seen).tolist()
 
 

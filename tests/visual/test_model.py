@@ -208,12 +208,17 @@ def test_cli_train_caption_eval_and_bad_inputs(shapes, tmp_path, capsys):
     assert "visual.safetensors" in err and len(err.strip().splitlines()) == 1
 
 
-def test_answer_returns_text_per_image(shapes):
+def test_answer_is_the_decoded_ids_and_files_match_images(shapes, tmp_path):
     vlm, tokenizer = random_vlm(read_records(shapes / "train.jsonl"), n_layer=2)
-    texts = answer(vlm, tokenizer, images(2), max_tokens=4)
-    assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
-    results, errors = caption_files(vlm, tokenizer, [], max_tokens=2)
-    assert results == [] and errors == []
+    pics = images(3)
+    ids = answer_ids(vlm, tokenizer, pics, max_tokens=4)
+    texts = answer(vlm, tokenizer, pics, max_tokens=4)
+    assert texts == [tokenizer.decode(t).split("\n\n")[0].strip() for t in ids]
+    for i, pic in enumerate(pics):
+        pic.save(tmp_path / f"{i}.png")
+    # batches of 2 over 3 files: the same captions as one batch of all three, in file order
+    results, errors = caption_files(vlm, tokenizer, [tmp_path], batch_size=2, max_tokens=4)
+    assert [(p.name, t) for p, t in results] == [(f"{i}.png", t) for i, t in enumerate(texts)] and errors == []
 
 
 def test_resumed_visual_run_repeats_the_uninterrupted_losses(shapes, tmp_path):
