@@ -141,7 +141,7 @@ def run(data, out, budget_s):
         (out / "summary.json").write_text(json.dumps(results, indent=1))
     plot(results, out / "loss_curves.png")
     base = next((r["tokens_per_s"] for r in results if r["case"] == "1gpu_b32" and "tokens_per_s" in r), float("nan"))
-    print(f"\n| case | GPUs | windows/GPU | ZeRO | steps | tokens/s | × 1gpu_b32 | train loss, last fifth | val loss |")
+    print("\n| case | GPUs | windows/GPU | ZeRO | steps | tokens/s | × 1gpu_b32 | train loss, last fifth | val loss |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
         if "tokens_per_s" not in r:

@@ -1,7 +1,7 @@
 """WKV benchmark: ours (Triton) vs flash-linear-attention's chunk_rwkv6 / fused_recurrent_rwkv6 vs our
 chunked PyTorch path, in one process, bf16 inputs, fp32 state, `triton.testing.do_bench` medians.
 
-    python bench/wkv.py [--quick] [--json out.json]
+    python bench/wkv.py [--quick] [--json out.json] [--launch scan_bv=64+split_state=3]
     python bench/wkv.py --variants default,dot=tf32x3,fwd_out=8+bwd_dr=8 [--baseline old_chunk.py]
 
 `--variants` times the chunked kernels at the headline shape once per comma-separated entry, each
@@ -44,6 +44,16 @@ DECODE_SHAPES = [(1, 32, 64), (64, 32, 64), (256, 32, 64)]
 def bench(fn):
     """Median ms of fn over do_bench's repetitions (it clears L2 between calls)."""
     return triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
+
+
+def bench_graph(fn):
+    """Median ms per call of fn replayed from a CUDA graph: the kernel without Python launch overhead
+    (how a server runs its decode step). L2 is not cleared between calls here. None if capture fails."""
+    try:
+        fn()  # compile and autotune outside the capture
+        return triton.testing.do_bench_cudagraph(fn, rep=200, return_mode="median")
+    except Exception:  # noqa: BLE001
+        return None
 
 
 def copy_bandwidth():
@@ -119,9 +129,12 @@ def time_decode(B, H, N, bw):
     idx = torch.arange(B, device="cuda").flip(0).contiguous()
     row["ours"] = bench(lambda: wkv_decode_(r, k, v, w, u, state))
     row["ours_idx"] = bench(lambda: wkv_decode_(r, k, v, w, u, state, idx))
+    row["ours_graph"] = bench_graph(lambda: wkv_decode_(r, k, v, w, u, state))
     if fused_recurrent_rwkv6 is not None:
-        row["fla"] = bench(lambda: fused_recurrent_rwkv6(r, k, v, w, u, scale=1.0, initial_state=state,
-                                                         output_final_state=True))
+        fla = lambda: fused_recurrent_rwkv6(r, k, v, w, u, scale=1.0, initial_state=state,  # noqa: E731
+                                            output_final_state=True)
+        row["fla"] = bench(fla)
+        row["fla_graph"] = bench_graph(fla)
     with torch.no_grad():
         row["torch"] = bench(lambda: wkv_decode_(r, k, v, w, u, state, backend="torch"))
     row["floor"] = (2 * B * H * N * N * 4 + 5 * B * H * N * 2) / bw * 1e3
@@ -143,16 +156,17 @@ def train_lines(r):
 
 
 def decode_line(r):
-    fla = r.get("fla")
-    return (f"| {r['shape']} | {fmt(r['ours'] * 1e3, 1)} | {fmt(r['ours_idx'] * 1e3, 1)} | "
-            f"{fmt(fla * 1e3 if fla else None, 1)} | {fmt(fla / r['ours'] if fla else None, 1)} | "
+    fla, us = r.get("fla"), lambda x: fmt(x * 1e3 if x else None, 1)
+    return (f"| {r['shape']} | {us(r['ours'])} | {us(r['ours_idx'])} | {us(r.get('ours_graph'))} | "
+            f"{us(fla)} | {us(r.get('fla_graph'))} | {fmt(fla / r['ours'] if fla else None, 1)} | "
             f"{fmt(r['torch'] * 1e3, 1)} | {fmt(r['floor'] * 1e3, 2)} | {fmt(r['floor'] / r['ours'], 3)} |")
 
 
 TRAIN_HEAD = ("| shape (bf16) | pass | ours ms | fla ms | fla/ours | torch-chunked ms | floor ms | floor/ours |\n"
               "|---|---|---|---|---|---|---|---|")
-DECODE_HEAD = ("| decode step T=1 (bf16 in, fp32 state) | ours µs | ours + slot idx µs | fla µs | fla/ours "
-               "| torch µs | floor µs | floor/ours |\n|---|---|---|---|---|---|---|---|")
+DECODE_HEAD = ("| decode step T=1 (bf16 in, fp32 state) | ours µs | ours + slot idx µs | ours in CUDA graph µs "
+               "| fla µs | fla in CUDA graph µs | fla/ours | torch µs | floor µs | floor/ours |\n"
+               "|---|---|---|---|---|---|---|---|---|---|")
 
 
 def load_baseline(path):
@@ -163,6 +177,11 @@ def load_baseline(path):
     sys.modules[spec.name] = mod
     spec.loader.exec_module(mod)
     return mod.chunk_wkv
+
+
+def parse_settings(text):
+    """`default` or `NAME=VALUE[+NAME=VALUE...]` as a dict of strings."""
+    return {} if text == "default" else dict(kv.split("=", 1) for kv in text.split("+"))
 
 
 def time_variants(variants, baseline, bw, with_fla=True):
@@ -181,7 +200,7 @@ def time_variants(variants, baseline, bw, with_fla=True):
     if baseline:
         runs.append(("baseline", load_baseline(baseline), {}))
     for v in variants:
-        env = {} if v == "default" else dict(kv.split("=", 1) for kv in v.split("+"))
+        env = parse_settings(v)
         prec = env.pop("dot", None)
         f = (lambda r, k, v, w, u, p=prec: chunk_wkv(r, k, v, w, u, dot_precision=p))
         runs.append((v, f, {key: int(val) for key, val in env.items()}))
@@ -220,7 +239,11 @@ def main():
     ap.add_argument("--variants", default=None,
                     help="default,NAME=VALUE+NAME=VALUE,... (headline shape only)")
     ap.add_argument("--baseline", default=None, help="previous chunk.py to time alongside --variants")
+    ap.add_argument("--launch", default="default",
+                    help="NAME=VALUE+... of kernels.triton.chunk.LAUNCH for the whole run")
     args = ap.parse_args()
+    from kernels.triton import chunk as chunk_mod
+    chunk_mod.LAUNCH.update({key: int(val) for key, val in parse_settings(args.launch).items()})
     props = torch.cuda.get_device_properties(0)
     bw = copy_bandwidth()
     try:
@@ -229,7 +252,7 @@ def main():
     except OSError:
         commit = ""
     print(f"device {props.name}, torch {torch.__version__}, triton {triton.__version__}, "
-          f"commit {commit or '?'}, copy bandwidth {bw / 1e12:.2f} TB/s, fla: "
+          f"commit {commit or '?'}, LAUNCH {chunk_mod.LAUNCH}, copy bandwidth {bw / 1e12:.2f} TB/s, fla: "
           f"{'ok' if FLA_ERROR is None else FLA_ERROR}", flush=True)
     if args.variants:
         vrows = time_variants(args.variants.split(","), args.baseline, bw)

@@ -13,21 +13,20 @@ Algorithm (derivations in kernels/README.md, "Chunked Triton kernels"):
                product of r and k decayed to a reference row between s and t (every exponent <= 0).
   backward  3. `_bwd_state_kernel`: reverse scan of the state gradient; stores the gradient at the end
                of every chunk, and dh0.
-            4. `_bwd_chunk_kernel` (default): one program per (chunk, head): a forward sweep over the
-               sub-blocks (dr, which needs the state) and a reverse sweep (dk, dv, which need the state
-               gradient), in-block terms exact one key row at a time; dw from the suffix-sum identity
-               (written in w's dtype), du as per-chunk partial sums.
-               Opt-in (LAUNCH["bwd_levels"] = 1): the same two sweeps as two kernels,
-               `_bwd_dr_kernel` and `_bwd_dkdv_kernel`, with the in-block terms by levels. With tf32
-               dots its bf16 dw error is 2.49e-3 (> 2e-3, BENCHMARKS.md run 7); with the bf16 split
-               products below (LAUNCH["split"] = 1) it is 1.66e-3, the bf16 rounding floor, and
-               fwd+bwd takes 7.82 ms instead of 10.05 (run 8). Opt-in until tests/gpu has run in full.
+            4. `_bwd_dr_kernel`: one program per (chunk, head), a forward sweep over the sub-blocks:
+               dr (it needs the state before each token), du as per-chunk partial sums, and the
+               prefix sums of r*dr that dw needs.
+            5. `_bwd_dkdv_kernel`: the reverse sweep: dk, dv (they need the state gradient after each
+               token), and dw from the suffix-sum identity, written in w's dtype.
+               In-block terms by levels as in the forward.
 
-Dot products (`_mm`): by default fp32 operands at `dot_precision` (tf32 for bf16/fp16 inputs). Opt-in
-for bf16 inputs (LAUNCH["split"] = 1): bf16 tensor-core products; raw r, k, v, w, do go in as they are
-(bf16-exact), and each decayed/accumulated fp32 operand as a bf16 hi + lo pair: 2 products against an
-exact operand, 3 when neither is exact. Every product is then fp32-like (~2^-16), at about the MMA
-cost of one tf32 product (bf16 MMAs run at twice the tf32 rate).
+Dot products (`_mm`): fp32 operands at `dot_precision` (tf32 for bf16/fp16 inputs), except for bf16
+inputs at the default precision (LAUNCH["split"] = 1): bf16 tensor-core products. Raw r, k, v, w, do
+go in as they are (bf16-exact), and each decayed/accumulated fp32 operand as a bf16 hi + lo pair:
+2 products against an exact operand, 3 when neither is exact. Every product is then fp32-like
+(~2^-16, where tf32 gives ~2^-11), at about the MMA cost of one tf32 product (bf16 MMAs run at twice
+the tf32 rate). With tf32 products the level backward's bf16 dw error was 2.49e-3; split, every bf16
+output sits at its rounding floor (dw 1.66e-3; BENCHMARKS.md runs 8-9).
 
 Tokens are addressed as a flat [B*T, H, N] array of rows: sequence n holds rows [bos, eos), from
 `cu_seqlens` (packed, B=1) or bos = n*T. Decays are handled in log2 units (w * log2 e) so that the
@@ -440,10 +439,12 @@ def _bwd_dkdv_kernel(r, k, v, w, u, do, dstates, dk, dv, dwbuf, dw, carry,
                      cu_seqlens, chunk_offsets, chunk_indices, T, s_w,
                      H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, BS: tl.constexpr,
                      LEVELS: tl.constexpr, IS_VARLEN: tl.constexpr, PREC: tl.constexpr,
-                     XPREC: tl.constexpr, SPLIT: tl.constexpr, SPLIT_S: tl.constexpr):
+                     XPREC: tl.constexpr, SPLIT: tl.constexpr, SPLIT_S: tl.constexpr,
+                     SPLIT_SV: tl.constexpr):
     """Grid as `_fwd_out_kernel`: the reverse sweep over one chunk (dk, dv need the state gradient
     after each token). dw[s] = carry + dwbuf[s] - sum_{m>=s, in chunk} k*dk, written in dw's dtype
-    (dw may alias dwbuf: each element is read, then written, by the same thread)."""
+    (dw may alias dwbuf: each element is read, then written, by the same thread).
+    SPLIT_S, SPLIT_SV: split products (`_mm`) for the state-gradient dots of dk, of dv."""
     i_h, c, bos, L, gc = _chunk_ids(cu_seqlens, chunk_offsets, chunk_indices, T, H, BT, IS_VARLEN)
     NS: tl.constexpr = BT // BS
     s_x = H * N
@@ -466,7 +467,7 @@ def _bwd_dkdv_kernel(r, k, v, w, u, do, dstates, dk, dv, dwbuf, dw, carry,
                                  SPLIT)
         to_end = tl.exp2(_to_end(w_b))
         dk_b += to_end * _mm(v_b, tl.trans(dS), True, False, SPLIT_S, PREC)
-        dv_b += _mm(k_b * to_end, dS, False, False, SPLIT_S, PREC)
+        dv_b += _mm(k_b * to_end, dS, False, False, SPLIT_SV, PREC)
         kdk = k_b * dk_b
         k_suffix = K_run[None, :] + tl.sum(kdk, axis=0)[None, :] - tl.cumsum(kdk, axis=0) + kdk
         K_run += tl.sum(kdk, axis=0)
@@ -484,143 +485,25 @@ def _bwd_dkdv_kernel(r, k, v, w, u, do, dstates, dk, dv, dwbuf, dw, carry,
             dS = dS * tl.exp2(g_last)[:, None] + _mm(tl.trans(r_d), do_b, False, True, SPLIT, PREC)
 
 
-@triton.jit
-def _load_row(ptr, row, L, stride, N: tl.constexpr):
-    """Row `row` as fp32 [N]; 0 when row >= L."""
-    cols = tl.arange(0, N)
-    return tl.load(ptr + row * stride + cols, mask=(cols < N) & (row < L), other=0.).to(tl.float32)
-
-
-@triton.jit
-def _intra_dr_loop(do, gb, k_ptr, v_ptr, w_ptr, t0, L, s_x, s_w, BS: tl.constexpr, N: tl.constexpr):
-    """In-block part of dr: dr[t] = sum_{j<t} (do[t] . v_j) k_j 2^(gb[t] - g_j). do, gb: [BS, N]."""
-    idx = tl.arange(0, BS)
-    dr = tl.zeros([BS, N], dtype=tl.float32)
-    g_j = tl.zeros([N], dtype=tl.float32)
-    for j in range(BS):
-        k_j = _load_row(k_ptr, t0 + j, L, s_x, N)
-        v_j = _load_row(v_ptr, t0 + j, L, s_x, N)
-        g_j += _load_row(w_ptr, t0 + j, L, s_w, N) * LOG2E
-        e = tl.exp2(tl.where((idx > j)[:, None], gb - g_j[None, :], float("-inf")))
-        dA_j = tl.sum(do * v_j[None, :], axis=1)                               # dA[:, j]
-        dr += dA_j[:, None] * k_j[None, :] * e
-    return dr
-
-
-@triton.jit
-def _intra_dkdv_loop(k, v, g, r_ptr, do_ptr, w_ptr, t0, L, s_x, s_w, BS: tl.constexpr, N: tl.constexpr):
-    """In-block parts of dk and dv, looping over the later row j (t < j):
-        dk[t] += (do_j . v[t]) r_j 2^(gb_j - g[t]),   dv[t] += A[j, t] do_j,
-        A[j, t] = sum_i r_j[i] k[t,i] 2^(gb_j[i] - g[t,i]).   k, v, g: [BS, N]."""
-    idx = tl.arange(0, BS)
-    dk = tl.zeros([BS, N], dtype=tl.float32)
-    dv = tl.zeros([BS, N], dtype=tl.float32)
-    g_j = tl.zeros([N], dtype=tl.float32)
-    for j in range(BS):
-        r_j = _load_row(r_ptr, t0 + j, L, s_x, N)
-        do_j = _load_row(do_ptr, t0 + j, L, s_x, N)
-        gb_j = g_j
-        g_j += _load_row(w_ptr, t0 + j, L, s_w, N) * LOG2E
-        e = tl.exp2(tl.where((idx < j)[:, None], gb_j[None, :] - g, float("-inf")))
-        re = r_j[None, :] * e
-        dk += tl.sum(v * do_j[None, :], axis=1)[:, None] * re
-        dv += tl.sum(k * re, axis=1)[:, None] * do_j[None, :]
-    return dk, dv
-
-
-@triton.jit
-def _bwd_chunk_kernel(r, k, v, w, u, do, states, dstates, dr, dk, dv, dwbuf, dw, du_part,
-                      cu_seqlens, chunk_offsets, chunk_indices, T, s_w,
-                      H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, BS: tl.constexpr,
-                      IS_VARLEN: tl.constexpr, PREC: tl.constexpr):
-    """Grid as `_fwd_out_kernel`. Writes dr, dk, dv, dw (per token, in dw's dtype; dw may alias the
-    fp32 dwbuf) and du (per chunk). In-block terms exact, one key row at a time (fp32)."""
-    i_h, c, bos, L, gc = _chunk_ids(cu_seqlens, chunk_offsets, chunk_indices, T, H, BT, IS_VARLEN)
-    NS: tl.constexpr = BT // BS
-    s_x = H * N
-    off = bos * s_x + i_h * N
-    w_ptr = w + bos * s_w + i_h * N
-    u_h = tl.load(u + i_h * N + tl.arange(0, N)).to(tl.float32)
-    S = _load_state(states + (gc * H + i_h) * N * N, N)
-
-    # forward sweep: dr needs the state before each token. dwbuf <- -(inclusive prefix of r*dr)
-    R_run = tl.zeros([N], dtype=tl.float32)
-    du_acc = tl.zeros([N], dtype=tl.float32)
-    for s in tl.static_range(NS):
-        t0 = c * BT + s * BS
-        r_b = _load_block(r + off, t0, L, s_x, BS, N)
-        k_b = _load_block(k + off, t0, L, s_x, BS, N)
-        v_b = _load_block(v + off, t0, L, s_x, BS, N)
-        do_b = _load_block(do + off, t0, L, s_x, BS, N)
-        w_b = _load_block(w_ptr, t0, L, s_w, BS, N) * LOG2E
-        g = tl.cumsum(w_b, axis=0)
-        gb = g - w_b
-        g_last = tl.sum(w_b, axis=0)
-        dr_b = tl.exp2(gb) * tl.dot(do_b, tl.trans(S), input_precision=PREC)
-        dr_b += _intra_dr_loop(do_b, gb, k + off, v + off, w_ptr, t0, L, s_x, s_w, BS, N)
-        rdr = r_b * dr_b
-        _store_block(dwbuf + off, -(R_run[None, :] + tl.cumsum(rdr, axis=0)), t0, L, s_x, BS, N)
-        R_run += tl.sum(rdr, axis=0)
-        vdo = tl.sum(v_b * do_b, axis=1)
-        dr_b += u_h[None, :] * k_b * vdo[:, None]
-        _store_block(dr + off, dr_b, t0, L, s_x, BS, N)
-        du_acc += tl.sum(r_b * k_b * vdo[:, None], axis=0)
-        k_d = k_b * tl.exp2(_to_end(w_b))
-        S = S * tl.exp2(g_last)[:, None] + tl.dot(tl.trans(k_d), v_b, input_precision=PREC)
-    # S is now the state after the chunk; carry = Q_end + sum_chunk(r*dr)
-    dS_end = _load_state(dstates + (gc * H + i_h) * N * N, N)
-    carry = tl.sum(S * dS_end, axis=1) + R_run
-    tl.debug_barrier()  # the reverse sweep re-reads dwbuf rows written by other threads
-
-    # reverse sweep: dk, dv need the state gradient after each token
-    dS = dS_end
-    K_run = tl.zeros([N], dtype=tl.float32)
-    for s in tl.static_range(NS):
-        t0 = c * BT + (NS - 1 - s) * BS
-        r_b = _load_block(r + off, t0, L, s_x, BS, N)
-        k_b = _load_block(k + off, t0, L, s_x, BS, N)
-        v_b = _load_block(v + off, t0, L, s_x, BS, N)
-        do_b = _load_block(do + off, t0, L, s_x, BS, N)
-        w_b = _load_block(w_ptr, t0, L, s_w, BS, N) * LOG2E
-        g = tl.cumsum(w_b, axis=0)
-        gb = g - w_b
-        g_last = tl.sum(w_b, axis=0)
-        dk_b, dv_b = _intra_dkdv_loop(k_b, v_b, g, r + off, do + off, w_ptr, t0, L, s_x, s_w, BS, N)
-        to_end = tl.exp2(_to_end(w_b))
-        dk_b += to_end * tl.dot(v_b, tl.trans(dS), input_precision=PREC)
-        dv_b += tl.dot(k_b * to_end, dS, input_precision=PREC)
-        # dw[s] = Q_end + sum_{t>s} r*dr - sum_{m>=s} k*dk   (in-chunk sums)
-        kdk = k_b * dk_b
-        k_suffix = K_run[None, :] + tl.sum(kdk, axis=0)[None, :] - tl.cumsum(kdk, axis=0) + kdk
-        K_run += tl.sum(kdk, axis=0)
-        dw_b = _load_block(dwbuf + off, t0, L, s_x, BS, N) + carry[None, :] - k_suffix
-        _store_block(dw + off, dw_b, t0, L, s_x, BS, N)
-        vdo = tl.sum(v_b * do_b, axis=1)
-        dk_b += u_h[None, :] * r_b * vdo[:, None]
-        dv_b += tl.sum(r_b * u_h[None, :] * k_b, axis=1)[:, None] * do_b
-        _store_block(dk + off, dk_b, t0, L, s_x, BS, N)
-        _store_block(dv + off, dv_b, t0, L, s_x, BS, N)
-        if s < NS - 1:
-            r_d = r_b * tl.exp2(gb)
-            dS = dS * tl.exp2(g_last)[:, None] + tl.dot(tl.trans(r_d), do_b, input_precision=PREC)
-    tl.store(du_part + (gc * H + i_h) * N + tl.arange(0, N), du_acc)
-
-
 # ---------------------------------------------------------------------------------------------
 # host functions
 # ---------------------------------------------------------------------------------------------
 
 # Launch choices (a plain dict, no environment: bench/wkv.py --variants times alternatives in one
-# process): num_warps per kernel for N = 64 ("bwd_dr" also for `_bwd_chunk_kernel`; 8 warps measured
-# slower for the chunk kernels), the value-slice width of the scans when num_seqs * H >= 256, the
-# opt-in level-based backward (see the module docstring), and, for bf16 inputs at the default
-# precision, the bf16 split products of `_mm`: "split" for the in-block and state-update dots of
-# every kernel but the loop backward, "split_state" also for the dots against the fp32 chunk state.
-# Candidate default (BENCHMARKS.md, run 8: bf16 errors at the rounding floor, fwd 1.95 / fwd+bwd
-# 7.82 ms against 2.14 / 10.05 on the H100), opt-in until a full tests/gpu run passes with it:
-#     LAUNCH.update(bwd_levels=1, split=1, split_state=1)
+# process, --launch a whole run): num_warps per kernel for N = 64 (2 and 8 warps measured slower for
+# these M = 16 tiles); the value-slice width of the scans when num_seqs * H >= 256 (64: each program
+# reads k, w (or r, w) once, measured 0.23 ms faster than 32 at the headline shape); for bf16 inputs at
+# the default precision, the bf16 split products of `_mm` ("split": in-block and state-update dots) and
+# the bit mask "split_state" of the dots against the fp32 state or state gradient (SPLIT_STATE_BITS).
+# 7 leaves dv's state-gradient dot in tf32: it costs dv nothing measurable (1.68e-3, floor 1.67e-3),
+# while splitting it spills registers and costs 0.4 ms (BENCHMARKS.md, run 9). dk's must stay split
+# (dw 1.91e-3 otherwise, against a 2e-3 bound).
 LAUNCH = {"fwd_state": 4, "fwd_out": 4, "bwd_state": 4, "bwd_dr": 4, "bwd_dkdv": 4,
-          "scan_bv": 32, "bwd_levels": 0, "split": 0, "split_state": 1}
+          "scan_bv": 64, "split": 1, "split_state": 7}
+
+
+# LAUNCH["split_state"] is a bit mask over the dots against the fp32 state or state gradient
+SPLIT_STATE_BITS = {"fwd_out": 1, "bwd_dr": 2, "bwd_dk": 4, "bwd_dv": 8}
 
 
 def _num_warps(N, kernel):
@@ -680,19 +563,20 @@ def _xprec():
     return "ieee" if interpreting() else "tf32x3"
 
 
-def _split_flags(split):
-    """(SPLIT, SPLIT_S) of the kernels: bf16 split products only where the caller's inputs are bf16
-    (their raw values are then exact bf16 operands) and no dot precision was forced."""
+def _split_flags(split, kernel):
+    """(SPLIT, SPLIT_S) of a kernel: bf16 split products only where the caller's inputs are bf16
+    (their raw values are then exact bf16 operands) and no dot precision was forced; SPLIT_S where
+    LAUNCH["split_state"] has the kernel's bit."""
     on = 2 if interpreting() else 1   # 2: `_bdot` emulates bf16 products in the interpreter
-    return (on if split and LAUNCH["split"] else 0,
-            on if split and LAUNCH["split"] and LAUNCH["split_state"] else 0)
+    sp = on if split and LAUNCH["split"] else 0
+    return sp, (sp if LAUNCH["split_state"] & SPLIT_STATE_BITS[kernel] else 0)
 
 
 def chunk_wkv_fwd(r, k, v, w, u, h0, lay, prec, poison=False, split=False):
     """Returns o [B, T, H, N] (r's dtype), ht [num_seqs, H, N, N] fp32, chunk states fp32.
     split: r, k, v, w are bf16 and the dot precision is the default (see `_mm`)."""
     H, N, BT = lay.H, lay.N, lay.BT
-    sp, sp_s = _split_flags(split)
+    sp, sp_s = _split_flags(split, "fwd_out")
     o = new_buffer(r.shape, r.dtype, r.device, poison)
     ht = new_buffer((lay.num_seqs, H, N, N), torch.float32, r.device, poison)
     states = new_buffer((lay.num_chunks, H, N, N), torch.float32, r.device, poison)
@@ -711,7 +595,9 @@ def chunk_wkv_fwd(r, k, v, w, u, h0, lay, prec, poison=False, split=False):
 def chunk_wkv_bwd(r, k, v, w, u, states, do, dht, need_dh0, lay, prec, poison=False, split=False):
     """Returns dr, dk, dv (input dtypes), dw (w's shape and dtype), du [H, N], dh0 or None."""
     H, N, BT = lay.H, lay.N, lay.BT
-    sp, sp_s = _split_flags(split and do.dtype == torch.bfloat16)
+    split = split and do.dtype == torch.bfloat16
+    sp, sp_dr = _split_flags(split, "bwd_dr")
+    sp_dk, sp_dv = _split_flags(split, "bwd_dk")[1], _split_flags(split, "bwd_dv")[1]
     dstates = new_buffer((lay.num_chunks, H, N, N), torch.float32, r.device, poison)
     dh0 = new_buffer((lay.num_seqs, H, N, N), torch.float32, r.device, poison) if need_dh0 else None
     BV = _scan_block_v(lay)
@@ -727,22 +613,16 @@ def chunk_wkv_bwd(r, k, v, w, u, states, do, dht, need_dh0, lay, prec, poison=Fa
     dw = dwbuf if lay.static_w else new_buffer(r.shape, w.dtype, r.device, poison)
     du_part = new_buffer((lay.num_chunks, H, N), torch.float32, r.device, poison)
     common = dict(H=H, N=N, BT=BT, BS=SUB, LEVELS=_levels(SUB), IS_VARLEN=lay.varlen, PREC=prec,
-                  XPREC=_xprec(), SPLIT=sp, SPLIT_S=sp_s)
-    if LAUNCH["bwd_levels"]:
-        carry = new_buffer((lay.num_chunks, H, N), torch.float32, r.device, poison)
-        _bwd_dr_kernel[lay.out_grid](
-            r, k, v, w, u, do, states, dstates, dr, dwbuf, carry, du_part,
-            lay.cu_seqlens, lay.chunk_offsets, lay.chunk_indices, lay.T, lay.s_w,
-            num_warps=_num_warps(N, "bwd_dr"), **common)
-        _bwd_dkdv_kernel[lay.out_grid](
-            r, k, v, w, u, do, dstates, dk, dv, dwbuf, dw, carry,
-            lay.cu_seqlens, lay.chunk_offsets, lay.chunk_indices, lay.T, lay.s_w,
-            num_warps=_num_warps(N, "bwd_dkdv"), **common)
-    else:
-        _bwd_chunk_kernel[lay.out_grid](
-            r, k, v, w, u, do, states, dstates, dr, dk, dv, dwbuf, dw, du_part,
-            lay.cu_seqlens, lay.chunk_offsets, lay.chunk_indices, lay.T, lay.s_w,
-            H=H, N=N, BT=BT, BS=SUB, IS_VARLEN=lay.varlen, PREC=prec, num_warps=_num_warps(N, "bwd_dr"))
+                  XPREC=_xprec(), SPLIT=sp)
+    carry = new_buffer((lay.num_chunks, H, N), torch.float32, r.device, poison)
+    _bwd_dr_kernel[lay.out_grid](
+        r, k, v, w, u, do, states, dstates, dr, dwbuf, carry, du_part,
+        lay.cu_seqlens, lay.chunk_offsets, lay.chunk_indices, lay.T, lay.s_w,
+        SPLIT_S=sp_dr, num_warps=_num_warps(N, "bwd_dr"), **common)
+    _bwd_dkdv_kernel[lay.out_grid](
+        r, k, v, w, u, do, dstates, dk, dv, dwbuf, dw, carry,
+        lay.cu_seqlens, lay.chunk_offsets, lay.chunk_indices, lay.T, lay.s_w,
+        SPLIT_S=sp_dk, SPLIT_SV=sp_dv, num_warps=_num_warps(N, "bwd_dkdv"), **common)
     if lay.static_w:
         dw = dw.sum(dim=(0, 1)).to(w.dtype)
     return dr, dk, dv, dw, du_part.sum(0).to(u.dtype), dh0

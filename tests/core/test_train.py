@@ -1,5 +1,4 @@
 """The shared trainer: bit-exact resume, learning, official optimizer groups, run-folder files."""
-import json
 import math
 
 import torch

@@ -9,7 +9,7 @@ if not torch.cuda.is_available():
     pytest.skip("needs CUDA", allow_module_level=True)
 
 from kernels import wkv_chunked, wkv_reference                    # noqa: E402
-from kernels.triton import chunk, chunk_wkv, wkv_decode_           # noqa: E402
+from kernels.triton import chunk_wkv, wkv_decode_                  # noqa: E402
 from kernels.triton.testing import assert_close, check_fwd_bwd, make_inputs, rel_err  # noqa: E402
 
 DEV = "cuda"
@@ -62,31 +62,13 @@ def test_long_sequence_strong_decay(dtype):
     names = ["o", "ht", "dr", "dk", "dv", "dw", "du"]
     errs = {n: rel_err(a, b) for n, (a, b) in zip(names, pairs)}
     floors = {n: rel_err(b.to(a.dtype), b) for n, (a, b) in zip(names, pairs)}
-    # Known limit (BENCHMARKS.md): with decays this extreme, dw loses accuracy to the differences of
-    # in-block log-decay prefix sums (absolute error ~ eps * |cumsum|); measured on H100, 2026-11-23:
-    # fp32 6.9e-4, bf16 2.4e-3. Everything else meets the normal tolerance.
+    # Known limit (BENCHMARKS.md): with decays this extreme, dw loses accuracy to differences of large
+    # prefix sums (absolute error ~ eps * |cumsum|); measured on H100 with the earlier loop backward
+    # (run 7): fp32 6.9e-4, bf16 2.4e-3. The level backward passes the same bounds (run 9; its values
+    # were not printed). Everything else meets the normal tolerance.
     dw_tol = 3e-3 if dtype == torch.bfloat16 else 1e-3
     assert errs.pop("dw") <= dw_tol, errs
     _assert_close((errs, floors), 2e-3 if dtype == torch.bfloat16 else 1e-4)
-
-
-@pytest.fixture
-def split_levels():
-    """The candidate default (BENCHMARKS.md, run 8): level backward + bf16 split products."""
-    saved = dict(chunk.LAUNCH)
-    chunk.LAUNCH.update(bwd_levels=1, split=1, split_state=1)
-    yield
-    chunk.LAUNCH.clear()
-    chunk.LAUNCH.update(saved)
-
-
-@pytest.mark.parametrize("case", ["per_token_w", "static_w", "packed", "long_strong_decay"])
-def test_bf16_split_levels(split_levels, case):
-    """The bf16 cases above again with LAUNCH.update(bwd_levels=1, split=1, split_state=1)."""
-    {"per_token_w": lambda: test_real_shape(torch.bfloat16, False),
-     "static_w": lambda: test_real_shape(torch.bfloat16, True),
-     "packed": test_packed_sequences_bf16,
-     "long_strong_decay": lambda: test_long_sequence_strong_decay(torch.bfloat16)}[case]()
 
 
 @pytest.mark.parametrize("B", [1, 64, 256])
