@@ -7,7 +7,7 @@ chunked PyTorch path, in one process, bf16 inputs, fp32 state, `triton.testing.d
 `--variants` times the chunked kernels at the headline shape once per comma-separated entry, each
 `default` or settings `NAME=VALUE[+NAME=VALUE...]`: `dot=P` passes dot_precision=P to chunk_wkv, and a
 key of kernels.triton.chunk.LAUNCH sets that entry for the call (fwd_out, bwd_dkdv, ...: a kernel's
-num_warps; bwd_levels, split, split_state: the kernel choices, e.g. `bwd_levels=1+split=1`);
+num_warps; scan_bv; split, split_state: the bf16 split products, e.g. `split_state=15`);
 `--baseline FILE` adds another version of kernels/triton/chunk.py
 (imported as a sibling module, first in the table) to the same run. Each row also gives the relative
 difference of o and of dr, dk, dv, dw from the first row.
@@ -180,8 +180,13 @@ def load_baseline(path):
 
 
 def parse_settings(text):
-    """`default` or `NAME=VALUE[+NAME=VALUE...]` as a dict of strings."""
-    return {} if text == "default" else dict(kv.split("=", 1) for kv in text.split("+"))
+    """`default` or `NAME=VALUE[+NAME=VALUE...]` as a dict of strings; NAME is `dot` or a LAUNCH key."""
+    from kernels.triton.chunk import LAUNCH
+    settings = {} if text == "default" else dict(kv.split("=", 1) for kv in text.split("+"))
+    unknown = sorted(set(settings) - set(LAUNCH) - {"dot"})
+    if unknown:
+        raise SystemExit(f"unknown settings {unknown} in {text!r}; known: dot, {', '.join(LAUNCH)}")
+    return settings
 
 
 def time_variants(variants, baseline, bw, with_fla=True):
