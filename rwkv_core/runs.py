@@ -84,15 +84,16 @@ def training_ctx_len(checkpoint, model) -> int:
     return model.cfg.ctx_len
 
 
-def add_train_args(parser, domain: str, config_example: str) -> None:
+def add_train_args(parser, domain: str, config_example: str, data_help: str | None = None,
+                   init_help: str = "start from the weights of this model file (.pth or .safetensors)") -> None:
     """The options of every domain's `train` command (`eaglefinch <domain> train`)."""
     parser.add_argument("--config", required=True, help=f"training config JSON ({config_example})")
-    parser.add_argument("--data", required=True, help=f"folder written by `eaglefinch {domain} prepare`")
+    parser.add_argument("--data", required=True, help=data_help or f"folder written by `eaglefinch {domain} prepare`")
     parser.add_argument("--out", required=True, help="run folder (model.safetensors, checkpoint.pt, metrics.jsonl, loss.png)")
     parser.add_argument("--max-steps", type=int, help="stop at this step (the lr schedule keeps the config's length)")
     parser.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
     parser.add_argument("--seed", type=int)
-    parser.add_argument("--init", help="start from the weights of this model file (.pth or .safetensors)")
+    parser.add_argument("--init", help=init_help)
     parser.add_argument("--deepspeed", metavar="DS_CONFIG",
                         help="DeepSpeed JSON config, e.g. configs/deepspeed/zero1.json (run under the deepspeed launcher)")
     parser.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # added by the launcher; ranks come from env

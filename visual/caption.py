@@ -36,12 +36,12 @@ def answer_ids(vlm: VisualRWKV, tokenizer, images: Sequence[Image.Image], prompt
     device = vlm.model.emb.weight.device
     pixels = torch.stack([vlm.encoder.preprocess(image) for image in images]).to(device)
     inputs = torch.tensor([layout.ids] * len(images), device=device)
-    logits, state = vlm(inputs, pixels, [layout.image_span] * len(images))  # one batched prefill
+    hidden, state = vlm.forward_hidden(inputs, pixels, [layout.image_span] * len(images))  # one batched prefill
     stop_ids = {0}
     turn_end = tokenizer.encode(TURN_END)
     if len(turn_end) == 1:
         stop_ids.add(turn_end[0])
-    generation = Generation(vlm.model, None, max_tokens, sampler, prefilled=(logits[:, -1], state),
+    generation = Generation(vlm.model, None, max_tokens, sampler, prefilled=(vlm.model.head(hidden[:, -1]), state),
                             stop_ids=stop_ids, seed=seed)
     for _ in generation:
         pass

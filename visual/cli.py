@@ -1,10 +1,9 @@
 """`eaglefinch visual ...` subcommands: shapes, prepare, clip-train, train, caption, eval."""
-import argparse
 import json
 import sys
 from pathlib import Path
 
-from rwkv_core.runs import add_sampling_args, sampler_from
+from rwkv_core.runs import add_sampling_args, add_train_args, run_folder, sampler_from
 
 
 def cmd_shapes(args):
@@ -73,7 +72,7 @@ def cmd_eval(args):
 
     vlm, tokenizer = load_visual(args.checkpoint)
     results = evaluate_captions(vlm, tokenizer, read_records(args.data))
-    out = Path(args.out or args.checkpoint)
+    out = Path(args.out) if args.out else run_folder(args.checkpoint)
     out.mkdir(parents=True, exist_ok=True)
     grid = save_grid(results[:16], out / "captions.png")
     print(f"exact-caption accuracy: {accuracy(results):.1%} of {len(results)} images; grid: {grid}")
@@ -107,20 +106,14 @@ def add_commands(parser, common):
     c.add_argument("--seed", type=int, default=0)
     c.set_defaults(func=cmd_clip_train)
 
-    t = sub.add_parser("train", parents=[common], help="train a VisualRWKV (stage 1: projector; stage 2: + backbone)")
-    t.add_argument("--config", required=True, help="JSON with model/train/visual sections (configs/visual-tiny.json)")
-    t.add_argument("--data", required=True, help="JSONL of captions or LLaVA conversations")
+    t = sub.add_parser("train", parents=[common], help="train a VisualRWKV (stage 1: projector; stage 2: + backbone; DeepSpeed: ZeRO 1/2)")
+    add_train_args(t, "visual", "model, train and visual sections: configs/visual-tiny.json",
+                   data_help="JSONL of captions or LLaVA conversations",
+                   init_help="a visual run folder (e.g. stage 1), or a language model to build on")
     t.add_argument("--val", help="held-out JSONL for the validation loss")
-    t.add_argument("--out", required=True, help="run folder")
     t.add_argument("--stage", type=int, choices=(1, 2), default=2)
     t.add_argument("--clip", help="open_clip weights for the encoder (from `visual clip-train`)")
     t.add_argument("--random-encoder", action="store_true", help="start the encoder untrained")
-    t.add_argument("--init", help="a visual run folder (e.g. stage 1), or a language model to build on")
-    t.add_argument("--max-steps", type=int)
-    t.add_argument("--resume", action="store_true")
-    t.add_argument("--seed", type=int)
-    t.add_argument("--deepspeed", metavar="DS_CONFIG", help="DeepSpeed JSON config (ZeRO 1/2; run under the launcher)")
-    t.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # added by the deepspeed launcher
     t.set_defaults(func=cmd_train)
 
     g = sub.add_parser("caption", parents=[common], help="caption images or folders (bad files are skipped and reported)")

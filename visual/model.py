@@ -24,6 +24,7 @@ from torch import nn
 from rwkv_core import RWKV
 from rwkv_core.checkpoint import CheckpointError, atomic_path
 from rwkv_core.config import dataclass_from_dict
+from rwkv_core.runs import MODEL_FILE
 from visual.encoder import DEFAULT_MODEL, VisionEncoder
 from visual.projector import PROJECTOR_KINDS, build_projector
 from visual.prompt import IMAGE_POSITIONS, splice_image_tokens
@@ -82,11 +83,17 @@ class VisualRWKV(nn.Module):
         n_extra = 1 if self.encoder.cls_token else 0
         return [(start, max(start, end - n_extra)) for start, end in spans]
 
-    def forward(self, inputs, pixels, spans, state=None):
+    def forward_hidden(self, inputs, pixels, spans, state=None):
+        """(hidden [B, T, C] after ln_out, new state): `forward` without the head, so that a prefill
+        can apply the head to its last position only."""
         embeds = self.model.emb(inputs)
         if pixels is not None:
             embeds = splice_image_tokens(embeds, self.image_embeds(pixels).to(embeds.dtype), spans)
-        return self.model(embeds=embeds, state=state, reverse_span=self.scan_spans(spans))
+        return self.model.forward_hidden(embeds=embeds, state=state, reverse_span=self.scan_spans(spans))
+
+    def forward(self, inputs, pixels, spans, state=None):
+        hidden, state = self.forward_hidden(inputs, pixels, spans, state)
+        return self.model.head(hidden), state
 
     def set_stage(self, stage: int) -> None:
         """Stage 1: only the projector trains (backbone frozen). Stage 2: projector and backbone.
@@ -111,14 +118,14 @@ class VisualRWKV(nn.Module):
     def load(cls, run_dir, device="cpu") -> "VisualRWKV":
         """A trained VisualRWKV from a visual run folder (model.safetensors + visual.*)."""
         run_dir = Path(run_dir)
-        for name in ("model.safetensors", CONFIG_FILE, WEIGHTS_FILE):
+        for name in (MODEL_FILE, CONFIG_FILE, WEIGHTS_FILE):
             if not (run_dir / name).is_file():
                 raise CheckpointError(f"{run_dir}: not a visual run folder (no {name})")
         try:
             cfg = VisualConfig.from_dict(json.loads((run_dir / CONFIG_FILE).read_text()))
         except (ValueError, TypeError) as e:
             raise CheckpointError(f"{run_dir / CONFIG_FILE}: invalid visual config ({e})") from None
-        model = RWKV.from_pretrained(run_dir / "model.safetensors", device=device)
+        model = RWKV.from_pretrained(run_dir / MODEL_FILE, device=device)
         encoder = VisionEncoder(cfg.encoder, random_init=True, layer=cfg.layer, pool=cfg.pool,
                                 freeze=cfg.freeze_encoder, cls_token=cfg.cls_token)
         vlm = cls(model, encoder, cfg)

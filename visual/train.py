@@ -80,9 +80,9 @@ class VisualBatches:
             yield self.batch(range(start, min(start + batch_size, len(self))), ctx_len)
 
 
-def vocabulary_of(records: Sequence[VisualRecord], n_image_tokens: int, image_position: str) -> list[int]:
+def vocabulary_of(records: Sequence[VisualRecord], world: WorldTokenizer, n_image_tokens: int,
+                  image_position: str) -> list[int]:
     """Sorted World ids the records' conversations use, plus 0 and the 256 byte tokens."""
-    world = WorldTokenizer()
     return ids_in(encode_conversation(record.turns, world.encode, n_image_tokens, image_position).ids
                   for record in records)
 
@@ -126,9 +126,12 @@ def train_visual(config_path, data, out_dir, *, val=None, stage: int = 2, clip=N
                                 layer=vcfg.layer, pool=vcfg.pool, freeze=vcfg.freeze_encoder, cls_token=vcfg.cls_token)
         if init is not None:
             model, tokenizer = RWKV.from_pretrained(model_file(init)), tokenizer_for(init)
+        elif "model" not in cfg:
+            raise ValueError(f"{config_path}: no \"model\" section, and no --init model to build on")
         elif vcfg.trim_vocab:
-            ids = vocabulary_of(records + (val_records or []), encoder.n_tokens, vcfg.image_position)
-            tokenizer = SubsetTokenizer(WorldTokenizer(), ids)
+            world = WorldTokenizer()
+            ids = vocabulary_of(records + (val_records or []), world, encoder.n_tokens, vcfg.image_position)
+            tokenizer = SubsetTokenizer(world, ids)
             model = RWKV(RWKVConfig.from_dict({**cfg["model"], "vocab_size": len(ids)}))
         else:
             model, tokenizer = RWKV(RWKVConfig.from_dict(cfg["model"])), WorldTokenizer()

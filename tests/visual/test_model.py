@@ -37,14 +37,15 @@ def random_vlm(records, bidirectional=True, cls_token=True, n_layer=3):
     torch.manual_seed(0)
     cfg = VisualConfig(pool=2, cls_token=cls_token, projector="mlp", bidirectional=bidirectional)
     encoder = VisionEncoder(cfg.encoder, random_init=True, pool=cfg.pool, cls_token=cls_token)
-    ids = vocabulary_of(records, encoder.n_tokens, cfg.image_position)
+    world = WorldTokenizer()
+    ids = vocabulary_of(records, world, encoder.n_tokens, cfg.image_position)
     model = RWKV(RWKVConfig(arch="finch", n_layer=n_layer, n_embd=64, head_size=32, vocab_size=len(ids),
                             mix_lora_dim=8, decay_lora_dim=16))
     vlm = VisualRWKV(model, encoder, cfg)
     with torch.no_grad():
         for p in list(vlm.model.parameters()) + list(vlm.projector.parameters()):
             p.add_(torch.randn_like(p) * 0.2)
-    return vlm.eval(), SubsetTokenizer(WorldTokenizer(), ids)
+    return vlm.eval(), SubsetTokenizer(world, ids)
 
 
 def images(n, size=64):
@@ -201,6 +202,12 @@ def test_cli_train_caption_eval_and_bad_inputs(shapes, tmp_path, capsys):
     assert cli(["visual", "train", "--config", str(config), "--data", str(shapes / "train.jsonl"),
                 "--out", str(tmp_path / "run3")]) == 1
     assert "--clip" in capsys.readouterr().err
+    # a config without a model section and no --init model: one clear error
+    no_model = tmp_path / "no_model.json"
+    no_model.write_text(json.dumps({k: v for k, v in json.loads(config.read_text()).items() if k != "model"}))
+    assert cli(["visual", "train", "--config", str(no_model), "--data", str(shapes / "train.jsonl"),
+                "--out", str(tmp_path / "run4"), "--random-encoder"]) == 1
+    assert 'no "model" section' in capsys.readouterr().err and not (tmp_path / "run4").exists()
     # a corrupt weights file in the run folder: one clear error
     (run / "visual.safetensors").write_bytes(b"\x00" * 64)
     assert cli(["visual", "caption", str(folder / "good0.png"), "--checkpoint", str(run)]) == 1
