@@ -11,6 +11,8 @@ Algorithm (derivations in kernels/README.md, "Chunked Triton kernels"):
                running state; in-block part by levels (`_intra_scores`): the pairs s < t are split by
                the highest differing index bit G = 8, 4, 2, 1, and each level is one masked tensor-core
                product of r and k decayed to a reference row between s and t (every exponent <= 0).
+               When a backward will run, it also stores these in-block scores (16 fp32 per token
+               and head) for dv.
   backward  3. `_bwd_state_kernel`: reverse scan of the state gradient; stores the gradient at the end
                of every chunk, and dh0.
             4. `_bwd_dr_kernel`: one program per (chunk, head), a forward sweep over the sub-blocks:
@@ -18,7 +20,7 @@ Algorithm (derivations in kernels/README.md, "Chunked Triton kernels"):
                prefix sums of r*dr that dw needs.
             5. `_bwd_dkdv_kernel`: the reverse sweep: dk, dv (they need the state gradient after each
                token), and dw from the suffix-sum identity, written in w's dtype.
-               In-block terms by levels as in the forward.
+               In-block terms of dr and dk by levels as in the forward; dv's from the stored scores.
 
 Dot products (`_mm`): fp32 operands at `dot_precision` (tf32 for bf16/fp16 inputs), except for bf16
 inputs at the default precision (LAUNCH["split"] = 1): bf16 tensor-core products. Raw r, k, v, w, do
@@ -262,30 +264,23 @@ def _intra_dr(r, k, v, do, w_l, BS: tl.constexpr, LEVELS: tl.constexpr, PREC: tl
 
 
 @triton.jit
-def _dkdv_level(dA, r, k, w_l, G: tl.constexpr, BS: tl.constexpr, PREC: tl.constexpr,
-                XPREC: tl.constexpr, SPLIT: tl.constexpr):
-    """Level-G parts of dk and of the scores A (for dv)."""
+def _dk_level(dA, r, k, w_l, G: tl.constexpr, BS: tl.constexpr, PREC: tl.constexpr,
+              XPREC: tl.constexpr, SPLIT: tl.constexpr):
     q, kk, e = _level_operands(r, k, w_l, G, BS, XPREC, SPLIT)
-    pairs = _level_pairs(G, BS)
-    dk = e * _mm(tl.trans(tl.where(pairs, dA, 0.)), q, False, G == 1, SPLIT, PREC)
-    A = tl.where(pairs, _mm(q, tl.trans(kk), G == 1, G == 1, SPLIT, PREC), 0.)
-    return dk, A
+    return e * _mm(tl.trans(tl.where(_level_pairs(G, BS), dA, 0.)), q, False, G == 1, SPLIT, PREC)
 
 
 @triton.jit
-def _intra_dkdv(r, k, v, do, w_l, BS: tl.constexpr, LEVELS: tl.constexpr, PREC: tl.constexpr,
+def _intra_dkdv(r, k, v, do, w_l, A, BS: tl.constexpr, LEVELS: tl.constexpr, PREC: tl.constexpr,
                 XPREC: tl.constexpr, SPLIT: tl.constexpr):
-    """In-block parts of dk and dv, by levels:
+    """In-block parts of dk (by levels) and dv (from the forward's in-block scores A):
         dk[s] = sum_{t>s} (do_t . v_s) r_t 2^(gb_t - g_s),   dv[s] = sum_{t>s} A[t, s] do_t."""
     t = tl.arange(0, BS)[:, None]
     s = tl.arange(0, BS)[None, :]
     dA = tl.where(s < t, _mm(do, tl.trans(v), True, True, SPLIT, PREC), 0.)
     dk = tl.zeros(k.shape, dtype=tl.float32)
-    A = tl.zeros([BS, BS], dtype=tl.float32)
     for lvl in tl.static_range(LEVELS):
-        dk_l, A_l = _dkdv_level(dA, r, k, w_l, BS // (2 << lvl), BS, PREC, XPREC, SPLIT)
-        dk += dk_l
-        A += A_l
+        dk += _dk_level(dA, r, k, w_l, BS // (2 << lvl), BS, PREC, XPREC, SPLIT)
     dv = _mm(tl.trans(A), do, False, True, SPLIT, PREC)
     return dk, dv
 
@@ -325,11 +320,13 @@ def _fwd_state_kernel(k, v, w, h0, ht, states, cu_seqlens, chunk_offsets, T, s_w
 
 
 @triton.jit
-def _fwd_out_kernel(r, k, v, w, u, o, states, cu_seqlens, chunk_offsets, chunk_indices, T, s_w,
-                    H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, BS: tl.constexpr,
+def _fwd_out_kernel(r, k, v, w, u, o, states, scores, cu_seqlens, chunk_offsets, chunk_indices, T,
+                    s_w, H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, BS: tl.constexpr,
                     LEVELS: tl.constexpr, IS_VARLEN: tl.constexpr, PREC: tl.constexpr,
-                    XPREC: tl.constexpr, SPLIT: tl.constexpr, SPLIT_S: tl.constexpr):
-    """Grid (chunks, num_seqs * H) or (total chunks, H) when packed. Writes o for one chunk.
+                    XPREC: tl.constexpr, SPLIT: tl.constexpr, SPLIT_S: tl.constexpr,
+                    STORE_A: tl.constexpr):
+    """Grid (chunks, num_seqs * H) or (total chunks, H) when packed. Writes o for one chunk and,
+    STORE_A, the in-block scores (row t: A[t, :] of its sub-block, [rows, H, BS] fp32) for the backward.
     SPLIT: bf16 split products (`_mm`) for the in-block and state-update dots; SPLIT_S: also for the
     dots against the fp32 state."""
     i_h, c, bos, L, gc = _chunk_ids(cu_seqlens, chunk_offsets, chunk_indices, T, H, BT, IS_VARLEN)
@@ -347,6 +344,8 @@ def _fwd_out_kernel(r, k, v, w, u, o, states, cu_seqlens, chunk_offsets, chunk_i
         w_b = w_r * LOG2E
         gb = tl.cumsum(w_b, axis=0) - w_b
         A = _intra_scores(r_b, k_b, w_r if SPLIT else w_b, BS, LEVELS, PREC, XPREC, SPLIT)
+        if STORE_A:
+            _store_block(scores + bos * H * BS + i_h * BS, A, t0, L, H * BS, BS, BS)
         o_b = _mm(r_b * tl.exp2(gb), S, False, False, SPLIT_S, PREC)
         o_b += _mm(A, v_b, False, True, SPLIT, PREC)
         o_b += tl.sum(r_b * u_h[None, :] * k_b, axis=1)[:, None] * v_b
@@ -435,7 +434,7 @@ def _bwd_dr_kernel(r, k, v, w, u, do, states, dstates, dr, dwbuf, carry, du_part
 
 
 @triton.jit
-def _bwd_dkdv_kernel(r, k, v, w, u, do, dstates, dk, dv, dwbuf, dw, carry,
+def _bwd_dkdv_kernel(r, k, v, w, u, do, dstates, scores, dk, dv, dwbuf, dw, carry,
                      cu_seqlens, chunk_offsets, chunk_indices, T, s_w,
                      H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, BS: tl.constexpr,
                      LEVELS: tl.constexpr, IS_VARLEN: tl.constexpr, PREC: tl.constexpr,
@@ -463,8 +462,9 @@ def _bwd_dkdv_kernel(r, k, v, w, u, do, dstates, dk, dv, dwbuf, dw, carry,
         do_b = _load_block(do + off, t0, L, s_x, BS, N)
         w_r = _load_block(w_ptr, t0, L, s_w, BS, N)
         w_b = w_r * LOG2E
-        dk_b, dv_b = _intra_dkdv(r_b, k_b, v_b, do_b, w_r if SPLIT else w_b, BS, LEVELS, PREC, XPREC,
-                                 SPLIT)
+        A = _load_block(scores + bos * H * BS + i_h * BS, t0, L, H * BS, BS, BS)
+        dk_b, dv_b = _intra_dkdv(r_b, k_b, v_b, do_b, w_r if SPLIT else w_b, A, BS, LEVELS, PREC,
+                                 XPREC, SPLIT)
         to_end = tl.exp2(_to_end(w_b))
         dk_b += to_end * _mm(v_b, tl.trans(dS), True, False, SPLIT_S, PREC)
         dv_b += _mm(k_b * to_end, dS, False, False, SPLIT_SV, PREC)
@@ -498,16 +498,25 @@ def _bwd_dkdv_kernel(r, k, v, w, u, do, dstates, dk, dv, dwbuf, dw, carry,
 # 7 leaves dv's state-gradient dot in tf32: it costs dv nothing measurable (1.68e-3, floor 1.67e-3),
 # while splitting it spills registers and costs 0.4 ms (BENCHMARKS.md, run 9). dk's must stay split
 # (dw 1.91e-3 otherwise, against a 2e-3 bound).
+# "maxnreg_<kernel>": a register cap (0: none; N = 64 only). 168 lets 3 blocks of 4 warps share an SM
+# instead of 2: faster for _fwd_out_kernel and _bwd_dr_kernel despite the spills, slower for
+# _bwd_dkdv_kernel (run 13).
 LAUNCH = {"fwd_state": 4, "fwd_out": 4, "bwd_state": 4, "bwd_dr": 4, "bwd_dkdv": 4,
-          "scan_bv": 64, "split": 1, "split_state": 7}
+          "scan_bv": 64, "split": 1, "split_state": 7,
+          "maxnreg_fwd_state": 0, "maxnreg_fwd_out": 168, "maxnreg_bwd_state": 0, "maxnreg_bwd_dr": 168,
+          "maxnreg_bwd_dkdv": 0}
 
 
 # LAUNCH["split_state"] is a bit mask over the dots against the fp32 state or state gradient
 SPLIT_STATE_BITS = {"fwd_out": 1, "bwd_dr": 2, "bwd_dk": 4, "bwd_dv": 8}
 
 
-def _num_warps(N, kernel):
-    return LAUNCH[kernel] if N <= 64 else 8
+def _launch_opts(N, kernel):
+    """num_warps, and the register cap `maxnreg` where LAUNCH sets one (not in the interpreter)."""
+    opts = {"num_warps": LAUNCH[kernel] if N <= 64 else 8}
+    if LAUNCH[f"maxnreg_{kernel}"] and N <= 64 and not interpreting():
+        opts["maxnreg"] = LAUNCH[f"maxnreg_{kernel}"]
+    return opts
 
 
 def _levels(BS):
@@ -572,28 +581,35 @@ def _split_flags(split, kernel):
     return sp, (sp if LAUNCH["split_state"] & SPLIT_STATE_BITS[kernel] else 0)
 
 
-def chunk_wkv_fwd(r, k, v, w, u, h0, lay, prec, poison=False, split=False):
-    """Returns o [B, T, H, N] (r's dtype), ht [num_seqs, H, N, N] fp32, chunk states fp32.
+def chunk_wkv_fwd(r, k, v, w, u, h0, lay, prec, poison=False, split=False, store_scores=False):
+    """Returns o [B, T, H, N] (r's dtype), ht [num_seqs, H, N, N] fp32, chunk states fp32, and the
+    in-block scores [B*T, H, SUB] fp32 for the backward (None unless store_scores).
     split: r, k, v, w are bf16 and the dot precision is the default (see `_mm`)."""
     H, N, BT = lay.H, lay.N, lay.BT
     sp, sp_s = _split_flags(split, "fwd_out")
     o = new_buffer(r.shape, r.dtype, r.device, poison)
     ht = new_buffer((lay.num_seqs, H, N, N), torch.float32, r.device, poison)
     states = new_buffer((lay.num_chunks, H, N, N), torch.float32, r.device, poison)
+    scores = new_buffer((lay.B * lay.T, H, SUB), torch.float32, r.device, poison) if store_scores else None
     BV = _scan_block_v(lay)
     _fwd_state_kernel[(N // BV, lay.num_seqs * H)](
         k, v, w, h0, ht, states, lay.cu_seqlens, lay.chunk_offsets, lay.T, lay.s_w,
         H=H, N=N, BT=BT, BV=BV, HAS_H0=h0 is not None, IS_VARLEN=lay.varlen, PREC=prec, SPLIT=sp,
-        num_warps=_num_warps(N, "fwd_state"))
+        **_launch_opts(N, "fwd_state"))
     _fwd_out_kernel[lay.out_grid](
-        r, k, v, w, u, o, states, lay.cu_seqlens, lay.chunk_offsets, lay.chunk_indices, lay.T,
+        r, k, v, w, u, o, states, scores, lay.cu_seqlens, lay.chunk_offsets, lay.chunk_indices, lay.T,
         lay.s_w, H=H, N=N, BT=BT, BS=SUB, LEVELS=_levels(SUB), IS_VARLEN=lay.varlen, PREC=prec,
-        XPREC=_xprec(), SPLIT=sp, SPLIT_S=sp_s, num_warps=_num_warps(N, "fwd_out"))
-    return o, ht, states
+        XPREC=_xprec(), SPLIT=sp, SPLIT_S=sp_s, STORE_A=store_scores, **_launch_opts(N, "fwd_out"))
+    return o, ht, states, scores
 
 
-def chunk_wkv_bwd(r, k, v, w, u, states, do, dht, need_dh0, lay, prec, poison=False, split=False):
-    """Returns dr, dk, dv (input dtypes), dw (w's shape and dtype), du [H, N], dh0 or None."""
+def chunk_wkv_bwd(r, k, v, w, u, states, scores, do, dht, need_dh0, lay, prec, poison=False,
+                  split=False):
+    """Returns dr, dk, dv (input dtypes), dw (w's shape and dtype), du [H, N], dh0 or None.
+    scores: the forward's in-block scores (`chunk_wkv_fwd(..., store_scores=True)`)."""
+    if scores is None:
+        raise ValueError("chunk_wkv_bwd needs the forward's in-block scores: "
+                         "call chunk_wkv_fwd(..., store_scores=True)")
     H, N, BT = lay.H, lay.N, lay.BT
     split = split and do.dtype == torch.bfloat16
     sp, sp_dr = _split_flags(split, "bwd_dr")
@@ -604,7 +620,7 @@ def chunk_wkv_bwd(r, k, v, w, u, states, do, dht, need_dh0, lay, prec, poison=Fa
     _bwd_state_kernel[(N // BV, lay.num_seqs * H)](
         r, w, do, dht, dh0, dstates, lay.cu_seqlens, lay.chunk_offsets, lay.T, lay.s_w,
         H=H, N=N, BT=BT, BV=BV, HAS_DHT=dht is not None, STORE_DH0=need_dh0, IS_VARLEN=lay.varlen,
-        PREC=prec, SPLIT=sp, num_warps=_num_warps(N, "bwd_state"))
+        PREC=prec, SPLIT=sp, **_launch_opts(N, "bwd_state"))
     dr = new_buffer(r.shape, r.dtype, r.device, poison)
     dk = new_buffer(k.shape, k.dtype, k.device, poison)
     dv = new_buffer(v.shape, v.dtype, v.device, poison)
@@ -618,11 +634,11 @@ def chunk_wkv_bwd(r, k, v, w, u, states, do, dht, need_dh0, lay, prec, poison=Fa
     _bwd_dr_kernel[lay.out_grid](
         r, k, v, w, u, do, states, dstates, dr, dwbuf, carry, du_part,
         lay.cu_seqlens, lay.chunk_offsets, lay.chunk_indices, lay.T, lay.s_w,
-        SPLIT_S=sp_dr, num_warps=_num_warps(N, "bwd_dr"), **common)
+        SPLIT_S=sp_dr, **_launch_opts(N, "bwd_dr"), **common)
     _bwd_dkdv_kernel[lay.out_grid](
-        r, k, v, w, u, do, dstates, dk, dv, dwbuf, dw, carry,
+        r, k, v, w, u, do, dstates, scores, dk, dv, dwbuf, dw, carry,
         lay.cu_seqlens, lay.chunk_offsets, lay.chunk_indices, lay.T, lay.s_w,
-        SPLIT_S=sp_dk, SPLIT_SV=sp_dv, num_warps=_num_warps(N, "bwd_dkdv"), **common)
+        SPLIT_S=sp_dk, SPLIT_SV=sp_dv, **_launch_opts(N, "bwd_dkdv"), **common)
     if lay.static_w:
         dw = dw.sum(dim=(0, 1)).to(w.dtype)
     return dr, dk, dv, dw, du_part.sum(0).to(u.dtype), dh0
@@ -630,22 +646,23 @@ def chunk_wkv_bwd(r, k, v, w, u, states, do, dht, need_dh0, lay, prec, poison=Fa
 
 class ChunkWKVFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, r, k, v, w, u, h0, cu_seqlens, chunk_size, cu_seqlens_cpu, prec, poison, split):
+    def forward(ctx, r, k, v, w, u, h0, cu_seqlens, chunk_size, cu_seqlens_cpu, prec, poison, split,
+                store_scores):
         lay = _Layout(r, w, cu_seqlens, chunk_size, cu_seqlens_cpu)
-        o, ht, states = chunk_wkv_fwd(r, k, v, w, u, h0, lay, prec, poison, split)
-        ctx.save_for_backward(r, k, v, w, u, states)
+        o, ht, states, scores = chunk_wkv_fwd(r, k, v, w, u, h0, lay, prec, poison, split, store_scores)
+        ctx.save_for_backward(r, k, v, w, u, states, scores)
         ctx.lay, ctx.prec, ctx.poison, ctx.has_h0 = lay, prec, poison, h0 is not None
         ctx.split = split
         return o, ht
 
     @staticmethod
     def backward(ctx, do, dht):
-        r, k, v, w, u, states = ctx.saved_tensors
+        r, k, v, w, u, states, scores = ctx.saved_tensors
         need_dh0 = ctx.has_h0 and ctx.needs_input_grad[5]
         dr, dk, dv, dw, du, dh0 = chunk_wkv_bwd(
-            r, k, v, w, u, states, do.contiguous(), None if dht is None else dht.contiguous(),
+            r, k, v, w, u, states, scores, do.contiguous(), None if dht is None else dht.contiguous(),
             need_dh0, ctx.lay, ctx.prec, ctx.poison, ctx.split)
-        return dr, dk, dv, dw, du, dh0, None, None, None, None, None, None
+        return dr, dk, dv, dw, du, dh0, None, None, None, None, None, None, None
 
 
 def chunk_wkv(r, k, v, w_log, u, initial_state=None, cu_seqlens=None, chunk_size=64,
@@ -676,5 +693,8 @@ def chunk_wkv(r, k, v, w_log, u, initial_state=None, cu_seqlens=None, chunk_size
     r, k, v, u = (x.contiguous() for x in (r, k, v, u))
     w_log = w_log.contiguous() if w_log.dim() == 2 else w_log.expand(B, T, H, N).contiguous()
     h0 = None if initial_state is None else initial_state.float().contiguous()
+    # the backward reads the forward's in-block scores: keep them only when a backward can run
+    store_scores = torch.is_grad_enabled() and any(
+        x is not None and x.requires_grad for x in (r, k, v, w_log, u, h0))
     return ChunkWKVFunction.apply(r, k, v, w_log, u, h0, cu_seqlens, chunk_size, cu_seqlens_cpu,
-                                  prec, poison, split)
+                                  prec, poison, split, store_scores)

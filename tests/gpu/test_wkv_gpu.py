@@ -62,13 +62,9 @@ def test_long_sequence_strong_decay(dtype):
     names = ["o", "ht", "dr", "dk", "dv", "dw", "du"]
     errs = {n: rel_err(a, b) for n, (a, b) in zip(names, pairs)}
     floors = {n: rel_err(b.to(a.dtype), b) for n, (a, b) in zip(names, pairs)}
-    # Known limit (BENCHMARKS.md): with decays this extreme, dw loses accuracy to differences of large
-    # prefix sums (absolute error ~ eps * |cumsum|); measured on H100 with the earlier loop backward
-    # (run 7): fp32 6.9e-4, bf16 2.4e-3. The level backward passes the same bounds (run 9; its values
-    # were not printed). Everything else meets the normal tolerance.
-    dw_tol = 3e-3 if dtype == torch.bfloat16 else 1e-3
-    assert errs.pop("dw") <= dw_tol, errs
-    _assert_close((errs, floors), 2e-3 if dtype == torch.bfloat16 else 1e-4)
+    # the bounds for every output and gradient, dw included (measured on H100, run 12: bf16 dw
+    # 1.65e-3 at its rounding floor, fp32 dw 2.8e-6, every other fp32 error <= 1.5e-6)
+    _assert_close((errs, floors), TOL[dtype])
 
 
 @pytest.mark.parametrize("B", [1, 64, 256])

@@ -106,6 +106,23 @@ def test_chunk_packed_sequences(static_w):
     _assert_close(check_fwd_bwd(_chunk(16, cu), inputs, h0, cu_seqlens=cu), TOL[torch.float32])
 
 
+def test_chunk_scores_kept_only_for_a_backward():
+    """The forward stores its in-block scores for dv only when a backward can run; the output is the
+    same either way, and the backward refuses to run without them."""
+    r, k, v, w, u = make_inputs(1, 40, 1, 16, torch.float32, DEV, seed=9)
+    lay = chunk._Layout(r, w, None, 32)
+    prec = chunk._dot_precision(r.dtype)
+    o, ht, states, scores = chunk.chunk_wkv_fwd(r, k, v, w, u, None, lay, prec, poison=True,
+                                                 store_scores=True)
+    o2, _, _, none = chunk.chunk_wkv_fwd(r, k, v, w, u, None, lay, prec, poison=True)
+    assert none is None and torch.equal(o, o2)
+    assert scores.shape == (40, 1, chunk.SUB) and not scores.isnan().any()
+    with torch.no_grad():
+        assert torch.equal(chunk_wkv(r, k, v, w, u, chunk_size=32)[0], o)
+    with pytest.raises(ValueError, match="in-block scores"):
+        chunk.chunk_wkv_bwd(r, k, v, w, u, states, None, torch.ones_like(o), None, False, lay, prec)
+
+
 def test_wkv_backend_triton_matches_reference():
     r, k, v, w, u = make_inputs(1, 18, 1, 16, torch.float32, DEV, seed=8)
     s = torch.randn(1, 1, 16, 16, device=DEV)
