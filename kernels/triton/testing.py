@@ -1,4 +1,8 @@
-"""Test helpers shared by tests/triton (CPU interpreter) and tests/gpu: inputs and the fp64 oracle."""
+"""Test helpers shared by tests/triton (CPU interpreter), tests/gpu and tests/kernels: inputs, the fp64
+oracle, and compiling the kernels for a GPU on a machine without one (`recorded_launches`,
+`compile_launch`)."""
+import contextlib
+
 import torch
 
 from ..reference import wkv_reference
@@ -69,3 +73,81 @@ def assert_close(errs, floors, tol, margin=5e-4):
     result to the output dtype plus `margin`. NaN fails."""
     bad = {k: e for k, e in errs.items() if not (e <= tol or e <= floors[k] + margin)}
     assert not bad, f"errors over {tol}: {bad} (all: {errs}; rounding floors: {floors})"
+
+
+# Compiling without a GPU. The interpreter checks the kernels' arithmetic, but it accepts code the GPU
+# compiler rejects (a tl.constexpr assigned twice in a loop, say) and never runs the compiler's layout
+# and register allocation passes. Recording the launches of the real host functions and compiling each
+# one for a Hopper target catches those on a CPU machine (ptxas ships in the triton wheel).
+
+_SIGNATURE_DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32",
+                     torch.int32: "i32", torch.int64: "i64"}
+_LAUNCH_OPTIONS = ("num_warps", "num_stages", "maxnreg")
+
+
+@contextlib.contextmanager
+def recorded_launches():
+    """Within the block, `kernel[grid](...)` of every @triton.jit kernel records (kernel, args,
+    kwargs) in the yielded list instead of launching. Needs real JIT kernels (not the interpreter)."""
+    from triton.runtime.jit import JITFunction
+    launches = []
+    original = JITFunction.__getitem__
+    JITFunction.__getitem__ = lambda fn, grid: (lambda *args, **kwargs: launches.append((fn, args, kwargs)))
+    try:
+        yield launches
+    finally:
+        JITFunction.__getitem__ = original
+
+
+def compile_launch(fn, args, kwargs, arch=90):
+    """Compile one recorded launch for an NVIDIA GPU of compute capability `arch` (no GPU needed):
+    tensors become pointers of their dtype, None and constexpr parameters constants, and, as the JIT
+    specializes them, pointers and integers that are multiples of 16 carry that divisibility and
+    integers equal to 1 become constants. Returns Triton's compiled kernel (its `asm` holds the PTX
+    and the cubin); raises the compiler's error."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    kwargs = dict(kwargs)
+    options = {key: kwargs.pop(key) for key in _LAUNCH_OPTIONS if key in kwargs}
+    values = dict(zip(fn.arg_names, args)) | kwargs
+    signature, constants, attrs = {}, {}, {}
+    divisible = [["tt.divisibility", 16]]
+    for i, p in enumerate(fn.params):
+        val = values[p.name]
+        if p.is_constexpr or val is None or (isinstance(val, int) and val == 1):
+            signature[p.name], constants[p.name] = "constexpr", val
+        elif isinstance(val, torch.Tensor):
+            signature[p.name] = "*" + _SIGNATURE_DTYPES[val.dtype]
+            attrs[(i,)] = divisible   # torch's allocations are aligned
+        elif isinstance(val, int):
+            signature[p.name] = "i64" if abs(val) >= 2 ** 31 else "i32"
+            if val % 16 == 0:
+                attrs[(i,)] = divisible
+        else:
+            raise TypeError(f"{fn.__name__}: no signature type for {p.name} = {val!r}")
+    return triton.compile(ASTSource(fn, signature, constants, attrs), target=GPUTarget("cuda", arch, 32),
+                          options=options)
+
+
+def wkv_launches(dtype=torch.bfloat16, N=64, static_w=False, packed=False):
+    """The kernel launches (recorded, not run) of one `chunk_wkv` forward and backward with an
+    initial and a final state, at a small shape with CPU tensors, and of one decode step into a
+    state pool with a slot index."""
+    from . import chunk
+    from .recurrent import wkv_decode_
+    B, T, H = (1, 150, 2) if packed else (2, 128, 2)
+    r, k, v, w, u = make_inputs(B, T, H, N, dtype, "cpu", static_w=static_w)
+    cu = torch.tensor([0, 40, 150], dtype=torch.int32) if packed else None
+    lay = chunk._Layout(r, w, cu, 64)
+    prec = chunk._dot_precision(dtype)
+    split = dtype == torch.bfloat16
+    h0 = torch.zeros(lay.num_seqs, H, N, N)
+    with recorded_launches() as launches:
+        o, ht, states, scores = chunk.chunk_wkv_fwd(r, k, v, w, u, h0, lay, prec, split=split,
+                                                    store_scores=True)
+        chunk.chunk_wkv_bwd(r, k, v, w, u, states, scores, torch.zeros_like(o), torch.zeros_like(ht),
+                            True, lay, prec, split=split)
+        wkv_decode_(r[:1, :1], k[:1, :1], v[:1, :1], w if static_w else w[:1, :1], u,
+                    torch.zeros(4, H, N, N), torch.tensor([2]))
+    return launches

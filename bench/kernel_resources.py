@@ -1,0 +1,65 @@
+"""Registers, spill stack and shared memory of every WKV kernel as compiled for an NVIDIA GPU, on any
+machine (no GPU needed): the launches of a training step and a decode step are recorded and compiled
+for the target (kernels.triton.testing), and the cubin is read by the cuobjdump that ships with triton.
+
+    python bench/kernel_resources.py [--arch 90] [--dtype bf16] [--N 64] [--launch maxnreg_bwd_dkdv=168+...]
+
+Registers decide occupancy (65,536 per SM: at 4 warps, 255 per thread fit 2 blocks, 168 fit 3);
+a spill stack > 0 means spills; shared is Triton's dynamic shared memory. The numbers belong to the
+installed Triton version (the device's may differ). Timing still needs the GPU (bench/wkv.py).
+"""
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch    # noqa: E402
+import triton   # noqa: E402
+
+from kernels.triton import chunk                                      # noqa: E402
+from kernels.triton.testing import compile_launch, wkv_launches       # noqa: E402
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def resource_usage(cubin):
+    """{"REG": registers per thread, "STACK": spill stack bytes, ...} from cuobjdump."""
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "kernel.cubin")
+        with open(path, "wb") as f:
+            f.write(cubin)
+        out = subprocess.run([str(tool), "--dump-resource-usage", path], capture_output=True,
+                             text=True, check=True).stdout
+    return {key: int(val) for key, val in re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", out)}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--arch", type=int, default=90, help="compute capability (90: H100/H200)")
+    ap.add_argument("--dtype", choices=DTYPES, default="bf16")
+    ap.add_argument("--N", type=int, default=64, help="head size")
+    ap.add_argument("--launch", default=None, help="NAME=VALUE+... of kernels.triton.chunk.LAUNCH")
+    args = ap.parse_args()
+    if args.launch:
+        settings = dict(kv.split("=", 1) for kv in args.launch.split("+"))
+        unknown = sorted(set(settings) - set(chunk.LAUNCH))
+        if unknown:
+            raise SystemExit(f"unknown LAUNCH settings {unknown}; known: {', '.join(chunk.LAUNCH)}")
+        chunk.LAUNCH.update({key: int(val) for key, val in settings.items()})
+    print(f"sm_{args.arch}, {args.dtype}, N = {args.N}, triton {triton.__version__}\n")
+    print("| kernel | warps | maxnreg | registers | spill stack B | shared B |\n|---|---|---|---|---|---|")
+    for fn, fargs, kwargs in wkv_launches(DTYPES[args.dtype], args.N):
+        compiled = compile_launch(fn, fargs, kwargs, arch=args.arch)
+        use = resource_usage(compiled.asm["cubin"])
+        print(f"| {fn.__name__} | {kwargs['num_warps']} | {kwargs.get('maxnreg') or '-'} | "
+              f"{use['REG']} | {use['STACK']} | {compiled.metadata.shared} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""Every Triton kernel launch of a training step and a decode step, compiled for an H100 (sm_90) on
+this CPU machine: the real host functions run with CPU tensors, their launches are recorded instead of
+run, and each is compiled by Triton's GPU compiler (ptxas included). The interpreter tests
+(tests/triton) check the arithmetic; this checks that the same code builds for the GPU, with the
+launch options (warps, register caps) the host functions choose."""
+import pytest
+import torch
+
+triton = pytest.importorskip("triton")
+
+from kernels.triton.testing import compile_launch, wkv_launches  # noqa: E402
+from kernels.triton.utils import interpreting                    # noqa: E402
+
+if interpreting():
+    pytest.skip("the interpreter replaces the JIT kernels: run without TRITON_INTERPRET",
+                allow_module_level=True)
+if "nvidia" not in triton.backends.backends:
+    pytest.skip("this triton has no NVIDIA backend", allow_module_level=True)
+
+KERNELS = {"_fwd_state_kernel", "_fwd_out_kernel", "_bwd_state_kernel", "_bwd_dr_kernel",
+           "_bwd_dkdv_kernel", "_decode_kernel"}
+
+
+@pytest.mark.parametrize("dtype,N,static_w,packed", [
+    (torch.bfloat16, 64, False, False),   # the training default: bf16 split products, register caps
+    (torch.float32, 64, True, True),      # Eagle, packed sequences, tf32x3 products
+    (torch.float16, 128, False, False),   # a larger head: 8 warps
+], ids=["bf16-finch", "fp32-eagle-packed", "fp16-N128"])
+def test_kernels_compile_for_hopper(dtype, N, static_w, packed):
+    launches = wkv_launches(dtype, N, static_w, packed)
+    assert {fn.__name__ for fn, _, _ in launches} == KERNELS
+    for fn, args, kwargs in launches:
+        compiled = compile_launch(fn, args, kwargs)
+        assert compiled.metadata.num_warps == kwargs["num_warps"]
+        assert compiled.metadata.maxnreg == kwargs.get("maxnreg")
+        assert compiled.asm["cubin"], fn.__name__
