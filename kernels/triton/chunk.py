@@ -7,12 +7,12 @@ Algorithm (derivations in kernels/README.md, "Chunked Triton kernels"):
   forward   1. `_fwd_state_kernel`: one program per (sequence, head, value slice) scans the chunks of
                BT tokens and stores the state at the start of every chunk (fp32) and the final state.
             2. `_fwd_out_kernel`: one program per (chunk, head) starts from the stored chunk state and
-               walks the chunk in sub-blocks of BS=16 tokens: inter-block part by `tl.dot` against the
-               running state; in-block part by levels (`_intra_scores`): the pairs s < t are split by
-               the highest differing index bit G = 8, 4, 2, 1, and each level is one masked tensor-core
-               product of r and k decayed to a reference row between s and t (every exponent <= 0).
-               When a backward will run, it also stores these in-block scores (16 fp32 per token
-               and head) for dv.
+               walks the chunk in sub-blocks of BS tokens (16; LAUNCH["sub"]): inter-block part by
+               `tl.dot` against the running state; in-block part by levels (`_intra_scores`): the pairs
+               s < t are split by the highest differing index bit G = BS/2, ..., 2, 1, and each level is
+               one masked tensor-core product of r and k decayed to a reference row between s and t
+               (every exponent <= 0). When a backward will run, it also stores these in-block scores
+               (BS fp32 per token and head) for dv.
   backward  3. `_bwd_state_kernel`: reverse scan of the state gradient; stores the gradient at the end
                of every chunk, and dh0.
             4. `_bwd_dr_kernel`: one program per (chunk, head), a forward sweep over the sub-blocks:
@@ -42,7 +42,7 @@ import triton.language as tl
 from .utils import dot_precision as _dot_precision, interpreting, new_buffer
 
 LOG2E = tl.constexpr(1.4426950408889634)
-SUB = 16  # sub-block BS: the smallest tl.dot tile
+SUB = 16  # the smallest sub-block BS: the smallest tl.dot tile (LAUNCH["sub"] may choose a larger one)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -498,11 +498,15 @@ def _bwd_dkdv_kernel(r, k, v, w, u, do, dstates, scores, dk, dv, dwbuf, dw, carr
 # 7 leaves dv's state-gradient dot in tf32: it costs dv nothing measurable (1.68e-3, floor 1.67e-3),
 # while splitting it spills registers and costs 0.4 ms (BENCHMARKS.md, run 9). dk's must stay split
 # (dw 1.91e-3 otherwise, against a 2e-3 bound).
+# "sub": tokens per sub-block BS (16, 32 or 64; at most the chunk size). 16: M = 16 products on
+# mma.sync; 64: the whole chunk at once, every product M = 64 on wgmma and far fewer barriers
+# (bench/kernel_resources.py: 37 instead of 141 in _fwd_out_kernel) but 6 levels of [64, 64] products
+# and more spills; not yet timed.
 # "maxnreg_<kernel>": a register cap (0: none; N = 64 only). 168 lets 3 blocks of 4 warps share an SM
 # instead of 2: faster for _fwd_out_kernel and _bwd_dr_kernel despite the spills, slower for
 # _bwd_dkdv_kernel (run 13).
 LAUNCH = {"fwd_state": 4, "fwd_out": 4, "bwd_state": 4, "bwd_dr": 4, "bwd_dkdv": 4,
-          "scan_bv": 64, "split": 1, "split_state": 7,
+          "scan_bv": 64, "split": 1, "split_state": 7, "sub": 16,
           "maxnreg_fwd_state": 0, "maxnreg_fwd_out": 168, "maxnreg_bwd_state": 0, "maxnreg_bwd_dr": 168,
           "maxnreg_bwd_dkdv": 0}
 
@@ -521,6 +525,15 @@ def _launch_opts(N, kernel):
 
 def _levels(BS):
     return BS.bit_length() - 1   # log2(BS): the pair levels G = BS/2, ..., 1 of the in-block terms
+
+
+def _sub_block(BT):
+    """Tokens per sub-block: LAUNCH["sub"], at most the chunk size."""
+    BS = min(LAUNCH["sub"], BT)
+    if BS < SUB or BS & (BS - 1) or BT % BS:
+        raise ValueError(f"LAUNCH['sub'] = {LAUNCH['sub']}: need a power of two >= {SUB} that "
+                         f"divides the chunk size {BT}")
+    return BS
 
 
 def _scan_block_v(lay):
@@ -583,14 +596,15 @@ def _split_flags(split, kernel):
 
 def chunk_wkv_fwd(r, k, v, w, u, h0, lay, prec, poison=False, split=False, store_scores=False):
     """Returns o [B, T, H, N] (r's dtype), ht [num_seqs, H, N, N] fp32, chunk states fp32, and the
-    in-block scores [B*T, H, SUB] fp32 for the backward (None unless store_scores).
+    in-block scores [B*T, H, BS] fp32 for the backward (None unless store_scores).
     split: r, k, v, w are bf16 and the dot precision is the default (see `_mm`)."""
     H, N, BT = lay.H, lay.N, lay.BT
     sp, sp_s = _split_flags(split, "fwd_out")
     o = new_buffer(r.shape, r.dtype, r.device, poison)
     ht = new_buffer((lay.num_seqs, H, N, N), torch.float32, r.device, poison)
     states = new_buffer((lay.num_chunks, H, N, N), torch.float32, r.device, poison)
-    scores = new_buffer((lay.B * lay.T, H, SUB), torch.float32, r.device, poison) if store_scores else None
+    BS = _sub_block(BT)
+    scores = new_buffer((lay.B * lay.T, H, BS), torch.float32, r.device, poison) if store_scores else None
     BV = _scan_block_v(lay)
     _fwd_state_kernel[(N // BV, lay.num_seqs * H)](
         k, v, w, h0, ht, states, lay.cu_seqlens, lay.chunk_offsets, lay.T, lay.s_w,
@@ -598,7 +612,7 @@ def chunk_wkv_fwd(r, k, v, w, u, h0, lay, prec, poison=False, split=False, store
         **_launch_opts(N, "fwd_state"))
     _fwd_out_kernel[lay.out_grid](
         r, k, v, w, u, o, states, scores, lay.cu_seqlens, lay.chunk_offsets, lay.chunk_indices, lay.T,
-        lay.s_w, H=H, N=N, BT=BT, BS=SUB, LEVELS=_levels(SUB), IS_VARLEN=lay.varlen, PREC=prec,
+        lay.s_w, H=H, N=N, BT=BT, BS=BS, LEVELS=_levels(BS), IS_VARLEN=lay.varlen, PREC=prec,
         XPREC=_xprec(), SPLIT=sp, SPLIT_S=sp_s, STORE_A=store_scores, **_launch_opts(N, "fwd_out"))
     return o, ht, states, scores
 
@@ -628,7 +642,8 @@ def chunk_wkv_bwd(r, k, v, w, u, states, scores, do, dht, need_dh0, lay, prec, p
     # Finch: dw straight in w's dtype; Eagle: per-token fp32 terms, summed over tokens below
     dw = dwbuf if lay.static_w else new_buffer(r.shape, w.dtype, r.device, poison)
     du_part = new_buffer((lay.num_chunks, H, N), torch.float32, r.device, poison)
-    common = dict(H=H, N=N, BT=BT, BS=SUB, LEVELS=_levels(SUB), IS_VARLEN=lay.varlen, PREC=prec,
+    BS = scores.shape[-1]   # the forward's sub-block size
+    common = dict(H=H, N=N, BT=BT, BS=BS, LEVELS=_levels(BS), IS_VARLEN=lay.varlen, PREC=prec,
                   XPREC=_xprec(), SPLIT=sp)
     carry = new_buffer((lay.num_chunks, H, N), torch.float32, r.device, poison)
     _bwd_dr_kernel[lay.out_grid](

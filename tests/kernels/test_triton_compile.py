@@ -8,6 +8,7 @@ import torch
 
 triton = pytest.importorskip("triton")
 
+from kernels.triton import chunk                                 # noqa: E402
 from kernels.triton.testing import compile_launch, wkv_launches  # noqa: E402
 from kernels.triton.utils import interpreting                    # noqa: E402
 
@@ -21,12 +22,15 @@ KERNELS = {"_fwd_state_kernel", "_fwd_out_kernel", "_bwd_state_kernel", "_bwd_dr
            "_bwd_dkdv_kernel", "_decode_kernel"}
 
 
-@pytest.mark.parametrize("dtype,N,static_w,packed", [
-    (torch.bfloat16, 64, False, False),   # the training default: bf16 split products, register caps
-    (torch.float32, 64, True, True),      # Eagle, packed sequences, tf32x3 products
-    (torch.float16, 128, False, False),   # a larger head: 8 warps
-], ids=["bf16-finch", "fp32-eagle-packed", "fp16-N128"])
-def test_kernels_compile_for_hopper(dtype, N, static_w, packed):
+@pytest.mark.parametrize("dtype,N,static_w,packed,launch", [
+    (torch.bfloat16, 64, False, False, {}),   # the training default: bf16 split products, register caps
+    (torch.float32, 64, True, True, {}),      # Eagle, packed sequences, tf32x3 products
+    (torch.float16, 128, False, False, {}),   # a larger head: 8 warps
+    (torch.bfloat16, 64, False, False, {"sub": 64}),   # whole-chunk sub-blocks (M = 64 products)
+], ids=["bf16-finch", "fp32-eagle-packed", "fp16-N128", "bf16-sub64"])
+def test_kernels_compile_for_hopper(dtype, N, static_w, packed, launch, monkeypatch):
+    for key, val in launch.items():
+        monkeypatch.setitem(chunk.LAUNCH, key, val)
     launches = wkv_launches(dtype, N, static_w, packed)
     assert {fn.__name__ for fn, _, _ in launches} == KERNELS
     for fn, args, kwargs in launches:

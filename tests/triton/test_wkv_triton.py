@@ -106,6 +106,31 @@ def test_chunk_packed_sequences(static_w):
     _assert_close(check_fwd_bwd(_chunk(16, cu), inputs, h0, cu_seqlens=cu), TOL[torch.float32])
 
 
+@pytest.mark.parametrize("sub", [32, 64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_chunk_larger_sub_blocks(sub, dtype):
+    """LAUNCH["sub"]: sub-blocks of 32 or 64 tokens (5 or 6 levels of in-block products) with ragged
+    T and h0. fp32 against the oracle's tolerance; bf16 (split products, emulated) no less accurate
+    than with the default 16-token sub-blocks (the interpreter's bf16 errors sit at about twice the
+    rounding floor for every sub-block size: see test_chunk_bf16_split_products)."""
+    inputs = make_inputs(1, 150, 1, 16, dtype, DEV, seed=10)
+    h0 = torch.randn(1, 1, 16, 16, device=DEV)
+    saved = chunk.LAUNCH["sub"]
+    try:
+        errs, floors = check_fwd_bwd(_chunk(64), inputs, h0)
+        chunk.LAUNCH["sub"] = sub
+        errs_sub, _ = check_fwd_bwd(_chunk(64), inputs, h0)
+        if dtype == torch.float32:
+            _assert_close((errs_sub, floors), TOL[dtype])
+        else:
+            worse = {k: (errs_sub[k], errs[k]) for k in errs if not errs_sub[k] <= 1.05 * errs[k] + 1e-7}
+            assert not worse, worse
+        with pytest.raises(ValueError, match="divides the chunk size"):
+            chunk_wkv(*inputs, chunk_size=48)
+    finally:
+        chunk.LAUNCH["sub"] = saved
+
+
 def test_chunk_scores_kept_only_for_a_backward():
     """The forward stores its in-block scores for dv only when a backward can run; the output is the
     same either way, and the backward refuses to run without them."""
