@@ -8,8 +8,9 @@ shared-memory buffers, block-wide barriers (bar.sync) and exp2 instructions, per
 
 Registers decide occupancy (65,536 per SM: at 4 warps, 255 per thread fit 2 blocks, 168 fit 3);
 a spill stack > 0 means spills; shared is Triton's dynamic shared memory. Loops over chunks in the
-scans are not unrolled, so their counts are per loop body; the chunk kernels' sub-block loops are. The numbers belong to the
-installed Triton version (the device's may differ). Timing still needs the GPU (bench/wkv.py).
+scans are not unrolled, so their counts are per loop body; the chunk kernels' sub-block loops are.
+The numbers belong to the installed Triton version (the device's may differ). Timing still needs the
+GPU (bench/wkv.py).
 """
 import argparse
 import os

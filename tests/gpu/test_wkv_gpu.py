@@ -36,6 +36,16 @@ def test_real_shape(dtype, static_w):
     _assert_close(check_fwd_bwd(_fn(), inputs, h0), TOL[dtype])
 
 
+@pytest.mark.parametrize("sub", [32, 64])
+def test_larger_sub_blocks_bf16(sub, monkeypatch):
+    """LAUNCH["sub"] (whole-chunk sub-blocks at 64) at the real shape, bf16 split products."""
+    from kernels.triton import chunk
+    monkeypatch.setitem(chunk.LAUNCH, "sub", sub)
+    inputs = make_inputs(2, 1000, 4, 64, torch.bfloat16, DEV, seed=1)
+    h0 = torch.randn(2, 4, 64, 64, device=DEV)
+    _assert_close(check_fwd_bwd(_fn(), inputs, h0), TOL[torch.bfloat16])
+
+
 def test_packed_sequences_bf16():
     lens = [1, 63, 64, 65, 700, 3, 200]
     cu = torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist(), dtype=torch.int32, device=DEV)
