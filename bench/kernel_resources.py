@@ -57,14 +57,12 @@ def main():
     ap.add_argument("--arch", type=int, default=90, help="compute capability (90: H100/H200)")
     ap.add_argument("--dtype", choices=DTYPES, default="bf16")
     ap.add_argument("--N", type=int, default=64, help="head size")
-    ap.add_argument("--launch", default=None, help="NAME=VALUE+... of kernels.triton.chunk.LAUNCH")
+    ap.add_argument("--launch", default="default", help="NAME=VALUE+... of kernels.triton.chunk.LAUNCH")
     args = ap.parse_args()
-    if args.launch:
-        settings = dict(kv.split("=", 1) for kv in args.launch.split("+"))
-        unknown = sorted(set(settings) - set(chunk.LAUNCH))
-        if unknown:
-            raise SystemExit(f"unknown LAUNCH settings {unknown}; known: {', '.join(chunk.LAUNCH)}")
-        chunk.LAUNCH.update({key: int(val) for key, val in settings.items()})
+    try:
+        chunk.LAUNCH.update(chunk.parse_launch(args.launch))
+    except ValueError as exc:
+        raise SystemExit(f"--launch: {exc}")
     print(f"sm_{args.arch}, {args.dtype}, N = {args.N}, triton {triton.__version__}\n")
     print("| kernel | warps | maxnreg | registers | spill stack B | shared B | dots (wgmma) | layout "
           "conversions | smem buffers | bar.sync | ex2 |\n|---|---|---|---|---|---|---|---|---|---|---|")

@@ -180,13 +180,16 @@ def load_baseline(path):
 
 
 def parse_settings(text):
-    """`default` or `NAME=VALUE[+NAME=VALUE...]` as a dict of strings; NAME is `dot` or a LAUNCH key."""
-    from kernels.triton.chunk import LAUNCH
-    settings = {} if text == "default" else dict(kv.split("=", 1) for kv in text.split("+"))
-    unknown = sorted(set(settings) - set(LAUNCH) - {"dot"})
-    if unknown:
-        raise SystemExit(f"unknown settings {unknown} in {text!r}; known: dot, {', '.join(LAUNCH)}")
-    return settings
+    """A --variants entry: `default` or `NAME=VALUE[+NAME=VALUE...]`, NAME `dot` (chunk_wkv's
+    dot_precision) or a LAUNCH key. Returns (dot precision or None, {LAUNCH key: int})."""
+    from kernels.triton.chunk import parse_launch
+    parts = [] if text == "default" else text.split("+")
+    dots = [p.split("=", 1)[1] for p in parts if p.startswith("dot=")]
+    try:
+        launch = parse_launch("+".join(p for p in parts if not p.startswith("dot=")))
+    except ValueError as exc:
+        raise SystemExit(f"--variants: {exc}")
+    return (dots[-1] if dots else None), launch
 
 
 def time_variants(variants, baseline, bw, with_fla=True):
@@ -205,10 +208,9 @@ def time_variants(variants, baseline, bw, with_fla=True):
     if baseline:
         runs.append(("baseline", load_baseline(baseline), {}))
     for v in variants:
-        env = parse_settings(v)
-        prec = env.pop("dot", None)
+        prec, launch = parse_settings(v)
         f = (lambda r, k, v, w, u, p=prec: chunk_wkv(r, k, v, w, u, dot_precision=p))
-        runs.append((v, f, {key: int(val) for key, val in env.items()}))
+        runs.append((v, f, launch))
     from kernels.triton import chunk as chunk_mod
     for name, f, launch in runs:
         saved = dict(chunk_mod.LAUNCH)
@@ -248,7 +250,10 @@ def main():
                     help="NAME=VALUE+... of kernels.triton.chunk.LAUNCH for the whole run")
     args = ap.parse_args()
     from kernels.triton import chunk as chunk_mod
-    chunk_mod.LAUNCH.update({key: int(val) for key, val in parse_settings(args.launch).items()})
+    try:
+        chunk_mod.LAUNCH.update(chunk_mod.parse_launch(args.launch))
+    except ValueError as exc:
+        raise SystemExit(f"--launch: {exc}")
     props = torch.cuda.get_device_properties(0)
     bw = copy_bandwidth()
     try:

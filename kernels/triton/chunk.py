@@ -515,6 +515,16 @@ LAUNCH = {"fwd_state": 4, "fwd_out": 4, "bwd_state": 4, "bwd_dr": 4, "bwd_dkdv":
 SPLIT_STATE_BITS = {"fwd_out": 1, "bwd_dr": 2, "bwd_dk": 4, "bwd_dv": 8}
 
 
+def parse_launch(text):
+    """LAUNCH settings written `NAME=VALUE[+NAME=VALUE...]` (or `default`: none) as {NAME: int}, for
+    the benchmark scripts' --launch and --variants; an unknown NAME is an error."""
+    settings = {} if text in ("", "default") else dict(kv.split("=", 1) for kv in text.split("+"))
+    unknown = sorted(set(settings) - set(LAUNCH))
+    if unknown:
+        raise ValueError(f"unknown LAUNCH settings {unknown} in {text!r}; known: {', '.join(LAUNCH)}")
+    return {key: int(val) for key, val in settings.items()}
+
+
 def _launch_opts(N, kernel):
     """num_warps, and the register cap `maxnreg` where LAUNCH sets one (not in the interpreter)."""
     opts = {"num_warps": LAUNCH[kernel] if N <= 64 else 8}

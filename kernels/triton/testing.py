@@ -133,21 +133,18 @@ def compile_launch(fn, args, kwargs, arch=90):
 def wkv_launches(dtype=torch.bfloat16, N=64, static_w=False, packed=False):
     """The kernel launches (recorded, not run) of one `chunk_wkv` forward and backward with an
     initial and a final state, at a small shape with CPU tensors, and of one decode step into a
-    state pool with a slot index."""
-    from . import chunk
+    state pool with a slot index. The public entry points choose precision, split products and
+    launch options exactly as they do on the GPU."""
+    from .chunk import chunk_wkv
     from .recurrent import wkv_decode_
     B, T, H = (1, 150, 2) if packed else (2, 128, 2)
-    r, k, v, w, u = make_inputs(B, T, H, N, dtype, "cpu", static_w=static_w)
+    inputs = make_inputs(B, T, H, N, dtype, "cpu", static_w=static_w)
     cu = torch.tensor([0, 40, 150], dtype=torch.int32) if packed else None
-    lay = chunk._Layout(r, w, cu, 64)
-    prec = chunk._dot_precision(dtype)
-    split = dtype == torch.bfloat16
-    h0 = torch.zeros(lay.num_seqs, H, N, N)
+    leaves = [x.requires_grad_() for x in inputs + [torch.zeros(2, H, N, N)]]
     with recorded_launches() as launches:
-        o, ht, states, scores = chunk.chunk_wkv_fwd(r, k, v, w, u, h0, lay, prec, split=split,
-                                                    store_scores=True)
-        chunk.chunk_wkv_bwd(r, k, v, w, u, states, scores, torch.zeros_like(o), torch.zeros_like(ht),
-                            True, lay, prec, split=split)
+        o, ht = chunk_wkv(*leaves, cu_seqlens=cu)   # outputs unwritten: only the launches matter
+        torch.autograd.backward([o, ht], [torch.zeros_like(o), torch.zeros_like(ht)])
+        r, k, v, w, u = inputs
         wkv_decode_(r[:1, :1], k[:1, :1], v[:1, :1], w if static_w else w[:1, :1], u,
                     torch.zeros(4, H, N, N), torch.tensor([2]))
     return launches

@@ -131,10 +131,27 @@ def test_chunk_larger_sub_blocks(sub, dtype):
         chunk.LAUNCH["sub"] = saved
 
 
-def test_chunk_scores_kept_only_for_a_backward():
+def test_chunk_scores_kept_only_for_a_backward(monkeypatch):
     """The forward stores its in-block scores for dv only when a backward can run; the output is the
     same either way, and the backward refuses to run without them."""
     r, k, v, w, u = make_inputs(1, 40, 1, 16, torch.float32, DEV, seed=9)
+    stored = []
+    fwd = chunk.chunk_wkv_fwd
+
+    def spy(*args, **kwargs):
+        out = fwd(*args, **kwargs)
+        stored.append(out[3] is not None)
+        return out
+
+    monkeypatch.setattr(chunk, "chunk_wkv_fwd", spy)
+    chunk_wkv(r, k, v, w, u, chunk_size=32)                      # nothing requires a gradient
+    with torch.no_grad():
+        chunk_wkv(r, k, v, w.requires_grad_(), u, chunk_size=32)  # no backward under no_grad
+    chunk_wkv(r, k, v, w, u, chunk_size=32)                      # w's gradient: a backward can run
+    assert stored == [False, False, True]
+    w.requires_grad_(False)
+    monkeypatch.undo()
+
     lay = chunk._Layout(r, w, None, 32)
     prec = chunk._dot_precision(r.dtype)
     o, ht, states, scores = chunk.chunk_wkv_fwd(r, k, v, w, u, None, lay, prec, poison=True,
