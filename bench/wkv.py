@@ -238,6 +238,33 @@ def time_variants(variants, baseline, bw, with_fla=True):
     return rows
 
 
+def profile_kernels(steps=5):
+    """CUDA time per kernel of chunk_wkv's forward + backward at the headline shape (torch profiler,
+    mean over `steps` steps), and the share of chunks the forward flagged for the level kernels."""
+    from torch.profiler import ProfilerActivity, profile
+    from kernels.triton import chunk as chunk_mod
+    B, T, H, N = TRAIN_SHAPES[0]
+    xs = inputs(B, T, H, N, grad=True)
+    do_cache[(B, T, H, N)] = torch.randn(B, T, H, N, device="cuda", dtype=torch.bfloat16)
+    dht_cache[(B, H, N, N)] = torch.randn(B, H, N, N, device="cuda")
+    step = fwd_bwd(lambda r, k, v, w, u: chunk_wkv(r, k, v, w, u), xs)
+    step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+    rows = [(e.key, e.device_time_total / steps / 1e3) for e in prof.key_averages()]
+    print(f"per-kernel CUDA ms per fwd+bwd at B{B} T{T} H{H} N{N}, LAUNCH {chunk_mod.LAUNCH}:")
+    for name, ms in sorted(rows, key=lambda x: -x[1]):
+        if ms > 0.001:
+            print(f"  {ms:8.3f}  {name[:90]}")
+    lay = chunk_mod._Layout(xs[0], xs[3], None, 64)
+    with torch.no_grad():
+        flags = chunk_mod.chunk_wkv_fwd(*[x.detach() for x in xs], None, lay, "tf32", split=True)[3]
+    print(f"  chunks flagged for the level kernels: {flags.float().mean().item():.4f}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="headline shape and decode B=1 only")
@@ -246,6 +273,7 @@ def main():
     ap.add_argument("--variants", default=None,
                     help="default,NAME=VALUE+NAME=VALUE,... (headline shape only)")
     ap.add_argument("--baseline", default=None, help="previous chunk.py to time alongside --variants")
+    ap.add_argument("--profile", action="store_true", help="per-kernel CUDA times at the headline shape")
     ap.add_argument("--launch", default="default",
                     help="NAME=VALUE+... of kernels.triton.chunk.LAUNCH for the whole run")
     args = ap.parse_args()
@@ -264,6 +292,9 @@ def main():
     print(f"device {props.name}, torch {torch.__version__}, triton {triton.__version__}, "
           f"commit {commit or '?'}, LAUNCH {chunk_mod.LAUNCH}, copy bandwidth {bw / 1e12:.2f} TB/s, fla: "
           f"{'ok' if FLA_ERROR is None else FLA_ERROR}", flush=True)
+    if args.profile:
+        profile_kernels()
+        return
     if args.variants:
         vrows = time_variants(args.variants.split(","), args.baseline, bw)
         if args.json:

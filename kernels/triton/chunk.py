@@ -285,6 +285,23 @@ def _intra_dkdv(r, k, v, do, w_l, A, BS: tl.constexpr, LEVELS: tl.constexpr, PRE
     return dk, dv
 
 
+@triton.jit
+def _chunk_exponents(w, BT: tl.constexpr):
+    """Whole-chunk factored form: with R = BT/2 - 1 the reference row, the in-chunk decay of a pair
+    s < t is 2^(gb_t - g_s) = 2^a[t] * 2^b[s] with a[t] = gb_t - g_R and b[s] = g_R - g_s. Both are
+    direct sums of w over one half of the chunk (never differences of prefix sums). Returns a, b
+    [BT, N] and span, the largest |half-chunk sum| of any channel: every |a|, |b| <= span, so the
+    factors stay in fp32's range while span is bounded (`_fwd_chunk_kernel` checks it)."""
+    upper = (tl.arange(0, BT) >= BT // 2)[:, None]
+    up = tl.cumsum(tl.where(upper, w, 0.), axis=0)                    # rows >= BT/2: sum of w from BT/2 to t
+    low = tl.cumsum(tl.where(upper, 0., w), axis=0, reverse=True)     # rows < BT/2: sum of w from t to R
+    a = tl.where(upper, up - w, -low)
+    b = tl.where(upper, -up, low - w)
+    span = -tl.min(tl.minimum(up, low))
+    return a, b, span
+
+
+
 # ---------------------------------------------------------------------------------------------
 # kernels
 # ---------------------------------------------------------------------------------------------
@@ -320,16 +337,51 @@ def _fwd_state_kernel(k, v, w, h0, ht, states, cu_seqlens, chunk_offsets, T, s_w
 
 
 @triton.jit
-def _fwd_out_kernel(r, k, v, w, u, o, states, scores, cu_seqlens, chunk_offsets, chunk_indices, T,
-                    s_w, H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, BS: tl.constexpr,
+def _fwd_chunk_kernel(r, k, v, w, u, o, states, flags, cu_seqlens, chunk_offsets, chunk_indices, T,
+                      s_w, H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, MAX_SPAN: tl.constexpr,
+                      IS_VARLEN: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr,
+                      SPLIT_S: tl.constexpr):
+    """Grid as `_fwd_out_kernel`: one chunk's output in whole-chunk products (M = BT; no state carried
+    through sub-blocks), o = (r * 2^gb) S + A v + bonus, the in-chunk scores A in the factored form of
+    `_chunk_exponents`. Only where that form is safe: a chunk whose half-chunk decay exceeds MAX_SPAN
+    (log2 units) is flagged (flags[chunk, h] = 1) and left to `_fwd_out_kernel`."""
+    i_h, c, bos, L, gc = _chunk_ids(cu_seqlens, chunk_offsets, chunk_indices, T, H, BT, IS_VARLEN)
+    t0 = c * BT
+    w_b = _load_block(w + bos * s_w + i_h * N, t0, L, s_w, BT, N) * LOG2E
+    a, b, span = _chunk_exponents(w_b, BT)
+    flagged = span > MAX_SPAN
+    tl.store(flags + gc * H + i_h, flagged.to(tl.int32))
+    if flagged:
+        return
+    s_x = H * N
+    off = bos * s_x + i_h * N
+    r_b = _load_block(r + off, t0, L, s_x, BT, N)
+    k_b = _load_block(k + off, t0, L, s_x, BT, N)
+    v_b = _load_block(v + off, t0, L, s_x, BT, N)
+    u_h = tl.load(u + i_h * N + tl.arange(0, N)).to(tl.float32)
+    S = _load_state(states + (gc * H + i_h) * N * N, N)
+    gb = tl.cumsum(w_b, axis=0) - w_b
+    o_b = _mm(r_b * tl.exp2(gb), S, False, False, SPLIT_S, PREC)
+    causal = tl.arange(0, BT)[None, :] < tl.arange(0, BT)[:, None]
+    A = tl.where(causal, _mm(r_b * tl.exp2(a), tl.trans(k_b * tl.exp2(b)), False, False, SPLIT, PREC), 0.)
+    o_b += _mm(A, v_b, False, True, SPLIT, PREC)
+    o_b += tl.sum(r_b * u_h[None, :] * k_b, axis=1)[:, None] * v_b
+    _store_block(o + off, o_b, t0, L, s_x, BT, N)
+
+
+@triton.jit
+def _fwd_out_kernel(r, k, v, w, u, o, states, scores, flags, cu_seqlens, chunk_offsets, chunk_indices,
+                    T, s_w, H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, BS: tl.constexpr,
                     LEVELS: tl.constexpr, IS_VARLEN: tl.constexpr, PREC: tl.constexpr,
                     XPREC: tl.constexpr, SPLIT: tl.constexpr, SPLIT_S: tl.constexpr,
                     STORE_A: tl.constexpr):
     """Grid (chunks, num_seqs * H) or (total chunks, H) when packed. Writes o for one chunk and,
     STORE_A, the in-block scores (row t: A[t, :] of its sub-block, [rows, H, BS] fp32) for the backward.
     SPLIT: bf16 split products (`_mm`) for the in-block and state-update dots; SPLIT_S: also for the
-    dots against the fp32 state."""
+    dots against the fp32 state. Runs only on the chunks `_fwd_chunk_kernel` flagged."""
     i_h, c, bos, L, gc = _chunk_ids(cu_seqlens, chunk_offsets, chunk_indices, T, H, BT, IS_VARLEN)
+    if tl.load(flags + gc * H + i_h) == 0:
+        return
     s_x = H * N
     off = bos * s_x + i_h * N
     w_ptr = w + bos * s_w + i_h * N
@@ -390,15 +442,81 @@ def _bwd_state_kernel(r, w, do, dht, dh0, dstates, cu_seqlens, chunk_offsets, T,
 
 
 @triton.jit
-def _bwd_dr_kernel(r, k, v, w, u, do, states, dstates, dr, dwbuf, carry, du_part,
+def _bwd_chunk_kernel(r, k, v, w, u, do, states, dstates, flags, dr, dk, dv, dw, du_part,
+                      cu_seqlens, chunk_offsets, chunk_indices, T, s_w,
+                      H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, IS_VARLEN: tl.constexpr,
+                      PREC: tl.constexpr, SPLIT: tl.constexpr, SPLIT_DR: tl.constexpr,
+                      SPLIT_DK: tl.constexpr, SPLIT_DV: tl.constexpr):
+    """Grid as `_fwd_out_kernel`: every gradient of one chunk the forward did not flag, in whole-chunk
+    products with the factored in-chunk decays (`_chunk_exponents`; dA = do v^T masked):
+        dr = 2^gb * (do S^T) + 2^a * (dA (k 2^b)),      dk = 2^(to end) * (v dS^T) + 2^b * (dA^T (r 2^a)),
+        dv = A^T do + (k 2^(to end)) dS,                dw from the chunk-local identity (README),
+    plus the bonus terms, du per chunk. S: state before the chunk, dS: gradient of the state after it.
+    SPLIT_DR, SPLIT_DK, SPLIT_DV: split products for the dots against S or dS (LAUNCH["split_state"])."""
+    i_h, c, bos, L, gc = _chunk_ids(cu_seqlens, chunk_offsets, chunk_indices, T, H, BT, IS_VARLEN)
+    if tl.load(flags + gc * H + i_h) != 0:
+        return
+    t0 = c * BT
+    s_x = H * N
+    off = bos * s_x + i_h * N
+    w_r = _load_block(w + bos * s_w + i_h * N, t0, L, s_w, BT, N)
+    w_b = w_r * LOG2E
+    a, b, span = _chunk_exponents(w_b, BT)
+    r_b = _load_block(r + off, t0, L, s_x, BT, N)
+    k_b = _load_block(k + off, t0, L, s_x, BT, N)
+    v_b = _load_block(v + off, t0, L, s_x, BT, N)
+    do_b = _load_block(do + off, t0, L, s_x, BT, N)
+    e_a = tl.exp2(a)
+    e_b = tl.exp2(b)
+    q = r_b * e_a
+    kf = k_b * e_b
+    causal = tl.arange(0, BT)[None, :] < tl.arange(0, BT)[:, None]
+    dA = tl.where(causal, _mm(do_b, tl.trans(v_b), True, True, SPLIT, PREC), 0.)
+    to_end = tl.exp2(_to_end(w_b))
+    dS = _load_state(dstates + (gc * H + i_h) * N * N, N)
+    # dv
+    A = tl.where(causal, _mm(q, tl.trans(kf), False, False, SPLIT, PREC), 0.)
+    dv_b = _mm(tl.trans(A), do_b, False, True, SPLIT, PREC)
+    dv_b += _mm(k_b * to_end, dS, False, False, SPLIT_DV, PREC)
+    # dk (without the bonus)
+    dk_b = e_b * _mm(tl.trans(dA), q, False, False, SPLIT, PREC)
+    dk_b += to_end * _mm(v_b, tl.trans(dS), True, False, SPLIT_DK, PREC)
+    # dr (without the bonus)
+    S = _load_state(states + (gc * H + i_h) * N * N, N)
+    gb = tl.cumsum(w_b, axis=0) - w_b
+    dr_b = e_a * _mm(dA, kf, False, False, SPLIT, PREC)
+    dr_b += tl.exp2(gb) * _mm(do_b, tl.trans(S), True, False, SPLIT_DR, PREC)
+    # dw[s] = Q_end + sum_{t>s} r*dr - sum_{m>=s} k*dk, Q_end = sum_j S_end * dS (S_end: after the chunk)
+    S_end = S * tl.exp2(tl.sum(w_b, axis=0))[:, None] + _mm(tl.trans(k_b * to_end), v_b, False, True,
+                                                             SPLIT, PREC)
+    rdr = r_b * dr_b
+    kdk = k_b * dk_b
+    dw_b = tl.sum(S_end * dS, axis=1)[None, :] + (tl.cumsum(rdr, axis=0, reverse=True) - rdr) \
+        - tl.cumsum(kdk, axis=0, reverse=True)
+    _store_block(dw + off, dw_b, t0, L, s_x, BT, N)
+    # bonus terms
+    u_h = tl.load(u + i_h * N + tl.arange(0, N)).to(tl.float32)
+    vdo = tl.sum(v_b * do_b, axis=1)[:, None]
+    _store_block(dr + off, dr_b + u_h[None, :] * k_b * vdo, t0, L, s_x, BT, N)
+    _store_block(dk + off, dk_b + u_h[None, :] * r_b * vdo, t0, L, s_x, BT, N)
+    dv_b += tl.sum(r_b * u_h[None, :] * k_b, axis=1)[:, None] * do_b
+    _store_block(dv + off, dv_b, t0, L, s_x, BT, N)
+    tl.store(du_part + (gc * H + i_h) * N + tl.arange(0, N), tl.sum(r_b * k_b * vdo, axis=0))
+
+
+@triton.jit
+def _bwd_dr_kernel(r, k, v, w, u, do, states, dstates, flags, dr, dwbuf, carry, du_part,
                    cu_seqlens, chunk_offsets, chunk_indices, T, s_w,
                    H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, BS: tl.constexpr,
                    LEVELS: tl.constexpr, IS_VARLEN: tl.constexpr, PREC: tl.constexpr,
                    XPREC: tl.constexpr, SPLIT: tl.constexpr, SPLIT_S: tl.constexpr):
     """Grid as `_fwd_out_kernel`: the forward sweep over one chunk (dr needs the state before each
     token). Writes dr, dwbuf = -(inclusive in-chunk prefix of r*dr), du per chunk, and
-    carry = Q_end + sum_chunk(r*dr) (Q_end = sum_j S_end * dS_end) for `_bwd_dkdv_kernel`."""
+    carry = Q_end + sum_chunk(r*dr) (Q_end = sum_j S_end * dS_end) for `_bwd_dkdv_kernel`.
+    Flagged chunks only (the others take `_bwd_chunk_kernel`)."""
     i_h, c, bos, L, gc = _chunk_ids(cu_seqlens, chunk_offsets, chunk_indices, T, H, BT, IS_VARLEN)
+    if tl.load(flags + gc * H + i_h) == 0:
+        return
     s_x = H * N
     off = bos * s_x + i_h * N
     w_ptr = w + bos * s_w + i_h * N
@@ -434,7 +552,7 @@ def _bwd_dr_kernel(r, k, v, w, u, do, states, dstates, dr, dwbuf, carry, du_part
 
 
 @triton.jit
-def _bwd_dkdv_kernel(r, k, v, w, u, do, dstates, scores, dk, dv, dwbuf, dw, carry,
+def _bwd_dkdv_kernel(r, k, v, w, u, do, dstates, scores, flags, dk, dv, dwbuf, dw, carry,
                      cu_seqlens, chunk_offsets, chunk_indices, T, s_w,
                      H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, BS: tl.constexpr,
                      LEVELS: tl.constexpr, IS_VARLEN: tl.constexpr, PREC: tl.constexpr,
@@ -443,8 +561,11 @@ def _bwd_dkdv_kernel(r, k, v, w, u, do, dstates, scores, dk, dv, dwbuf, dw, carr
     """Grid as `_fwd_out_kernel`: the reverse sweep over one chunk (dk, dv need the state gradient
     after each token). dw[s] = carry + dwbuf[s] - sum_{m>=s, in chunk} k*dk, written in dw's dtype
     (dw may alias dwbuf: each element is read, then written, by the same thread).
-    SPLIT_S, SPLIT_SV: split products (`_mm`) for the state-gradient dots of dk, of dv."""
+    SPLIT_S, SPLIT_SV: split products (`_mm`) for the state-gradient dots of dk, of dv.
+    Flagged chunks only."""
     i_h, c, bos, L, gc = _chunk_ids(cu_seqlens, chunk_offsets, chunk_indices, T, H, BT, IS_VARLEN)
+    if tl.load(flags + gc * H + i_h) == 0:
+        return
     NS: tl.constexpr = BT // BS
     s_x = H * N
     off = bos * s_x + i_h * N
@@ -505,10 +626,10 @@ def _bwd_dkdv_kernel(r, k, v, w, u, do, dstates, scores, dk, dv, dwbuf, dw, carr
 # "maxnreg_<kernel>": a register cap (0: none; N = 64 only). 168 lets 3 blocks of 4 warps share an SM
 # instead of 2: faster for _fwd_out_kernel and _bwd_dr_kernel despite the spills, slower for
 # _bwd_dkdv_kernel (run 13).
-LAUNCH = {"fwd_state": 4, "fwd_out": 4, "bwd_state": 4, "bwd_dr": 4, "bwd_dkdv": 4,
-          "scan_bv": 64, "split": 1, "split_state": 7, "sub": 16,
+LAUNCH = {"fwd_state": 4, "fwd_chunk": 8, "fwd_out": 4, "bwd_state": 4, "bwd_chunk": 8, "bwd_dr": 4,
+          "bwd_dkdv": 4, "scan_bv": 64, "split": 1, "split_state": 7, "sub": 16, "max_span": 96,
           "maxnreg_fwd_state": 0, "maxnreg_fwd_out": 168, "maxnreg_bwd_state": 0, "maxnreg_bwd_dr": 168,
-          "maxnreg_bwd_dkdv": 0}
+          "maxnreg_bwd_dkdv": 0, "maxnreg_fwd_chunk": 0, "maxnreg_bwd_chunk": 0}
 
 
 # LAUNCH["split_state"] is a bit mask over the dots against the fp32 state or state gradient
@@ -604,15 +725,27 @@ def _split_flags(split, kernel):
     return sp, (sp if LAUNCH["split_state"] & SPLIT_STATE_BITS[kernel] else 0)
 
 
+def _max_span(dtype):
+    """Largest half-chunk decay (log2 units) `_fwd_chunk_kernel` takes in the factored form: its
+    factors 2^a, 2^b lie in [2^-span, 2^span], far inside fp32's range (and their bf16 lo parts too)
+    for 16-bit inputs; for fp32 inputs a tighter bound keeps the exponents' own rounding (relative to
+    span) at fp32 accuracy. LAUNCH["max_span"] < 0 sends every chunk to the level kernels."""
+    limit = LAUNCH["max_span"]
+    return float(limit if dtype in (torch.bfloat16, torch.float16) else min(limit, 16))
+
+
 def chunk_wkv_fwd(r, k, v, w, u, h0, lay, prec, poison=False, split=False, store_scores=False):
-    """Returns o [B, T, H, N] (r's dtype), ht [num_seqs, H, N, N] fp32, chunk states fp32, and the
-    in-block scores [B*T, H, BS] fp32 for the backward (None unless store_scores).
+    """Returns o [B, T, H, N] (r's dtype), ht [num_seqs, H, N, N] fp32, chunk states fp32, the
+    per-chunk flags [chunks, H] int32 (1: the chunk took the level kernels), and the in-block scores
+    [B*T, H, BS] fp32 of the flagged chunks for the backward (None unless store_scores).
     split: r, k, v, w are bf16 and the dot precision is the default (see `_mm`)."""
     H, N, BT = lay.H, lay.N, lay.BT
     sp, sp_s = _split_flags(split, "fwd_out")
     o = new_buffer(r.shape, r.dtype, r.device, poison)
     ht = new_buffer((lay.num_seqs, H, N, N), torch.float32, r.device, poison)
     states = new_buffer((lay.num_chunks, H, N, N), torch.float32, r.device, poison)
+    flags = torch.full((lay.num_chunks, H), -1, dtype=torch.int32, device=r.device) if poison else \
+        torch.empty((lay.num_chunks, H), dtype=torch.int32, device=r.device)
     BS = _sub_block(BT)
     scores = new_buffer((lay.B * lay.T, H, BS), torch.float32, r.device, poison) if store_scores else None
     BV = _scan_block_v(lay)
@@ -620,17 +753,21 @@ def chunk_wkv_fwd(r, k, v, w, u, h0, lay, prec, poison=False, split=False, store
         k, v, w, h0, ht, states, lay.cu_seqlens, lay.chunk_offsets, lay.T, lay.s_w,
         H=H, N=N, BT=BT, BV=BV, HAS_H0=h0 is not None, IS_VARLEN=lay.varlen, PREC=prec, SPLIT=sp,
         **_launch_opts(N, "fwd_state"))
+    _fwd_chunk_kernel[lay.out_grid](
+        r, k, v, w, u, o, states, flags, lay.cu_seqlens, lay.chunk_offsets, lay.chunk_indices, lay.T,
+        lay.s_w, H=H, N=N, BT=BT, MAX_SPAN=_max_span(r.dtype), IS_VARLEN=lay.varlen, PREC=prec,
+        SPLIT=sp, SPLIT_S=sp_s, **_launch_opts(N, "fwd_chunk"))
     _fwd_out_kernel[lay.out_grid](
-        r, k, v, w, u, o, states, scores, lay.cu_seqlens, lay.chunk_offsets, lay.chunk_indices, lay.T,
-        lay.s_w, H=H, N=N, BT=BT, BS=BS, LEVELS=_levels(BS), IS_VARLEN=lay.varlen, PREC=prec,
+        r, k, v, w, u, o, states, scores, flags, lay.cu_seqlens, lay.chunk_offsets, lay.chunk_indices,
+        lay.T, lay.s_w, H=H, N=N, BT=BT, BS=BS, LEVELS=_levels(BS), IS_VARLEN=lay.varlen, PREC=prec,
         XPREC=_xprec(), SPLIT=sp, SPLIT_S=sp_s, STORE_A=store_scores, **_launch_opts(N, "fwd_out"))
-    return o, ht, states, scores
+    return o, ht, states, flags, scores
 
 
-def chunk_wkv_bwd(r, k, v, w, u, states, scores, do, dht, need_dh0, lay, prec, poison=False,
+def chunk_wkv_bwd(r, k, v, w, u, states, flags, scores, do, dht, need_dh0, lay, prec, poison=False,
                   split=False):
     """Returns dr, dk, dv (input dtypes), dw (w's shape and dtype), du [H, N], dh0 or None.
-    scores: the forward's in-block scores (`chunk_wkv_fwd(..., store_scores=True)`)."""
+    flags, scores: the forward's chunk flags and in-block scores (`chunk_wkv_fwd(..., store_scores=True)`)."""
     if scores is None:
         raise ValueError("chunk_wkv_bwd needs the forward's in-block scores: "
                          "call chunk_wkv_fwd(..., store_scores=True)")
@@ -652,17 +789,20 @@ def chunk_wkv_bwd(r, k, v, w, u, states, scores, do, dht, need_dh0, lay, prec, p
     # Finch: dw straight in w's dtype; Eagle: per-token fp32 terms, summed over tokens below
     dw = dwbuf if lay.static_w else new_buffer(r.shape, w.dtype, r.device, poison)
     du_part = new_buffer((lay.num_chunks, H, N), torch.float32, r.device, poison)
+    grid_args = (lay.cu_seqlens, lay.chunk_offsets, lay.chunk_indices, lay.T, lay.s_w)
+    _bwd_chunk_kernel[lay.out_grid](
+        r, k, v, w, u, do, states, dstates, flags, dr, dk, dv, dw, du_part, *grid_args,
+        H=H, N=N, BT=BT, IS_VARLEN=lay.varlen, PREC=prec, SPLIT=sp, SPLIT_DR=sp_dr, SPLIT_DK=sp_dk,
+        SPLIT_DV=sp_dv, **_launch_opts(N, "bwd_chunk"))
     BS = scores.shape[-1]   # the forward's sub-block size
     common = dict(H=H, N=N, BT=BT, BS=BS, LEVELS=_levels(BS), IS_VARLEN=lay.varlen, PREC=prec,
                   XPREC=_xprec(), SPLIT=sp)
     carry = new_buffer((lay.num_chunks, H, N), torch.float32, r.device, poison)
     _bwd_dr_kernel[lay.out_grid](
-        r, k, v, w, u, do, states, dstates, dr, dwbuf, carry, du_part,
-        lay.cu_seqlens, lay.chunk_offsets, lay.chunk_indices, lay.T, lay.s_w,
+        r, k, v, w, u, do, states, dstates, flags, dr, dwbuf, carry, du_part, *grid_args,
         SPLIT_S=sp_dr, **_launch_opts(N, "bwd_dr"), **common)
     _bwd_dkdv_kernel[lay.out_grid](
-        r, k, v, w, u, do, dstates, scores, dk, dv, dwbuf, dw, carry,
-        lay.cu_seqlens, lay.chunk_offsets, lay.chunk_indices, lay.T, lay.s_w,
+        r, k, v, w, u, do, dstates, scores, flags, dk, dv, dwbuf, dw, carry, *grid_args,
         SPLIT_S=sp_dk, SPLIT_SV=sp_dv, **_launch_opts(N, "bwd_dkdv"), **common)
     if lay.static_w:
         dw = dw.sum(dim=(0, 1)).to(w.dtype)
@@ -674,18 +814,19 @@ class ChunkWKVFunction(torch.autograd.Function):
     def forward(ctx, r, k, v, w, u, h0, cu_seqlens, chunk_size, cu_seqlens_cpu, prec, poison, split,
                 store_scores):
         lay = _Layout(r, w, cu_seqlens, chunk_size, cu_seqlens_cpu)
-        o, ht, states, scores = chunk_wkv_fwd(r, k, v, w, u, h0, lay, prec, poison, split, store_scores)
-        ctx.save_for_backward(r, k, v, w, u, states, scores)
+        o, ht, states, flags, scores = chunk_wkv_fwd(r, k, v, w, u, h0, lay, prec, poison, split,
+                                                     store_scores)
+        ctx.save_for_backward(r, k, v, w, u, states, flags, scores)
         ctx.lay, ctx.prec, ctx.poison, ctx.has_h0 = lay, prec, poison, h0 is not None
         ctx.split = split
         return o, ht
 
     @staticmethod
     def backward(ctx, do, dht):
-        r, k, v, w, u, states, scores = ctx.saved_tensors
+        r, k, v, w, u, states, flags, scores = ctx.saved_tensors
         need_dh0 = ctx.has_h0 and ctx.needs_input_grad[5]
         dr, dk, dv, dw, du, dh0 = chunk_wkv_bwd(
-            r, k, v, w, u, states, scores, do.contiguous(), None if dht is None else dht.contiguous(),
+            r, k, v, w, u, states, flags, scores, do.contiguous(), None if dht is None else dht.contiguous(),
             need_dh0, ctx.lay, ctx.prec, ctx.poison, ctx.split)
         return dr, dk, dv, dw, du, dh0, None, None, None, None, None, None, None
 

@@ -131,6 +131,37 @@ def test_chunk_larger_sub_blocks(sub, dtype):
         chunk.LAUNCH["sub"] = saved
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_chunk_whole_chunk_and_level_paths(dtype, monkeypatch):
+    """Each chunk takes the whole-chunk factored kernels unless its half-chunk decay exceeds the
+    bound (then the level kernels): one call mixing both, ragged, with h0 and a final-state gradient,
+    matches the oracle, and so does each path alone."""
+    B, T, H, N, BT = 1, 150, 2, 16, 32
+    inputs = make_inputs(B, T, H, N, dtype, DEV, decay="weak", seed=12)
+    strong = make_inputs(B, T, H, N, dtype, DEV, decay="strong", seed=13)[3]
+    rows = torch.arange(T, device=DEV)
+    strong_rows = ((rows // BT) % 2 == 1)[None, :, None, None]          # chunks 1 and 3
+    inputs[3] = torch.where(strong_rows, strong, inputs[3])
+    h0 = torch.randn(B, H, N, N, device=DEV)
+    flags = []
+    fwd = chunk.chunk_wkv_fwd
+
+    def spy(*args, **kwargs):
+        out = fwd(*args, **kwargs)
+        flags.append(out[3].clone())
+        return out
+
+    monkeypatch.setattr(chunk, "chunk_wkv_fwd", spy)
+    tol = TOL[dtype]
+    _assert_close(check_fwd_bwd(_chunk(BT), inputs, h0), tol)
+    assert flags[-1].tolist() == [[0, 0], [1, 1], [0, 0], [1, 1], [0, 0]]
+    for limit, flag in ((-1, 1), (1e9, 0)):      # every chunk on one path (weak decays only for 0)
+        monkeypatch.setitem(chunk.LAUNCH, "max_span", limit)
+        weak = make_inputs(B, T, H, N, dtype, DEV, decay="weak", seed=14)
+        _assert_close(check_fwd_bwd(_chunk(BT), weak, h0), tol)
+        assert flags[-1].eq(flag).all()
+
+
 def test_chunk_scores_kept_only_for_a_backward(monkeypatch):
     """The forward stores its in-block scores for dv only when a backward can run; the output is the
     same either way, and the backward refuses to run without them."""
@@ -140,7 +171,7 @@ def test_chunk_scores_kept_only_for_a_backward(monkeypatch):
 
     def spy(*args, **kwargs):
         out = fwd(*args, **kwargs)
-        stored.append(out[3] is not None)
+        stored.append(out[4] is not None)
         return out
 
     monkeypatch.setattr(chunk, "chunk_wkv_fwd", spy)
@@ -154,15 +185,18 @@ def test_chunk_scores_kept_only_for_a_backward(monkeypatch):
 
     lay = chunk._Layout(r, w, None, 32)
     prec = chunk._dot_precision(r.dtype)
-    o, ht, states, scores = chunk.chunk_wkv_fwd(r, k, v, w, u, None, lay, prec, poison=True,
-                                                 store_scores=True)
-    o2, _, _, none = chunk.chunk_wkv_fwd(r, k, v, w, u, None, lay, prec, poison=True)
+    monkeypatch.setitem(chunk.LAUNCH, "max_span", -1)    # every chunk through the level kernels
+    o, ht, states, flags, scores = chunk.chunk_wkv_fwd(r, k, v, w, u, None, lay, prec, poison=True,
+                                                        store_scores=True)
+    o2, _, _, _, none = chunk.chunk_wkv_fwd(r, k, v, w, u, None, lay, prec, poison=True)
     assert none is None and torch.equal(o, o2)
+    assert flags.eq(1).all()
     assert scores.shape == (40, 1, chunk.SUB) and not scores.isnan().any()
     with torch.no_grad():
         assert torch.equal(chunk_wkv(r, k, v, w, u, chunk_size=32)[0], o)
     with pytest.raises(ValueError, match="in-block scores"):
-        chunk.chunk_wkv_bwd(r, k, v, w, u, states, None, torch.ones_like(o), None, False, lay, prec)
+        chunk.chunk_wkv_bwd(r, k, v, w, u, states, flags, None, torch.ones_like(o), None, False, lay,
+                            prec)
 
 
 def test_wkv_backend_triton_matches_reference():
