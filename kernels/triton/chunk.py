@@ -459,49 +459,49 @@ def _bwd_chunk_kernel(r, k, v, w, u, do, states, dstates, flags, dr, dk, dv, dw,
     t0 = c * BT
     s_x = H * N
     off = bos * s_x + i_h * N
-    w_r = _load_block(w + bos * s_w + i_h * N, t0, L, s_w, BT, N)
-    w_b = w_r * LOG2E
+    # each gradient is stored as soon as it is complete, to keep few [BT, N] tiles live at once
+    w_b = _load_block(w + bos * s_w + i_h * N, t0, L, s_w, BT, N) * LOG2E
     a, b, span = _chunk_exponents(w_b, BT)
+    to_end = tl.exp2(_to_end(w_b))
     r_b = _load_block(r + off, t0, L, s_x, BT, N)
     k_b = _load_block(k + off, t0, L, s_x, BT, N)
     v_b = _load_block(v + off, t0, L, s_x, BT, N)
     do_b = _load_block(do + off, t0, L, s_x, BT, N)
+    u_h = tl.load(u + i_h * N + tl.arange(0, N)).to(tl.float32)
+    vdo = tl.sum(v_b * do_b, axis=1)[:, None]
+    tl.store(du_part + (gc * H + i_h) * N + tl.arange(0, N), tl.sum(r_b * k_b * vdo, axis=0))
+    # Q_end = sum_j S_end * dS for dw, with S_end the state after the chunk
+    S = _load_state(states + (gc * H + i_h) * N * N, N)
+    dS = _load_state(dstates + (gc * H + i_h) * N * N, N)
+    S_end = S * tl.exp2(tl.sum(w_b, axis=0))[:, None] + _mm(tl.trans(k_b * to_end), v_b, False, True,
+                                                             SPLIT, PREC)
+    q_end = tl.sum(S_end * dS, axis=1)
     e_a = tl.exp2(a)
     e_b = tl.exp2(b)
     q = r_b * e_a
     kf = k_b * e_b
     causal = tl.arange(0, BT)[None, :] < tl.arange(0, BT)[:, None]
     dA = tl.where(causal, _mm(do_b, tl.trans(v_b), True, True, SPLIT, PREC), 0.)
-    to_end = tl.exp2(_to_end(w_b))
-    dS = _load_state(dstates + (gc * H + i_h) * N * N, N)
     # dv
     A = tl.where(causal, _mm(q, tl.trans(kf), False, False, SPLIT, PREC), 0.)
     dv_b = _mm(tl.trans(A), do_b, False, True, SPLIT, PREC)
     dv_b += _mm(k_b * to_end, dS, False, False, SPLIT_DV, PREC)
-    # dk (without the bonus)
+    dv_b += tl.sum(r_b * u_h[None, :] * k_b, axis=1)[:, None] * do_b
+    _store_block(dv + off, dv_b, t0, L, s_x, BT, N)
+    # dk; k*dk (without the bonus) for dw
     dk_b = e_b * _mm(tl.trans(dA), q, False, False, SPLIT, PREC)
     dk_b += to_end * _mm(v_b, tl.trans(dS), True, False, SPLIT_DK, PREC)
-    # dr (without the bonus)
-    S = _load_state(states + (gc * H + i_h) * N * N, N)
+    kdk = k_b * dk_b
+    _store_block(dk + off, dk_b + u_h[None, :] * r_b * vdo, t0, L, s_x, BT, N)
+    # dr; r*dr (without the bonus) for dw
     gb = tl.cumsum(w_b, axis=0) - w_b
     dr_b = e_a * _mm(dA, kf, False, False, SPLIT, PREC)
     dr_b += tl.exp2(gb) * _mm(do_b, tl.trans(S), True, False, SPLIT_DR, PREC)
-    # dw[s] = Q_end + sum_{t>s} r*dr - sum_{m>=s} k*dk, Q_end = sum_j S_end * dS (S_end: after the chunk)
-    S_end = S * tl.exp2(tl.sum(w_b, axis=0))[:, None] + _mm(tl.trans(k_b * to_end), v_b, False, True,
-                                                             SPLIT, PREC)
     rdr = r_b * dr_b
-    kdk = k_b * dk_b
-    dw_b = tl.sum(S_end * dS, axis=1)[None, :] + (tl.cumsum(rdr, axis=0, reverse=True) - rdr) \
-        - tl.cumsum(kdk, axis=0, reverse=True)
-    _store_block(dw + off, dw_b, t0, L, s_x, BT, N)
-    # bonus terms
-    u_h = tl.load(u + i_h * N + tl.arange(0, N)).to(tl.float32)
-    vdo = tl.sum(v_b * do_b, axis=1)[:, None]
     _store_block(dr + off, dr_b + u_h[None, :] * k_b * vdo, t0, L, s_x, BT, N)
-    _store_block(dk + off, dk_b + u_h[None, :] * r_b * vdo, t0, L, s_x, BT, N)
-    dv_b += tl.sum(r_b * u_h[None, :] * k_b, axis=1)[:, None] * do_b
-    _store_block(dv + off, dv_b, t0, L, s_x, BT, N)
-    tl.store(du_part + (gc * H + i_h) * N + tl.arange(0, N), tl.sum(r_b * k_b * vdo, axis=0))
+    # dw[s] = Q_end + sum_{t>s} r*dr - sum_{m>=s} k*dk
+    dw_b = q_end[None, :] + (tl.cumsum(rdr, axis=0, reverse=True) - rdr) - tl.cumsum(kdk, axis=0, reverse=True)
+    _store_block(dw + off, dw_b, t0, L, s_x, BT, N)
 
 
 @triton.jit
