@@ -291,7 +291,7 @@ def _chunk_exponents(w, BT: tl.constexpr):
     s < t is 2^(gb_t - g_s) = 2^a[t] * 2^b[s] with a[t] = gb_t - g_R and b[s] = g_R - g_s. Both are
     direct sums of w over one half of the chunk (never differences of prefix sums). Returns a, b
     [BT, N] and span, the largest |half-chunk sum| of any channel: every |a|, |b| <= span, so the
-    factors stay in fp32's range while span is bounded (`_fwd_chunk_kernel` checks it)."""
+    factors stay in fp32's range while span is bounded (`_fwd_whole_kernel` checks it)."""
     upper = (tl.arange(0, BT) >= BT // 2)[:, None]
     up = tl.cumsum(tl.where(upper, w, 0.), axis=0)                    # rows >= BT/2: sum of w from BT/2 to t
     low = tl.cumsum(tl.where(upper, 0., w), axis=0, reverse=True)     # rows < BT/2: sum of w from t to R
@@ -337,7 +337,7 @@ def _fwd_state_kernel(k, v, w, h0, ht, states, cu_seqlens, chunk_offsets, T, s_w
 
 
 @triton.jit
-def _fwd_chunk_kernel(r, k, v, w, u, o, states, flags, cu_seqlens, chunk_offsets, chunk_indices, T,
+def _fwd_whole_kernel(r, k, v, w, u, o, states, flags, cu_seqlens, chunk_offsets, chunk_indices, T,
                       s_w, H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, MAX_SPAN: tl.constexpr,
                       IS_VARLEN: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr,
                       SPLIT_S: tl.constexpr):
@@ -378,7 +378,7 @@ def _fwd_out_kernel(r, k, v, w, u, o, states, scores, flags, cu_seqlens, chunk_o
     """Grid (chunks, num_seqs * H) or (total chunks, H) when packed. Writes o for one chunk and,
     STORE_A, the in-block scores (row t: A[t, :] of its sub-block, [rows, H, BS] fp32) for the backward.
     SPLIT: bf16 split products (`_mm`) for the in-block and state-update dots; SPLIT_S: also for the
-    dots against the fp32 state. Runs only on the chunks `_fwd_chunk_kernel` flagged."""
+    dots against the fp32 state. Runs only on the chunks `_fwd_whole_kernel` flagged."""
     i_h, c, bos, L, gc = _chunk_ids(cu_seqlens, chunk_offsets, chunk_indices, T, H, BT, IS_VARLEN)
     if tl.load(flags + gc * H + i_h) == 0:
         return
@@ -442,7 +442,7 @@ def _bwd_state_kernel(r, w, do, dht, dh0, dstates, cu_seqlens, chunk_offsets, T,
 
 
 @triton.jit
-def _bwd_chunk_kernel(r, k, v, w, u, do, states, dstates, flags, dr, dk, dv, dw, du_part,
+def _bwd_whole_kernel(r, k, v, w, u, do, states, dstates, flags, dr, dk, dv, dw, du_part,
                       cu_seqlens, chunk_offsets, chunk_indices, T, s_w,
                       H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, IS_VARLEN: tl.constexpr,
                       PREC: tl.constexpr, SPLIT: tl.constexpr, SPLIT_DR: tl.constexpr,
@@ -513,7 +513,7 @@ def _bwd_dr_kernel(r, k, v, w, u, do, states, dstates, flags, dr, dwbuf, carry, 
     """Grid as `_fwd_out_kernel`: the forward sweep over one chunk (dr needs the state before each
     token). Writes dr, dwbuf = -(inclusive in-chunk prefix of r*dr), du per chunk, and
     carry = Q_end + sum_chunk(r*dr) (Q_end = sum_j S_end * dS_end) for `_bwd_dkdv_kernel`.
-    Flagged chunks only (the others take `_bwd_chunk_kernel`)."""
+    Flagged chunks only (the others take `_bwd_whole_kernel`)."""
     i_h, c, bos, L, gc = _chunk_ids(cu_seqlens, chunk_offsets, chunk_indices, T, H, BT, IS_VARLEN)
     if tl.load(flags + gc * H + i_h) == 0:
         return
@@ -623,13 +623,16 @@ def _bwd_dkdv_kernel(r, k, v, w, u, do, dstates, scores, flags, dk, dv, dwbuf, d
 # mma.sync; 64: the whole chunk at once, every product M = 64 on wgmma and far fewer barriers
 # (bench/kernel_resources.py: 37 instead of 141 in _fwd_out_kernel) but 6 levels of [64, 64] products
 # and more spills; not yet timed.
+# "fwd_whole", "bwd_whole": the whole-chunk kernels, M = 64 products on wgmma at 8 warps; "max_span":
+# their bound on a chunk's half-chunk decay (log2 units; `_max_span`; < 0 sends every chunk to the
+# level kernels, i.e. the kernels before the whole-chunk path).
 # "maxnreg_<kernel>": a register cap (0: none; N = 64 only). 168 lets 3 blocks of 4 warps share an SM
 # instead of 2: faster for _fwd_out_kernel and _bwd_dr_kernel despite the spills, slower for
 # _bwd_dkdv_kernel (run 13).
-LAUNCH = {"fwd_state": 4, "fwd_chunk": 8, "fwd_out": 4, "bwd_state": 4, "bwd_chunk": 8, "bwd_dr": 4,
+LAUNCH = {"fwd_state": 4, "fwd_whole": 8, "fwd_out": 4, "bwd_state": 4, "bwd_whole": 8, "bwd_dr": 4,
           "bwd_dkdv": 4, "scan_bv": 64, "split": 1, "split_state": 7, "sub": 16, "max_span": 96,
           "maxnreg_fwd_state": 0, "maxnreg_fwd_out": 168, "maxnreg_bwd_state": 0, "maxnreg_bwd_dr": 168,
-          "maxnreg_bwd_dkdv": 0, "maxnreg_fwd_chunk": 0, "maxnreg_bwd_chunk": 0}
+          "maxnreg_bwd_dkdv": 0, "maxnreg_fwd_whole": 0, "maxnreg_bwd_whole": 0}
 
 
 # LAUNCH["split_state"] is a bit mask over the dots against the fp32 state or state gradient
@@ -726,7 +729,7 @@ def _split_flags(split, kernel):
 
 
 def _max_span(dtype):
-    """Largest half-chunk decay (log2 units) `_fwd_chunk_kernel` takes in the factored form: its
+    """Largest half-chunk decay (log2 units) `_fwd_whole_kernel` takes in the factored form: its
     factors 2^a, 2^b lie in [2^-span, 2^span], far inside fp32's range (and their bf16 lo parts too)
     for 16-bit inputs; for fp32 inputs a tighter bound keeps the exponents' own rounding (relative to
     span) at fp32 accuracy. LAUNCH["max_span"] < 0 sends every chunk to the level kernels."""
@@ -753,10 +756,10 @@ def chunk_wkv_fwd(r, k, v, w, u, h0, lay, prec, poison=False, split=False, store
         k, v, w, h0, ht, states, lay.cu_seqlens, lay.chunk_offsets, lay.T, lay.s_w,
         H=H, N=N, BT=BT, BV=BV, HAS_H0=h0 is not None, IS_VARLEN=lay.varlen, PREC=prec, SPLIT=sp,
         **_launch_opts(N, "fwd_state"))
-    _fwd_chunk_kernel[lay.out_grid](
+    _fwd_whole_kernel[lay.out_grid](
         r, k, v, w, u, o, states, flags, lay.cu_seqlens, lay.chunk_offsets, lay.chunk_indices, lay.T,
         lay.s_w, H=H, N=N, BT=BT, MAX_SPAN=_max_span(r.dtype), IS_VARLEN=lay.varlen, PREC=prec,
-        SPLIT=sp, SPLIT_S=sp_s, **_launch_opts(N, "fwd_chunk"))
+        SPLIT=sp, SPLIT_S=sp_s, **_launch_opts(N, "fwd_whole"))
     _fwd_out_kernel[lay.out_grid](
         r, k, v, w, u, o, states, scores, flags, lay.cu_seqlens, lay.chunk_offsets, lay.chunk_indices,
         lay.T, lay.s_w, H=H, N=N, BT=BT, BS=BS, LEVELS=_levels(BS), IS_VARLEN=lay.varlen, PREC=prec,
@@ -790,10 +793,10 @@ def chunk_wkv_bwd(r, k, v, w, u, states, flags, scores, do, dht, need_dh0, lay, 
     dw = dwbuf if lay.static_w else new_buffer(r.shape, w.dtype, r.device, poison)
     du_part = new_buffer((lay.num_chunks, H, N), torch.float32, r.device, poison)
     grid_args = (lay.cu_seqlens, lay.chunk_offsets, lay.chunk_indices, lay.T, lay.s_w)
-    _bwd_chunk_kernel[lay.out_grid](
+    _bwd_whole_kernel[lay.out_grid](
         r, k, v, w, u, do, states, dstates, flags, dr, dk, dv, dw, du_part, *grid_args,
         H=H, N=N, BT=BT, IS_VARLEN=lay.varlen, PREC=prec, SPLIT=sp, SPLIT_DR=sp_dr, SPLIT_DK=sp_dk,
-        SPLIT_DV=sp_dv, **_launch_opts(N, "bwd_chunk"))
+        SPLIT_DV=sp_dv, **_launch_opts(N, "bwd_whole"))
     BS = scores.shape[-1]   # the forward's sub-block size
     common = dict(H=H, N=N, BT=BT, BS=BS, LEVELS=_levels(BS), IS_VARLEN=lay.varlen, PREC=prec,
                   XPREC=_xprec(), SPLIT=sp)

@@ -34,8 +34,8 @@ def _ptxas_runs():
 if not _ptxas_runs():
     pytest.skip("triton's ptxas does not run on this machine", allow_module_level=True)
 
-KERNELS = {"_fwd_state_kernel", "_fwd_chunk_kernel", "_fwd_out_kernel", "_bwd_state_kernel",
-           "_bwd_chunk_kernel", "_bwd_dr_kernel",
+KERNELS = {"_fwd_state_kernel", "_fwd_whole_kernel", "_fwd_out_kernel", "_bwd_state_kernel",
+           "_bwd_whole_kernel", "_bwd_dr_kernel",
            "_bwd_dkdv_kernel", "_decode_kernel"}
 
 
