@@ -3,11 +3,16 @@
 Layering (as in flash-linear-attention): Triton kernels -> host functions `chunk_wkv_fwd` /
 `chunk_wkv_bwd` -> `ChunkWKVFunction` (autograd) -> public `chunk_wkv`.
 
-Algorithm (derivations in kernels/README.md, "Chunked Triton kernels"):
+Algorithm (derivations in kernels/README.md, "Chunked Triton kernels"). Each (chunk, head) takes one
+of two paths, chosen on the GPU by `_fwd_whole_kernel` and recorded in per-chunk flags: the whole-chunk
+factored form (one reference row for the chunk, every product M = BT) while the chunk's half-chunk
+decay is bounded (LAUNCH["max_span"]), else the sub-block level kernels, exact for any decay.
   forward   1. `_fwd_state_kernel`: one program per (sequence, head, value slice) scans the chunks of
                BT tokens and stores the state at the start of every chunk (fp32) and the final state.
-            2. `_fwd_out_kernel`: one program per (chunk, head) starts from the stored chunk state and
-               walks the chunk in sub-blocks of BS tokens (16; LAUNCH["sub"]): inter-block part by
+           1b. `_fwd_whole_kernel`: one program per (chunk, head): the chunk's span; if bounded, its
+               output from the chunk-start state and the factored in-chunk scores; else the flag.
+            2. `_fwd_out_kernel` (flagged chunks): one program per (chunk, head) starts from the
+               stored chunk state and walks the chunk in sub-blocks of BS tokens (16; LAUNCH["sub"]): inter-block part by
                `tl.dot` against the running state; in-block part by levels (`_intra_scores`): the pairs
                s < t are split by the highest differing index bit G = BS/2, ..., 2, 1, and each level is
                one masked tensor-core product of r and k decayed to a reference row between s and t
@@ -15,6 +20,8 @@ Algorithm (derivations in kernels/README.md, "Chunked Triton kernels"):
                (BS fp32 per token and head) for dv.
   backward  3. `_bwd_state_kernel`: reverse scan of the state gradient; stores the gradient at the end
                of every chunk, and dh0.
+           3b. `_bwd_whole_kernel` (unflagged chunks): dr, dk, dv, dw and du of a chunk at once.
+               Steps 4 and 5 run on the flagged chunks only.
             4. `_bwd_dr_kernel`: one program per (chunk, head), a forward sweep over the sub-blocks:
                dr (it needs the state before each token), du as per-chunk partial sums, and the
                prefix sums of r*dr that dw needs.
