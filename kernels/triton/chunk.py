@@ -705,6 +705,8 @@ class _Layout:
         B, T, H, N = r.shape
         self.B, self.T, self.H, self.N, self.BT = B, T, H, N, chunk_size
         self.static_w = w.dim() == 2
+        self.max_span = _max_span(r.dtype)
+        self.whole = self.max_span >= 0   # False: every chunk takes the level kernels
         self.s_w = 0 if self.static_w else H * N
         self.varlen = cu_seqlens is not None
         if self.varlen:
@@ -754,8 +756,12 @@ def chunk_wkv_fwd(r, k, v, w, u, h0, lay, prec, poison=False, split=False, store
     o = new_buffer(r.shape, r.dtype, r.device, poison)
     ht = new_buffer((lay.num_seqs, H, N, N), torch.float32, r.device, poison)
     states = new_buffer((lay.num_chunks, H, N, N), torch.float32, r.device, poison)
-    flags = torch.full((lay.num_chunks, H), -1, dtype=torch.int32, device=r.device) if poison else \
-        torch.empty((lay.num_chunks, H), dtype=torch.int32, device=r.device)
+    if not lay.whole:
+        flags = torch.ones((lay.num_chunks, H), dtype=torch.int32, device=r.device)
+    elif poison:
+        flags = torch.full((lay.num_chunks, H), -1, dtype=torch.int32, device=r.device)
+    else:
+        flags = torch.empty((lay.num_chunks, H), dtype=torch.int32, device=r.device)
     BS = _sub_block(BT)
     scores = new_buffer((lay.B * lay.T, H, BS), torch.float32, r.device, poison) if store_scores else None
     BV = _scan_block_v(lay)
@@ -763,10 +769,11 @@ def chunk_wkv_fwd(r, k, v, w, u, h0, lay, prec, poison=False, split=False, store
         k, v, w, h0, ht, states, lay.cu_seqlens, lay.chunk_offsets, lay.T, lay.s_w,
         H=H, N=N, BT=BT, BV=BV, HAS_H0=h0 is not None, IS_VARLEN=lay.varlen, PREC=prec, SPLIT=sp,
         **_launch_opts(N, "fwd_state"))
-    _fwd_whole_kernel[lay.out_grid](
-        r, k, v, w, u, o, states, flags, lay.cu_seqlens, lay.chunk_offsets, lay.chunk_indices, lay.T,
-        lay.s_w, H=H, N=N, BT=BT, MAX_SPAN=_max_span(r.dtype), IS_VARLEN=lay.varlen, PREC=prec,
-        SPLIT=sp, SPLIT_S=sp_s, **_launch_opts(N, "fwd_whole"))
+    if lay.whole:
+        _fwd_whole_kernel[lay.out_grid](
+            r, k, v, w, u, o, states, flags, lay.cu_seqlens, lay.chunk_offsets, lay.chunk_indices,
+            lay.T, lay.s_w, H=H, N=N, BT=BT, MAX_SPAN=lay.max_span, IS_VARLEN=lay.varlen, PREC=prec,
+            SPLIT=sp, SPLIT_S=sp_s, **_launch_opts(N, "fwd_whole"))
     _fwd_out_kernel[lay.out_grid](
         r, k, v, w, u, o, states, scores, flags, lay.cu_seqlens, lay.chunk_offsets, lay.chunk_indices,
         lay.T, lay.s_w, H=H, N=N, BT=BT, BS=BS, LEVELS=_levels(BS), IS_VARLEN=lay.varlen, PREC=prec,
@@ -800,10 +807,11 @@ def chunk_wkv_bwd(r, k, v, w, u, states, flags, scores, do, dht, need_dh0, lay, 
     dw = dwbuf if lay.static_w else new_buffer(r.shape, w.dtype, r.device, poison)
     du_part = new_buffer((lay.num_chunks, H, N), torch.float32, r.device, poison)
     grid_args = (lay.cu_seqlens, lay.chunk_offsets, lay.chunk_indices, lay.T, lay.s_w)
-    _bwd_whole_kernel[lay.out_grid](
-        r, k, v, w, u, do, states, dstates, flags, dr, dk, dv, dw, du_part, *grid_args,
-        H=H, N=N, BT=BT, IS_VARLEN=lay.varlen, PREC=prec, SPLIT=sp, SPLIT_DR=sp_dr, SPLIT_DK=sp_dk,
-        SPLIT_DV=sp_dv, **_launch_opts(N, "bwd_whole"))
+    if lay.whole:
+        _bwd_whole_kernel[lay.out_grid](
+            r, k, v, w, u, do, states, dstates, flags, dr, dk, dv, dw, du_part, *grid_args,
+            H=H, N=N, BT=BT, IS_VARLEN=lay.varlen, PREC=prec, SPLIT=sp, SPLIT_DR=sp_dr, SPLIT_DK=sp_dk,
+            SPLIT_DV=sp_dv, **_launch_opts(N, "bwd_whole"))
     BS = scores.shape[-1]   # the forward's sub-block size
     common = dict(H=H, N=N, BT=BT, BS=BS, LEVELS=_levels(BS), IS_VARLEN=lay.varlen, PREC=prec,
                   XPREC=_xprec(), SPLIT=sp)

@@ -183,9 +183,9 @@ def test_chunk_scores_kept_only_for_a_backward(monkeypatch):
     w.requires_grad_(False)
     monkeypatch.undo()
 
+    monkeypatch.setitem(chunk.LAUNCH, "max_span", -1)    # every chunk through the level kernels
     lay = chunk._Layout(r, w, None, 32)
     prec = chunk._dot_precision(r.dtype)
-    monkeypatch.setitem(chunk.LAUNCH, "max_span", -1)    # every chunk through the level kernels
     o, ht, states, flags, scores = chunk.chunk_wkv_fwd(r, k, v, w, u, None, lay, prec, poison=True,
                                                         store_scores=True)
     o2, _, _, _, none = chunk.chunk_wkv_fwd(r, k, v, w, u, None, lay, prec, poison=True)
