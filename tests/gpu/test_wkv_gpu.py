@@ -46,6 +46,32 @@ def test_larger_sub_blocks_bf16(sub, monkeypatch):
     _assert_close(check_fwd_bwd(_fn(), inputs, h0), TOL[torch.bfloat16])
 
 
+@pytest.mark.parametrize("max_span", [-1, 96], ids=["levels", "whole"])
+def test_whole_chunk_and_level_paths_bf16(max_span, monkeypatch):
+    """Both per-chunk paths at the real shape (bf16 split products, h0, final-state gradient), on
+    inputs whose chunks alternate between normal and strong decays: with LAUNCH["max_span"] = 96 the
+    normal chunks take the whole-chunk kernels and the strong ones the level kernels, in one call."""
+    from kernels.triton import chunk
+    monkeypatch.setitem(chunk.LAUNCH, "max_span", max_span)
+    inputs = make_inputs(2, 1000, 4, 64, torch.bfloat16, DEV, seed=5)
+    strong = make_inputs(2, 1000, 4, 64, torch.bfloat16, DEV, decay="strong", seed=6)[3]
+    rows = torch.arange(1000, device=DEV)
+    inputs[3] = torch.where(((rows // 64) % 3 == 1)[None, :, None, None], strong, inputs[3])
+    h0 = torch.randn(2, 4, 64, 64, device=DEV)
+    flags = []
+    fwd = chunk.chunk_wkv_fwd
+
+    def spy(*args, **kwargs):
+        out = fwd(*args, **kwargs)
+        flags.append(out[3].float().mean().item())
+        return out
+
+    monkeypatch.setattr(chunk, "chunk_wkv_fwd", spy)
+    _assert_close(check_fwd_bwd(_fn(), inputs, h0), TOL[torch.bfloat16])
+    print("share of chunks on the level kernels:", flags)
+    assert flags[0] == 1.0 if max_span < 0 else 0.25 < flags[0] < 0.45
+
+
 def test_packed_sequences_bf16():
     lens = [1, 63, 64, 65, 700, 3, 200]
     cu = torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist(), dtype=torch.int32, device=DEV)
