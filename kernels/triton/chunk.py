@@ -632,12 +632,14 @@ def _bwd_dkdv_kernel(r, k, v, w, u, do, dstates, scores, flags, dk, dv, dwbuf, d
 # and more spills; not yet timed.
 # "fwd_whole", "bwd_whole": the whole-chunk kernels, M = 64 products on wgmma at 8 warps; "max_span":
 # their bound on a chunk's half-chunk decay (log2 units; `_max_span`; < 0 sends every chunk to the
-# level kernels, i.e. the kernels before the whole-chunk path).
+# level kernels, the kernels before the whole-chunk path). Opt-in (96) until tests/gpu has passed and
+# bench/wkv.py has timed it on the device: both are prepared (BENCHMARKS.md), no device could be had
+# in the session that wrote it. Interpreter tests and the sm_90 compile test cover both paths.
 # "maxnreg_<kernel>": a register cap (0: none; N = 64 only). 168 lets 3 blocks of 4 warps share an SM
 # instead of 2: faster for _fwd_out_kernel and _bwd_dr_kernel despite the spills, slower for
 # _bwd_dkdv_kernel (run 13).
 LAUNCH = {"fwd_state": 4, "fwd_whole": 8, "fwd_out": 4, "bwd_state": 4, "bwd_whole": 8, "bwd_dr": 4,
-          "bwd_dkdv": 4, "scan_bv": 64, "split": 1, "split_state": 7, "sub": 16, "max_span": 96,
+          "bwd_dkdv": 4, "scan_bv": 64, "split": 1, "split_state": 7, "sub": 16, "max_span": -1,
           "maxnreg_fwd_state": 0, "maxnreg_fwd_out": 168, "maxnreg_bwd_state": 0, "maxnreg_bwd_dr": 168,
           "maxnreg_bwd_dkdv": 0, "maxnreg_fwd_whole": 0, "maxnreg_bwd_whole": 0}
 

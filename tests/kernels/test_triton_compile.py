@@ -34,22 +34,25 @@ def _ptxas_runs():
 if not _ptxas_runs():
     pytest.skip("triton's ptxas does not run on this machine", allow_module_level=True)
 
-KERNELS = {"_fwd_state_kernel", "_fwd_whole_kernel", "_fwd_out_kernel", "_bwd_state_kernel",
-           "_bwd_whole_kernel", "_bwd_dr_kernel",
+KERNELS = {"_fwd_state_kernel", "_fwd_out_kernel", "_bwd_state_kernel", "_bwd_dr_kernel",
            "_bwd_dkdv_kernel", "_decode_kernel"}
+WHOLE_CHUNK_KERNELS = {"_fwd_whole_kernel", "_bwd_whole_kernel"}   # launched when LAUNCH["max_span"] >= 0
 
 
 @pytest.mark.parametrize("dtype,N,static_w,packed,launch", [
     (torch.bfloat16, 64, False, False, {}),   # the training default: bf16 split products, register caps
     (torch.float32, 64, True, True, {}),      # Eagle, packed sequences, tf32x3 products
     (torch.float16, 128, False, False, {}),   # a larger head: 8 warps
-    (torch.bfloat16, 64, False, False, {"sub": 64}),   # whole-chunk sub-blocks (M = 64 products)
-], ids=["bf16-finch", "fp32-eagle-packed", "fp16-N128", "bf16-sub64"])
+    (torch.bfloat16, 64, False, False, {"sub": 64}),   # sub-blocks of a whole chunk (M = 64 levels)
+    (torch.bfloat16, 64, False, False, {"max_span": 96}),   # the whole-chunk factored kernels
+    (torch.float32, 64, True, True, {"max_span": 96}),
+], ids=["bf16-finch", "fp32-eagle-packed", "fp16-N128", "bf16-sub64", "bf16-whole", "fp32-eagle-packed-whole"])
 def test_kernels_compile_for_hopper(dtype, N, static_w, packed, launch, monkeypatch):
     for key, val in launch.items():
         monkeypatch.setitem(chunk.LAUNCH, key, val)
     launches = wkv_launches(dtype, N, static_w, packed)
-    assert {fn.__name__ for fn, _, _ in launches} == KERNELS
+    expected = KERNELS | (WHOLE_CHUNK_KERNELS if chunk.LAUNCH["max_span"] >= 0 else set())
+    assert {fn.__name__ for fn, _, _ in launches} == expected
     for fn, args, kwargs in launches:
         compiled = compile_launch(fn, args, kwargs)
         assert compiled.metadata.num_warps == kwargs["num_warps"]

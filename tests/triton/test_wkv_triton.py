@@ -152,6 +152,7 @@ def test_chunk_whole_chunk_and_level_paths(dtype, monkeypatch):
         return out
 
     monkeypatch.setattr(chunk, "chunk_wkv_fwd", spy)
+    monkeypatch.setitem(chunk.LAUNCH, "max_span", 96)
     tol = TOL[dtype]
     _assert_close(check_fwd_bwd(_chunk(BT), inputs, h0), tol)
     assert flags[-1].tolist() == [[0, 0], [1, 1], [0, 0], [1, 1], [0, 0]]
