@@ -235,6 +235,14 @@ def time_variants(variants, baseline, bw, with_fla=True):
         finally:
             chunk_mod.LAUNCH.clear()
             chunk_mod.LAUNCH.update(saved)
+    if with_fla and chunk_rwkv6 is not None:
+        fla = lambda r, k, v, w, u: chunk_rwkv6(r, k, v, w, u, scale=1.0,                 # noqa: E731
+                                                output_final_state=True)
+        with torch.no_grad():
+            t_f = bench(lambda: fla(*xs))
+        t_fb = bench(fwd_bwd(fla, xs))
+        rows.append({"variant": "fla chunk_rwkv6", "fwd": t_f, "fwdbwd": t_fb})
+        print(f"| fla chunk_rwkv6 | {t_f:.3f} | {t_fb:.3f} | | |", flush=True)
     return rows
 
 
