@@ -6,18 +6,19 @@ Layering (as in flash-linear-attention): Triton kernels -> host functions `chunk
 Algorithm (derivations in kernels/README.md, "Chunked Triton kernels"). Each (chunk, head) takes one
 of two paths, chosen on the GPU by `_fwd_whole_kernel` and recorded in per-chunk flags: the whole-chunk
 factored form (one reference row for the chunk, every product M = BT) while the chunk's half-chunk
-decay is bounded (LAUNCH["max_span"]), else the sub-block level kernels, exact for any decay.
+decay is bounded (LAUNCH["max_span"]; < 0, the default until the path has run on a GPU, turns it
+off), else the sub-block level kernels, exact for any decay.
   forward   1. `_fwd_state_kernel`: one program per (sequence, head, value slice) scans the chunks of
                BT tokens and stores the state at the start of every chunk (fp32) and the final state.
            1b. `_fwd_whole_kernel`: one program per (chunk, head): the chunk's span; if bounded, its
                output from the chunk-start state and the factored in-chunk scores; else the flag.
             2. `_fwd_out_kernel` (flagged chunks): one program per (chunk, head) starts from the
-               stored chunk state and walks the chunk in sub-blocks of BS tokens (16; LAUNCH["sub"]): inter-block part by
-               `tl.dot` against the running state; in-block part by levels (`_intra_scores`): the pairs
-               s < t are split by the highest differing index bit G = BS/2, ..., 2, 1, and each level is
-               one masked tensor-core product of r and k decayed to a reference row between s and t
-               (every exponent <= 0). When a backward will run, it also stores these in-block scores
-               (BS fp32 per token and head) for dv.
+               stored chunk state and walks the chunk in sub-blocks of BS tokens (16; LAUNCH["sub"]):
+               inter-block part by `tl.dot` against the running state; in-block part by levels
+               (`_intra_scores`): the pairs s < t are split by the highest differing index bit
+               G = BS/2, ..., 2, 1, and each level is one masked tensor-core product of r and k
+               decayed to a reference row between s and t (every exponent <= 0). When a backward
+               will run, it also stores these in-block scores (BS fp32 per token and head) for dv.
   backward  3. `_bwd_state_kernel`: reverse scan of the state gradient; stores the gradient at the end
                of every chunk, and dh0.
            3b. `_bwd_whole_kernel` (unflagged chunks): dr, dk, dv, dw and du of a chunk at once.
@@ -468,7 +469,7 @@ def _bwd_whole_kernel(r, k, v, w, u, do, states, dstates, flags, dr, dk, dv, dw,
     off = bos * s_x + i_h * N
     # each gradient is stored as soon as it is complete, to keep few [BT, N] tiles live at once
     w_b = _load_block(w + bos * s_w + i_h * N, t0, L, s_w, BT, N) * LOG2E
-    a, b, span = _chunk_exponents(w_b, BT)
+    a, b, _ = _chunk_exponents(w_b, BT)
     to_end = tl.exp2(_to_end(w_b))
     r_b = _load_block(r + off, t0, L, s_x, BT, N)
     k_b = _load_block(k + off, t0, L, s_x, BT, N)
@@ -507,7 +508,8 @@ def _bwd_whole_kernel(r, k, v, w, u, do, states, dstates, flags, dr, dk, dv, dw,
     rdr = r_b * dr_b
     _store_block(dr + off, dr_b + u_h[None, :] * k_b * vdo, t0, L, s_x, BT, N)
     # dw[s] = Q_end + sum_{t>s} r*dr - sum_{m>=s} k*dk
-    dw_b = q_end[None, :] + (tl.cumsum(rdr, axis=0, reverse=True) - rdr) - tl.cumsum(kdk, axis=0, reverse=True)
+    dw_b = q_end[None, :] + (tl.cumsum(rdr, axis=0, reverse=True) - rdr) \
+        - tl.cumsum(kdk, axis=0, reverse=True)
     _store_block(dw + off, dw_b, t0, L, s_x, BT, N)
 
 

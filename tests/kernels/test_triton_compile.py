@@ -46,7 +46,8 @@ WHOLE_CHUNK_KERNELS = {"_fwd_whole_kernel", "_bwd_whole_kernel"}   # launched wh
     (torch.bfloat16, 64, False, False, {"sub": 64}),   # sub-blocks of a whole chunk (M = 64 levels)
     (torch.bfloat16, 64, False, False, {"max_span": 96}),   # the whole-chunk factored kernels
     (torch.float32, 64, True, True, {"max_span": 96}),
-], ids=["bf16-finch", "fp32-eagle-packed", "fp16-N128", "bf16-sub64", "bf16-whole", "fp32-eagle-packed-whole"])
+], ids=["bf16-finch", "fp32-eagle-packed", "fp16-N128", "bf16-sub64", "bf16-whole",
+        "fp32-eagle-packed-whole"])
 def test_kernels_compile_for_hopper(dtype, N, static_w, packed, launch, monkeypatch):
     for key, val in launch.items():
         monkeypatch.setitem(chunk.LAUNCH, key, val)
