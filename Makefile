@@ -24,6 +24,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q tests --ignore=tests/triton
 	TRITON_INTERPRET=1 $(PY) -m pytest -q tests/triton
+	# the same kernel tests with the whole-chunk path on (opt-in until it has run on a GPU)
+	TRITON_INTERPRET=1 $(PY) -m pytest -q tests/triton --wkv-launch max_span=96
 
 # on a CUDA machine: the GPU tests and the WKV benchmark (results go in BENCHMARKS.md)
 gpu-test: $(STAMP)
