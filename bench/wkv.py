@@ -28,6 +28,7 @@ import triton
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kernels import wkv_chunked, wkv_decode_            # noqa: E402
 from kernels.triton import chunk_wkv                    # noqa: E402
+from kernels.triton.testing import forward_outputs      # noqa: E402
 
 try:
     from fla.ops.rwkv6 import chunk_rwkv6, fused_recurrent_rwkv6
@@ -79,6 +80,13 @@ def train_floor_bytes(B, T, H, N, elt=2):
     return 5 * act + 2 * state, 14 * act + 5 * state   # forward; forward + backward
 
 
+def train_inputs(B, T, H, N):
+    """r, k, v, w, u requiring gradients, with an output and a final-state gradient cached for fwd_bwd."""
+    do_cache[(B, T, H, N)] = torch.randn(B, T, H, N, device="cuda", dtype=torch.bfloat16)
+    dht_cache[(B, H, N, N)] = torch.randn(B, H, N, N, device="cuda")
+    return inputs(B, T, H, N, grad=True)
+
+
 def fwd_bwd(f, xs):
     def run():
         o, ht = f(*xs)
@@ -91,9 +99,7 @@ do_cache, dht_cache = {}, {}
 
 def time_train(B, T, H, N, bw, with_torch):
     row = {"shape": f"B{B} T{T} H{H} N{N}"}
-    xs = inputs(B, T, H, N, grad=True)
-    do_cache[(B, T, H, N)] = torch.randn(B, T, H, N, device="cuda", dtype=torch.bfloat16)
-    dht_cache[(B, H, N, N)] = torch.randn(B, H, N, N, device="cuda")
+    xs = train_inputs(B, T, H, N)
     ours = lambda r, k, v, w, u: chunk_wkv(r, k, v, w, u)                          # noqa: E731
     with torch.no_grad():
         row["ours_fwd"] = bench(lambda: ours(*xs))
@@ -195,9 +201,7 @@ def parse_settings(text):
 def time_variants(variants, baseline, bw, with_fla=True):
     """Headline shape: ours per variant (and a baseline file), fla once."""
     B, T, H, N = TRAIN_SHAPES[0]
-    xs = inputs(B, T, H, N, grad=True)
-    do_cache[(B, T, H, N)] = torch.randn(B, T, H, N, device="cuda", dtype=torch.bfloat16)
-    dht_cache[(B, H, N, N)] = torch.randn(B, H, N, N, device="cuda")
+    xs = train_inputs(B, T, H, N)
     fb, fbb = train_floor_bytes(B, T, H, N)
     print(f"variants at B{B} T{T} H{H} N{N} (bf16); floor fwd {fb / bw * 1e3:.3f} ms, "
           f"fwd+bwd {fbb / bw * 1e3:.3f} ms", flush=True)
@@ -252,9 +256,7 @@ def profile_kernels(steps=5):
     from torch.profiler import ProfilerActivity, profile
     from kernels.triton import chunk as chunk_mod
     B, T, H, N = TRAIN_SHAPES[0]
-    xs = inputs(B, T, H, N, grad=True)
-    do_cache[(B, T, H, N)] = torch.randn(B, T, H, N, device="cuda", dtype=torch.bfloat16)
-    dht_cache[(B, H, N, N)] = torch.randn(B, H, N, N, device="cuda")
+    xs = train_inputs(B, T, H, N)
     step = fwd_bwd(lambda r, k, v, w, u: chunk_wkv(r, k, v, w, u), xs)
     step()
     torch.cuda.synchronize()
@@ -267,10 +269,9 @@ def profile_kernels(steps=5):
     for name, ms in sorted(rows, key=lambda x: -x[1]):
         if ms > 0.001:
             print(f"  {ms:8.3f}  {name[:90]}")
-    lay = chunk_mod._Layout(xs[0], xs[3], None, 64)
-    with torch.no_grad():
-        flags = chunk_mod.chunk_wkv_fwd(*[x.detach() for x in xs], None, lay, "tf32", split=True)[3]
-    print(f"  chunks flagged for the level kernels: {flags.float().mean().item():.4f}")
+    with torch.no_grad(), forward_outputs() as calls:
+        chunk_wkv(*xs)
+    print(f"  chunks flagged for the level kernels: {calls[0][3].float().mean().item():.4f}")
 
 
 def main():

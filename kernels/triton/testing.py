@@ -1,6 +1,6 @@
 """Test helpers shared by tests/triton (CPU interpreter), tests/gpu and tests/kernels: inputs, the fp64
-oracle, and compiling the kernels for a GPU on a machine without one (`recorded_launches`,
-`compile_launch`)."""
+oracle, the forward's outputs as the autograd function sees them (`forward_outputs`), and compiling the
+kernels for a GPU on a machine without one (`recorded_launches`, `compile_launch`)."""
 import contextlib
 
 import torch
@@ -20,6 +20,25 @@ def make_inputs(B, T, H, N, dtype, device, decay="normal", static_w=False, seed=
     w_log = -torch.exp(raw)
     u = torch.randn(H, N, generator=g) * 0.5
     return [x.to(device=device, dtype=dtype) for x in (r, k, v, w_log, u)]
+
+
+@contextlib.contextmanager
+def forward_outputs():
+    """Within the block, every `chunk_wkv_fwd` call (the host function behind `chunk_wkv`) appends
+    its outputs (o, ht, states, flags, scores) to the yielded list."""
+    from . import chunk
+    calls, original = [], chunk.chunk_wkv_fwd
+
+    def spy(*args, **kwargs):
+        out = original(*args, **kwargs)
+        calls.append(out)
+        return out
+
+    chunk.chunk_wkv_fwd = spy
+    try:
+        yield calls
+    finally:
+        chunk.chunk_wkv_fwd = original
 
 
 def rel_err(a, b):

@@ -14,7 +14,8 @@ if os.environ.get("TRITON_INTERPRET", "0") != "1" and not torch.cuda.is_availabl
 
 from kernels import wkv, wkv_reference                                 # noqa: E402
 from kernels.triton import chunk, chunk_wkv, wkv_decode_               # noqa: E402
-from kernels.triton.testing import assert_close, check_fwd_bwd, make_inputs, rel_err  # noqa: E402
+from kernels.triton.testing import (assert_close, check_fwd_bwd, forward_outputs,    # noqa: E402
+                                    make_inputs, rel_err)
 
 DEV = "cuda" if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1" else "cpu"
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3}
@@ -143,46 +144,30 @@ def test_chunk_whole_chunk_and_level_paths(dtype, monkeypatch):
     strong_rows = ((rows // BT) % 2 == 1)[None, :, None, None]          # chunks 1 and 3
     inputs[3] = torch.where(strong_rows, strong, inputs[3])
     h0 = torch.randn(B, H, N, N, device=DEV)
-    flags = []
-    fwd = chunk.chunk_wkv_fwd
-
-    def spy(*args, **kwargs):
-        out = fwd(*args, **kwargs)
-        flags.append(out[3].clone())
-        return out
-
-    monkeypatch.setattr(chunk, "chunk_wkv_fwd", spy)
     monkeypatch.setitem(chunk.LAUNCH, "max_span", 96)
     tol = TOL[dtype]
-    _assert_close(check_fwd_bwd(_chunk(BT), inputs, h0), tol)
-    assert flags[-1].tolist() == [[0, 0], [1, 1], [0, 0], [1, 1], [0, 0]]
+    with forward_outputs() as calls:
+        _assert_close(check_fwd_bwd(_chunk(BT), inputs, h0), tol)
+    assert calls[0][3].tolist() == [[0, 0], [1, 1], [0, 0], [1, 1], [0, 0]]
     for limit, flag in ((-1, 1), (1e9, 0)):      # every chunk on one path (weak decays only for 0)
         monkeypatch.setitem(chunk.LAUNCH, "max_span", limit)
         weak = make_inputs(B, T, H, N, dtype, DEV, decay="weak", seed=14)
-        _assert_close(check_fwd_bwd(_chunk(BT), weak, h0), tol)
-        assert flags[-1].eq(flag).all()
+        with forward_outputs() as calls:
+            _assert_close(check_fwd_bwd(_chunk(BT), weak, h0), tol)
+        assert calls[0][3].eq(flag).all()
 
 
 def test_chunk_scores_kept_only_for_a_backward(monkeypatch):
     """The forward stores its in-block scores for dv only when a backward can run; the output is the
     same either way, and the backward refuses to run without them."""
     r, k, v, w, u = make_inputs(1, 40, 1, 16, torch.float32, DEV, seed=9)
-    stored = []
-    fwd = chunk.chunk_wkv_fwd
-
-    def spy(*args, **kwargs):
-        out = fwd(*args, **kwargs)
-        stored.append(out[4] is not None)
-        return out
-
-    monkeypatch.setattr(chunk, "chunk_wkv_fwd", spy)
-    chunk_wkv(r, k, v, w, u, chunk_size=32)                      # nothing requires a gradient
-    with torch.no_grad():
-        chunk_wkv(r, k, v, w.requires_grad_(), u, chunk_size=32)  # no backward under no_grad
-    chunk_wkv(r, k, v, w, u, chunk_size=32)                      # w's gradient: a backward can run
-    assert stored == [False, False, True]
+    with forward_outputs() as calls:
+        chunk_wkv(r, k, v, w, u, chunk_size=32)                      # nothing requires a gradient
+        with torch.no_grad():
+            chunk_wkv(r, k, v, w.requires_grad_(), u, chunk_size=32)  # no backward under no_grad
+        chunk_wkv(r, k, v, w, u, chunk_size=32)                      # w's gradient: a backward can run
+    assert [out[4] is not None for out in calls] == [False, False, True]
     w.requires_grad_(False)
-    monkeypatch.undo()
 
     monkeypatch.setitem(chunk.LAUNCH, "max_span", -1)    # every chunk through the level kernels
     lay = chunk._Layout(r, w, None, 32)
