@@ -14,7 +14,7 @@ os.environ.pop("RWKV_V7_ON", None)
 def pytest_addoption(parser):
     parser.addoption("--wkv-launch", default="default",
                      help="Triton WKV launch settings NAME=VALUE+... (kernels.triton.chunk.LAUNCH) for every "
-                          "test of this run, e.g. `pytest tests/gpu --wkv-launch max_span=96`")
+                          "test of this run, e.g. `pytest tests/gpu --wkv-launch max_span=-1`")
 
 
 @pytest.fixture(autouse=True)

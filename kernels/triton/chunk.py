@@ -6,12 +6,13 @@ Layering (as in flash-linear-attention): Triton kernels -> host functions `chunk
 Algorithm (derivations in kernels/README.md, "Chunked Triton kernels"). Each (chunk, head) takes one
 of two paths, chosen on the GPU by `_fwd_whole_kernel` and recorded in per-chunk flags: the whole-chunk
 factored form (one reference row for the chunk, every product M = BT) while the chunk's half-chunk
-decay is bounded (LAUNCH["max_span"]; < 0, the default until the path has run on a GPU, turns it
-off), else the sub-block level kernels, exact for any decay.
+decay is bounded (LAUNCH["max_span"]; < 0 turns it off; fp16 inputs, whose plain tf32 products are
+not accurate enough for it, never take it), else the sub-block level kernels, exact for any decay.
   forward   1. `_fwd_state_kernel`: one program per (sequence, head, value slice) scans the chunks of
                BT tokens and stores the state at the start of every chunk (fp32) and the final state.
            1b. `_fwd_whole_kernel`: one program per (chunk, head): the chunk's span; if bounded, its
                output from the chunk-start state and the factored in-chunk scores; else the flag.
+               Its sums of log decays are 0/+-1-matrix products (`_row_sums`), not scans.
             2. `_fwd_out_kernel` (flagged chunks): one program per (chunk, head) starts from the
                stored chunk state and walks the chunk in sub-blocks of BS tokens (16; LAUNCH["sub"]):
                inter-block part by `tl.dot` against the running state; in-block part by levels
@@ -294,20 +295,53 @@ def _intra_dkdv(r, k, v, do, w_l, A, BS: tl.constexpr, LEVELS: tl.constexpr, PRE
 
 
 @triton.jit
-def _chunk_exponents(w, BT: tl.constexpr):
+def _row_sums(sel, w_r, SPLIT: tl.constexpr, PREC: tl.constexpr):
+    """sel @ w in log2 units, sel a [BT, BT] matrix of 0 and +-1 (exact in bf16 and tf32): sums of
+    log decays over chosen rows as one tensor-core product instead of a `tl.cumsum`, whose scan
+    across warps costs more instructions than the whole product. SPLIT: w_r holds the raw
+    bf16-exact natural-log decays: one bf16 product (exact products, fp32 sums), scaled to log2
+    after the sum; else w_r in log2 units, product at PREC (the whole-chunk path runs only at
+    fp32-accurate tf32x3 or ieee then, `_max_span`)."""
+    if SPLIT:
+        out = _bdot(sel.to(tl.bfloat16), w_r.to(tl.bfloat16), None, SPLIT) * LOG2E
+    else:
+        out = tl.dot(sel, w_r, input_precision=PREC)
+    return out
+
+
+@triton.jit
+def _chunk_exponents(w_r, BT: tl.constexpr, SPLIT: tl.constexpr, PREC: tl.constexpr,
+                     PRODUCTS: tl.constexpr):
     """Whole-chunk factored form: with R = BT/2 - 1 the reference row, the in-chunk decay of a pair
     s < t is 2^(gb_t - g_s) = 2^a[t] * 2^b[s] with a[t] = gb_t - g_R and b[s] = g_R - g_s. Both are
     direct sums of w over one half of the chunk (never differences of prefix sums). Returns a, b
     [BT, N] and span, the largest |half-chunk sum| of any channel: every |a|, |b| <= span, so the
-    factors stay in fp32's range while span is bounded (`_fwd_whole_kernel` checks it)."""
-    upper = (tl.arange(0, BT) >= BT // 2)[:, None]
-    up = tl.cumsum(tl.where(upper, w, 0.), axis=0)                    # rows >= BT/2: sum of w from BT/2 to t
-    low = tl.cumsum(tl.where(upper, 0., w), axis=0, reverse=True)     # rows < BT/2: sum of w from t to R
-    a = tl.where(upper, up - w, -low)
-    b = tl.where(upper, -up, low - w)
-    span = -tl.min(tl.minimum(up, low))
+    factors stay in fp32's range while span is bounded (`_fwd_whole_kernel` checks it).
+    w_r as for `_row_sums`. PRODUCTS: the sums as 0/+-1-matrix products (the forward: 0.915 ms
+    against 1.098 with scans, run 19); else `tl.cumsum` scans (the backward, whose registers the
+    product accumulators overfill: 1.5 KB of spills, 5.92 ms against 3.80, run 19)."""
+    t = tl.arange(0, BT)[:, None]
+    H2: tl.constexpr = BT // 2
+    upper = t >= H2
+    if PRODUCTS:
+        m = tl.arange(0, BT)[None, :]
+        # a: upper rows + sum of w over [BT/2, t), lower rows - sum over [t, BT/2)
+        sel_a = tl.where(upper, tl.where((m >= H2) & (m < t), 1.0, 0.0),
+                         tl.where((m >= t) & (m < H2), -1.0, 0.0))
+        # b: upper rows - sum of w over [BT/2, s], lower rows + sum over (s, BT/2)
+        sel_b = tl.where(upper, tl.where((m >= H2) & (m <= t), -1.0, 0.0),
+                         tl.where((m > t) & (m < H2), 1.0, 0.0))
+        a = _row_sums(sel_a, w_r, SPLIT, PREC)
+        b = _row_sums(sel_b, w_r, SPLIT, PREC)
+        span = tl.max(tl.max(tl.maximum(a, b), axis=1), axis=0)   # b's last row, a's first
+    else:
+        w = w_r * LOG2E if SPLIT else w_r
+        up = tl.cumsum(tl.where(upper, w, 0.), axis=0)                 # rows >= BT/2: sum from BT/2 to t
+        low = tl.cumsum(tl.where(upper, 0., w), axis=0, reverse=True)  # rows < BT/2: sum from t to R
+        a = tl.where(upper, up - w, -low)
+        b = tl.where(upper, -up, low - w)
+        span = -tl.min(tl.minimum(up, low))
     return a, b, span
-
 
 
 # ---------------------------------------------------------------------------------------------
@@ -355,8 +389,10 @@ def _fwd_whole_kernel(r, k, v, w, u, o, states, flags, cu_seqlens, chunk_offsets
     (log2 units) is flagged (flags[chunk, h] = 1) and left to `_fwd_out_kernel`."""
     i_h, c, bos, L, gc = _chunk_ids(cu_seqlens, chunk_offsets, chunk_indices, T, H, BT, IS_VARLEN)
     t0 = c * BT
-    w_b = _load_block(w + bos * s_w + i_h * N, t0, L, s_w, BT, N) * LOG2E
-    a, b, span = _chunk_exponents(w_b, BT)
+    w_r = _load_block(w + bos * s_w + i_h * N, t0, L, s_w, BT, N)
+    if not SPLIT:
+        w_r = w_r * LOG2E   # `_row_sums`: log2 units unless split
+    a, b, span = _chunk_exponents(w_r, BT, SPLIT, PREC, True)
     flagged = span > MAX_SPAN
     tl.store(flags + gc * H + i_h, flagged.to(tl.int32))
     if flagged:
@@ -368,9 +404,9 @@ def _fwd_whole_kernel(r, k, v, w, u, o, states, flags, cu_seqlens, chunk_offsets
     v_b = _load_block(v + off, t0, L, s_x, BT, N)
     u_h = tl.load(u + i_h * N + tl.arange(0, N)).to(tl.float32)
     S = _load_state(states + (gc * H + i_h) * N * N, N)
-    gb = tl.cumsum(w_b, axis=0) - w_b
-    o_b = _mm(r_b * tl.exp2(gb), S, False, False, SPLIT_S, PREC)
     causal = tl.arange(0, BT)[None, :] < tl.arange(0, BT)[:, None]
+    gb = _row_sums(tl.where(causal, 1.0, 0.0), w_r, SPLIT, PREC)
+    o_b = _mm(r_b * tl.exp2(gb), S, False, False, SPLIT_S, PREC)
     A = tl.where(causal, _mm(r_b * tl.exp2(a), tl.trans(k_b * tl.exp2(b)), False, False, SPLIT, PREC), 0.)
     o_b += _mm(A, v_b, False, True, SPLIT, PREC)
     o_b += tl.sum(r_b * u_h[None, :] * k_b, axis=1)[:, None] * v_b
@@ -468,8 +504,11 @@ def _bwd_whole_kernel(r, k, v, w, u, do, states, dstates, flags, dr, dk, dv, dw,
     s_x = H * N
     off = bos * s_x + i_h * N
     # each gradient is stored as soon as it is complete, to keep few [BT, N] tiles live at once
-    w_b = _load_block(w + bos * s_w + i_h * N, t0, L, s_w, BT, N) * LOG2E
-    a, b, _ = _chunk_exponents(w_b, BT)
+    w_r = _load_block(w + bos * s_w + i_h * N, t0, L, s_w, BT, N)
+    if not SPLIT:
+        w_r = w_r * LOG2E
+    a, b, _ = _chunk_exponents(w_r, BT, SPLIT, PREC, False)
+    w_b = w_r * LOG2E if SPLIT else w_r
     to_end = tl.exp2(_to_end(w_b))
     r_b = _load_block(r + off, t0, L, s_x, BT, N)
     k_b = _load_block(k + off, t0, L, s_x, BT, N)
@@ -632,16 +671,17 @@ def _bwd_dkdv_kernel(r, k, v, w, u, do, dstates, scores, flags, dk, dv, dwbuf, d
 # mma.sync; 64: the whole chunk at once, every product M = 64 on wgmma and far fewer barriers
 # (bench/kernel_resources.py: 37 instead of 141 in _fwd_out_kernel) but 6 levels of [64, 64] products
 # and more spills; not yet timed.
-# "fwd_whole", "bwd_whole": the whole-chunk kernels, M = 64 products on wgmma at 8 warps; "max_span":
-# their bound on a chunk's half-chunk decay (log2 units; `_max_span`; < 0 sends every chunk to the
-# level kernels, the kernels before the whole-chunk path). Opt-in (96) until tests/gpu has passed and
-# bench/wkv.py has timed it on the device: both are prepared (BENCHMARKS.md), no device could be had
-# in the session that wrote it. Interpreter tests and the sm_90 compile test cover both paths.
+# "fwd_whole", "bwd_whole": the whole-chunk kernels, M = 64 products on wgmma; "max_span": their
+# bound on a chunk's half-chunk decay (log2 units; `_max_span`; < 0 sends every chunk to the level
+# kernels). H100, headline shape, 0.25 % of chunks flagged (BENCHMARKS.md runs 18-19): on the level
+# kernels alone fwd 1.643 ms, fwd+bwd 5.920; whole-chunk at 8 + 8 warps 1.457 / 5.244; forward at 4
+# warps (2 blocks per SM) 1.098 fwd, and 0.915 with its sums as products; the backward at 4 warps
+# spills (7.858 fwd+bwd), so it stays at 8.
 # "maxnreg_<kernel>": a register cap (0: none; N = 64 only). 168 lets 3 blocks of 4 warps share an SM
 # instead of 2: faster for _fwd_out_kernel and _bwd_dr_kernel despite the spills, slower for
 # _bwd_dkdv_kernel (run 13).
-LAUNCH = {"fwd_state": 4, "fwd_whole": 8, "fwd_out": 4, "bwd_state": 4, "bwd_whole": 8, "bwd_dr": 4,
-          "bwd_dkdv": 4, "scan_bv": 64, "split": 1, "split_state": 7, "sub": 16, "max_span": -1,
+LAUNCH = {"fwd_state": 4, "fwd_whole": 4, "fwd_out": 4, "bwd_state": 4, "bwd_whole": 8, "bwd_dr": 4,
+          "bwd_dkdv": 4, "scan_bv": 64, "split": 1, "split_state": 7, "sub": 16, "max_span": 96,
           "maxnreg_fwd_state": 0, "maxnreg_fwd_out": 168, "maxnreg_bwd_state": 0, "maxnreg_bwd_dr": 168,
           "maxnreg_bwd_dkdv": 0, "maxnreg_fwd_whole": 0, "maxnreg_bwd_whole": 0}
 
@@ -705,11 +745,11 @@ def prepare_chunks(cu_seqlens, chunk_size, cu_seqlens_cpu=None):
 class _Layout:
     """Shapes and index tables shared by forward and backward."""
 
-    def __init__(self, r, w, cu_seqlens, chunk_size, cu_seqlens_cpu=None):
+    def __init__(self, r, w, cu_seqlens, chunk_size, cu_seqlens_cpu=None, prec="ieee", split=False):
         B, T, H, N = r.shape
         self.B, self.T, self.H, self.N, self.BT = B, T, H, N, chunk_size
         self.static_w = w.dim() == 2
-        self.max_span = _max_span(r.dtype)
+        self.max_span = _max_span(r.dtype, prec, split)
         self.whole = self.max_span >= 0   # False: every chunk takes the level kernels
         self.s_w = 0 if self.static_w else H * N
         self.varlen = cu_seqlens is not None
@@ -741,12 +781,17 @@ def _split_flags(split, kernel):
     return sp, (sp if LAUNCH["split_state"] & SPLIT_STATE_BITS[kernel] else 0)
 
 
-def _max_span(dtype):
+def _max_span(dtype, prec, split):
     """Largest half-chunk decay (log2 units) `_fwd_whole_kernel` takes in the factored form: its
     factors 2^a, 2^b lie in [2^-span, 2^span], far inside fp32's range (and their bf16 lo parts too)
     for 16-bit inputs; for fp32 inputs a tighter bound keeps the exponents' own rounding (relative to
-    span) at fp32 accuracy. LAUNCH["max_span"] < 0 sends every chunk to the level kernels."""
+    span) at fp32 accuracy. Plain tf32 dots (fp16 inputs, or bf16 without split products) round the
+    factored operands r 2^a, k 2^b to 11 bits, which the chunk-local dw identity amplifies past
+    2e-3 (fp16: 2.04e-3 on the device, run 18): those calls keep every chunk on the level kernels,
+    as does LAUNCH["max_span"] < 0."""
     limit = LAUNCH["max_span"]
+    if prec == "tf32" and not (split and LAUNCH["split"]):
+        return -1.0
     return float(limit if dtype in (torch.bfloat16, torch.float16) else min(limit, 16))
 
 
@@ -835,7 +880,7 @@ class ChunkWKVFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, r, k, v, w, u, h0, cu_seqlens, chunk_size, cu_seqlens_cpu, prec, poison, split,
                 store_scores):
-        lay = _Layout(r, w, cu_seqlens, chunk_size, cu_seqlens_cpu)
+        lay = _Layout(r, w, cu_seqlens, chunk_size, cu_seqlens_cpu, prec, split)
         o, ht, states, flags, scores = chunk_wkv_fwd(r, k, v, w, u, h0, lay, prec, poison, split,
                                                      store_scores)
         ctx.save_for_backward(r, k, v, w, u, states, flags, scores)

@@ -1,7 +1,8 @@
 """Triton WKV kernels on the GPU at real shapes (skipped without CUDA): bf16 and fp32 against the fp64
 oracle, packed sequences, T = 65536 with strong decays, decode. Run on the device:
-    python -m pytest -q tests/gpu tests/triton [--wkv-launch max_span=96]
-(`--wkv-launch` sets kernels.triton.chunk.LAUNCH entries for the run: there, the whole-chunk path.)
+    python -m pytest -q tests/gpu tests/triton [--wkv-launch max_span=-1]
+(`--wkv-launch` sets kernels.triton.chunk.LAUNCH entries for the run: there, every chunk on the level
+kernels.)
 Kernel buffers are NaN-poisoned here too (`poison=True`), so an element a kernel misses fails."""
 import pytest
 import torch

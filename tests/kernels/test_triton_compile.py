@@ -36,23 +36,25 @@ if not _ptxas_runs():
 
 KERNELS = {"_fwd_state_kernel", "_fwd_out_kernel", "_bwd_state_kernel", "_bwd_dr_kernel",
            "_bwd_dkdv_kernel", "_decode_kernel"}
-WHOLE_CHUNK_KERNELS = {"_fwd_whole_kernel", "_bwd_whole_kernel"}   # launched when LAUNCH["max_span"] >= 0
+WHOLE_CHUNK_KERNELS = {"_fwd_whole_kernel", "_bwd_whole_kernel"}
 
 
-@pytest.mark.parametrize("dtype,N,static_w,packed,launch", [
-    (torch.bfloat16, 64, False, False, {}),   # the training default: bf16 split products, register caps
-    (torch.float32, 64, True, True, {}),      # Eagle, packed sequences, tf32x3 products
-    (torch.float16, 128, False, False, {}),   # a larger head: 8 warps
-    (torch.bfloat16, 64, False, False, {"sub": 64}),   # sub-blocks of a whole chunk (M = 64 levels)
-    (torch.bfloat16, 64, False, False, {"max_span": 96}),   # the whole-chunk factored kernels
-    (torch.float32, 64, True, True, {"max_span": 96}),
-], ids=["bf16-finch", "fp32-eagle-packed", "fp16-N128", "bf16-sub64", "bf16-whole",
-        "fp32-eagle-packed-whole"])
-def test_kernels_compile_for_hopper(dtype, N, static_w, packed, launch, monkeypatch):
+# whole: the call launches the whole-chunk kernels (LAUNCH["max_span"] >= 0 and exact enough dots:
+# bf16 split products or fp32's tf32x3, not fp16's plain tf32)
+@pytest.mark.parametrize("dtype,N,static_w,packed,launch,whole", [
+    (torch.bfloat16, 64, False, False, {}, True),   # the training default: bf16 split products
+    (torch.float32, 64, True, True, {}, True),      # Eagle, packed sequences, tf32x3 products
+    (torch.float16, 128, False, False, {}, False),  # a larger head: 8 warps; plain tf32: levels only
+    (torch.bfloat16, 64, False, False, {"max_span": -1}, False),   # the level kernels alone
+    (torch.float32, 64, True, True, {"max_span": -1}, False),
+    (torch.bfloat16, 64, False, False, {"max_span": -1, "sub": 64}, False),   # M = 64 levels
+], ids=["bf16-finch", "fp32-eagle-packed", "fp16-N128", "bf16-levels", "fp32-eagle-packed-levels",
+        "bf16-levels-sub64"])
+def test_kernels_compile_for_hopper(dtype, N, static_w, packed, launch, whole, monkeypatch):
     for key, val in launch.items():
         monkeypatch.setitem(chunk.LAUNCH, key, val)
     launches = wkv_launches(dtype, N, static_w, packed)
-    expected = KERNELS | (WHOLE_CHUNK_KERNELS if chunk.LAUNCH["max_span"] >= 0 else set())
+    expected = KERNELS | (WHOLE_CHUNK_KERNELS if whole else set())
     assert {fn.__name__ for fn, _, _ in launches} == expected
     for fn, args, kwargs in launches:
         compiled = compile_launch(fn, args, kwargs)
