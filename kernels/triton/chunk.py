@@ -789,9 +789,9 @@ def _max_span(dtype, prec, split):
     factored operands r 2^a, k 2^b to 11 bits, which the chunk-local dw identity amplifies past
     2e-3 (fp16: 2.04e-3 on the device, run 18): those calls keep every chunk on the level kernels,
     as does LAUNCH["max_span"] < 0."""
-    limit = LAUNCH["max_span"]
-    if prec == "tf32" and not (split and LAUNCH["split"]):
+    if prec == "tf32" and not _split_flags(split, "fwd_out")[0]:
         return -1.0
+    limit = LAUNCH["max_span"]
     return float(limit if dtype in (torch.bfloat16, torch.float16) else min(limit, 16))
 
 
