@@ -2,14 +2,14 @@
 chunked PyTorch path, in one process, bf16 inputs, fp32 state, `triton.testing.do_bench` medians.
 
     python bench/wkv.py [--quick] [--json out.json] [--launch scan_bv=64+split_state=3]
-    python bench/wkv.py --variants default,dot=tf32x3,fwd_out=8+bwd_dr=8 [--baseline old_chunk.py]
+    python bench/wkv.py --variants default,dot=tf32x3,fwd_out=8+bwd_dr=8 [--baseline old.py,other.py]
 
 `--variants` times the chunked kernels at the headline shape once per comma-separated entry, each
 `default` or settings `NAME=VALUE[+NAME=VALUE...]`: `dot=P` passes dot_precision=P to chunk_wkv, and a
 key of kernels.triton.chunk.LAUNCH sets that entry for the call (fwd_out, bwd_dkdv, ...: a kernel's
 num_warps; scan_bv; split, split_state: the bf16 split products, e.g. `split_state=15`);
-`--baseline FILE` adds another version of kernels/triton/chunk.py
-(imported as a sibling module, the first of our rows) to the same run. fla's row comes first, so a
+`--baseline FILE[,FILE...]` adds other versions of kernels/triton/chunk.py
+(each imported as a sibling module, our first rows) to the same run. fla's row comes first, so a
 run cut short keeps it. Each of our rows also gives the relative difference of o and of dr, dk, dv,
 dw from our first row.
 
@@ -176,10 +176,10 @@ DECODE_HEAD = ("| decode step T=1 (bf16 in, fp32 state) | ours µs | ours + slot
                "|---|---|---|---|---|---|---|---|---|---|")
 
 
-def load_baseline(path):
-    """A previous kernels/triton/chunk.py, imported as kernels.triton._baseline (relative imports work)."""
+def load_baseline(path, i=0):
+    """Another kernels/triton/chunk.py, imported as kernels.triton._baseline{i} (relative imports work)."""
     import importlib.util
-    spec = importlib.util.spec_from_file_location("kernels.triton._baseline", path)
+    spec = importlib.util.spec_from_file_location(f"kernels.triton._baseline{i}", path)
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod
     spec.loader.exec_module(mod)
@@ -200,7 +200,7 @@ def parse_settings(text):
 
 
 def time_variants(variants, baseline, bw, with_fla=True):
-    """Headline shape: fla once, then ours per variant (and a baseline file)."""
+    """Headline shape: fla once, then ours per baseline file and per variant."""
     B, T, H, N = TRAIN_SHAPES[0]
     xs = train_inputs(B, T, H, N)
     fb, fbb = train_floor_bytes(B, T, H, N)
@@ -219,8 +219,8 @@ def time_variants(variants, baseline, bw, with_fla=True):
         rows.append({"variant": "fla chunk_rwkv6", "fwd": t_f, "fwdbwd": t_fb})
         print(f"| fla chunk_rwkv6 | {t_f:.3f} | {t_fb:.3f} | | |", flush=True)
     runs = []
-    if baseline:
-        runs.append(("baseline", load_baseline(baseline), {}))
+    for i, path in enumerate(baseline.split(",") if baseline else []):
+        runs.append((Path(path).name, load_baseline(path, i), {}))
     for v in variants:
         prec, launch = parse_settings(v)
         f = (lambda r, k, v, w, u, p=prec: chunk_wkv(r, k, v, w, u, dot_precision=p))
@@ -283,7 +283,8 @@ def main():
     ap.add_argument("--json", default=None)
     ap.add_argument("--variants", default=None,
                     help="default,NAME=VALUE+NAME=VALUE,... (headline shape only)")
-    ap.add_argument("--baseline", default=None, help="previous chunk.py to time alongside --variants")
+    ap.add_argument("--baseline", default=None,
+                    help="other chunk.py files (comma-separated) to time alongside --variants")
     ap.add_argument("--profile", action="store_true", help="per-kernel CUDA times at the headline shape")
     ap.add_argument("--launch", default="default",
                     help="NAME=VALUE+... of kernels.triton.chunk.LAUNCH for the whole run")
