@@ -2,6 +2,7 @@
 chunked PyTorch path, in one process, bf16 inputs, fp32 state, `triton.testing.do_bench` medians.
 
     python bench/wkv.py [--quick] [--json out.json] [--launch scan_bv=64+split_state=3]
+    python bench/wkv.py --compile-only [--quick | --variants ...]   (warm the caches, untimed)
     python bench/wkv.py --variants default,dot=tf32x3,fwd_out=8+bwd_dr=8 [--baseline old.py,other.py]
 
 `--variants` times the chunked kernels at the headline shape once per comma-separated entry, each
@@ -252,6 +253,30 @@ def time_variants(variants, baseline, bw, with_fla=True):
     return rows
 
 
+def compile_kernels(train, decode):
+    """Call fla's and our kernels once at every shape, untimed: compiles (and, for fla, autotunes)
+    everything and fills Triton's disk cache. fla's training kernels alone take over 150 s on a cold
+    H100 (BENCHMARKS.md, run 20): run this in the background while tests/gpu runs, and the timed run
+    after it starts warm."""
+    import time
+    t0 = time.time()
+    ours = lambda r, k, v, w, u: chunk_wkv(r, k, v, w, u)                              # noqa: E731
+    for B, T, H, N in train:
+        xs = train_inputs(B, T, H, N)
+        fwd_bwd(ours, xs)()
+        if chunk_rwkv6 is not None:
+            fwd_bwd(lambda r, k, v, w, u: chunk_rwkv6(r, k, v, w, u, scale=1.0, output_final_state=True),
+                    xs)()
+    for B, H, N in decode:
+        r, k, v, w, u = inputs(B, 1, H, N)
+        state = torch.randn(B, H, N, N, device="cuda")
+        wkv_decode_(r, k, v, w, u, state)
+        if fused_recurrent_rwkv6 is not None:
+            fused_recurrent_rwkv6(r, k, v, w, u, scale=1.0, initial_state=state, output_final_state=True)
+    torch.cuda.synchronize()
+    print(f"compiled every kernel in {time.time() - t0:.0f} s", flush=True)
+
+
 def profile_kernels(steps=5):
     """CUDA time per kernel of chunk_wkv's forward + backward at the headline shape (torch profiler,
     mean over `steps` steps), and the share of chunks the forward flagged for the level kernels."""
@@ -286,6 +311,8 @@ def main():
     ap.add_argument("--baseline", default=None,
                     help="other chunk.py files (comma-separated) to time alongside --variants")
     ap.add_argument("--profile", action="store_true", help="per-kernel CUDA times at the headline shape")
+    ap.add_argument("--compile-only", action="store_true",
+                    help="run every kernel once untimed (compile, autotune, fill the disk cache) and exit")
     ap.add_argument("--launch", default="default",
                     help="NAME=VALUE+... of kernels.triton.chunk.LAUNCH for the whole run")
     args = ap.parse_args()
@@ -307,14 +334,17 @@ def main():
     if args.profile:
         profile_kernels()
         return
+    train = TRAIN_SHAPES[:1] if args.quick or args.variants else TRAIN_SHAPES
+    decode = DECODE_SHAPES[:1] if args.quick else DECODE_SHAPES
+    if args.compile_only:
+        compile_kernels(train, [] if args.variants else decode)
+        return
     if args.variants:
         vrows = time_variants(args.variants.split(","), args.baseline, bw)
         if args.json:
             Path(args.json).write_text(json.dumps({"device": props.name, "commit": commit, "bw": bw,
                                                    "variants": vrows}, indent=1))
         return
-    train = TRAIN_SHAPES[:1] if args.quick else TRAIN_SHAPES
-    decode = DECODE_SHAPES[:1] if args.quick else DECODE_SHAPES
     rows, drows = [], []
     print(DECODE_HEAD, flush=True)
     for shape in decode:

@@ -314,14 +314,15 @@ def _chunk_exponents(w_r, BT: tl.constexpr, SPLIT: tl.constexpr, PREC: tl.conste
                      PRODUCTS: tl.constexpr):
     """Whole-chunk factored form: with R = BT/2 - 1 the reference row, the in-chunk decay of a pair
     s < t is 2^(gb_t - g_s) = 2^a[t] * 2^b[s] with a[t] = gb_t - g_R and b[s] = g_R - g_s. Both are
-    direct sums of w over one half of the chunk (never differences of prefix sums). Returns a, b
+    direct sums of w over one half of the chunk, except in the bf16 backward (below). Returns a, b
     [BT, N] and the half-chunk sums g_lo = g_R (rows < BT/2) and g_hi (rows >= BT/2) [N], both <= 0:
     every |a|, |b| <= span = -min(g_lo, g_hi), so the factors stay in fp32's range while span is
     bounded (`_fwd_whole_kernel` checks it). The other exponents of the chunk follow without scans:
     2^gb = 2^a * 2^g_lo (to the chunk start) and 2^(g_last - g) = 2^b * 2^g_hi (to its end).
     w_r as for `_row_sums`. PRODUCTS: the sums as 0/+-1-matrix products (the forward: 0.915 ms
     against 1.098 with scans, run 19); else `tl.cumsum` scans (the backward, whose registers the
-    product accumulators overfill: 1.5 KB of spills, 5.92 ms against 3.80, run 19)."""
+    product accumulators overfill: 1.5 KB of spills, 5.92 ms against 3.80, run 19): one prefix scan
+    for bf16 inputs, two direct half-chunk scans for fp32 inputs."""
     t = tl.arange(0, BT)[:, None]
     H2: tl.constexpr = BT // 2
     upper = t >= H2
