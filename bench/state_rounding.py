@@ -15,25 +15,23 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from kernels import wkv_reference                 # noqa: E402
 from kernels.triton.testing import make_inputs   # noqa: E402
 
 ROUNDINGS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def chunked_forward(r, k, v, w, u, chunk, stored_dtype=None):
-    """o of the WKV recurrence in fp64, token by token inside each chunk, starting every chunk from the
-    stored state (rounded to stored_dtype when given) while the carried state stays exact."""
-    B, T, H, N = r.shape
-    S = torch.zeros(B, H, N, N, dtype=torch.float64)
-    out = torch.empty(B, T, H, N, dtype=torch.float64)
-    for c in range(0, T, chunk):
-        S_read = S if stored_dtype is None else S.to(stored_dtype).double()
-        for t in range(c, min(c + chunk, T)):
-            kv = k[:, t, :, :, None] * v[:, t, :, None, :]
-            out[:, t] = torch.einsum("bhi,bhij->bhj", r[:, t], S_read + u[None, :, :, None] * kv)
-            S_read = S_read * torch.exp(w[:, t])[..., None] + kv
-            S = S * torch.exp(w[:, t])[..., None] + kv
-    return out
+    """o of the WKV recurrence in fp64 (`wkv_reference` chunk by chunk): each chunk's output starts
+    from the stored state (rounded to stored_dtype when given), while the state carried to the next
+    chunk stays exact."""
+    S, outs = None, []
+    for c in range(0, r.shape[1], chunk):
+        xs = [x[:, c:c + chunk] for x in (r, k, v, w)]
+        S_read = S if S is None or stored_dtype is None else S.to(stored_dtype).double()
+        outs.append(wkv_reference(*xs, u, S_read)[0])
+        S = wkv_reference(*xs, u, S)[1]
+    return torch.cat(outs, dim=1)
 
 
 def main():

@@ -44,6 +44,16 @@ TRAIN_SHAPES = [(8, 4096, 32, 64), (1, 32768, 32, 64), (16, 1024, 40, 64)]
 DECODE_SHAPES = [(1, 32, 64), (64, 32, 64), (256, 32, 64)]
 
 
+def fla_chunk(r, k, v, w, u):
+    """fla's chunked kernel called as ours is: no scaling of r, the final state returned."""
+    return chunk_rwkv6(r, k, v, w, u, scale=1.0, output_final_state=True)
+
+
+def fla_decode(r, k, v, w, u, state):
+    """fla's fused recurrent kernel for one decode step from `state` (returns a new final state)."""
+    return fused_recurrent_rwkv6(r, k, v, w, u, scale=1.0, initial_state=state, output_final_state=True)
+
+
 def bench(fn):
     """Median ms of fn over do_bench's repetitions (it clears L2 between calls)."""
     return triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
@@ -102,19 +112,16 @@ do_cache, dht_cache = {}, {}
 def time_train(B, T, H, N, bw, with_torch):
     row = {"shape": f"B{B} T{T} H{H} N{N}"}
     xs = train_inputs(B, T, H, N)
-    ours = lambda r, k, v, w, u: chunk_wkv(r, k, v, w, u)                          # noqa: E731
     with torch.no_grad():
-        row["ours_fwd"] = bench(lambda: ours(*xs))
-    row["ours_fwdbwd"] = bench(fwd_bwd(ours, xs))
+        row["ours_fwd"] = bench(lambda: chunk_wkv(*xs))
+    row["ours_fwdbwd"] = bench(fwd_bwd(chunk_wkv, xs))
     if chunk_rwkv6 is not None:
-        fla = lambda r, k, v, w, u: chunk_rwkv6(r, k, v, w, u, scale=1.0,                 # noqa: E731
-                                                output_final_state=True)
         with torch.no_grad():
-            row["fla_fwd"] = bench(lambda: fla(*xs))
-            o_fla, _ = fla(*xs)
-            o_ours, _ = ours(*xs)
+            row["fla_fwd"] = bench(lambda: fla_chunk(*xs))
+            o_fla, _ = fla_chunk(*xs)
+            o_ours, _ = chunk_wkv(*xs)
             row["ours_vs_fla_rel"] = ((o_ours.float() - o_fla.float()).norm() / o_fla.float().norm()).item()
-        row["fla_fwdbwd"] = bench(fwd_bwd(fla, xs))
+        row["fla_fwdbwd"] = bench(fwd_bwd(fla_chunk, xs))
     if with_torch:
         try:
             with torch.no_grad():
@@ -139,8 +146,7 @@ def time_decode(B, H, N, bw):
     row["ours_idx"] = bench(lambda: wkv_decode_(r, k, v, w, u, state, idx))
     row["ours_graph"] = bench_graph(lambda: wkv_decode_(r, k, v, w, u, state))
     if fused_recurrent_rwkv6 is not None:
-        fla = lambda: fused_recurrent_rwkv6(r, k, v, w, u, scale=1.0, initial_state=state,  # noqa: E731
-                                            output_final_state=True)
+        fla = lambda: fla_decode(r, k, v, w, u, state)                                # noqa: E731
         row["fla"] = bench(fla)
         row["fla_graph"] = bench_graph(fla)
     with torch.no_grad():
@@ -212,11 +218,9 @@ def time_variants(variants, baseline, bw, with_fla=True):
     rows, first = [], None
     # fla first: its row is the reference, and a run cut short by a time limit still has it
     if with_fla and chunk_rwkv6 is not None:
-        fla = lambda r, k, v, w, u: chunk_rwkv6(r, k, v, w, u, scale=1.0,                 # noqa: E731
-                                                output_final_state=True)
         with torch.no_grad():
-            t_f = bench(lambda: fla(*xs))
-        t_fb = bench(fwd_bwd(fla, xs))
+            t_f = bench(lambda: fla_chunk(*xs))
+        t_fb = bench(fwd_bwd(fla_chunk, xs))
         rows.append({"variant": "fla chunk_rwkv6", "fwd": t_f, "fwdbwd": t_fb})
         print(f"| fla chunk_rwkv6 | {t_f:.3f} | {t_fb:.3f} | | |", flush=True)
     runs = []
@@ -231,16 +235,15 @@ def time_variants(variants, baseline, bw, with_fla=True):
         saved = dict(chunk_mod.LAUNCH)
         chunk_mod.LAUNCH.update(launch)
         try:
-            fn = lambda r, k, v, w, u, f=f: f(r, k, v, w, u)                      # noqa: E731
-            o, ht = fn(*xs)
+            o, ht = f(*xs)
             grads = torch.autograd.grad([o, ht], xs, [do_cache[o.shape], dht_cache[ht.shape]])
             out = [o.float()] + [g.float() for g in grads[:4]]
             if first is None:
                 first = out
             rel = [((a - b).norm() / b.norm()).item() for a, b in zip(out, first)]
             with torch.no_grad():
-                t_f = bench(lambda: fn(*xs))
-            t_fb = bench(fwd_bwd(fn, xs))
+                t_f = bench(lambda: f(*xs))
+            t_fb = bench(fwd_bwd(f, xs))
             row = {"variant": name, "fwd": t_f, "fwdbwd": t_fb, "rel": rel}
             rows.append(row)
             print(f"| {name} | {t_f:.3f} | {t_fb:.3f} | {rel[0]:.1e} | "
@@ -260,19 +263,17 @@ def compile_kernels(train, decode):
     after it starts warm."""
     import time
     t0 = time.time()
-    ours = lambda r, k, v, w, u: chunk_wkv(r, k, v, w, u)                              # noqa: E731
     for B, T, H, N in train:
         xs = train_inputs(B, T, H, N)
-        fwd_bwd(ours, xs)()
+        fwd_bwd(chunk_wkv, xs)()
         if chunk_rwkv6 is not None:
-            fwd_bwd(lambda r, k, v, w, u: chunk_rwkv6(r, k, v, w, u, scale=1.0, output_final_state=True),
-                    xs)()
+            fwd_bwd(fla_chunk, xs)()
     for B, H, N in decode:
         r, k, v, w, u = inputs(B, 1, H, N)
         state = torch.randn(B, H, N, N, device="cuda")
         wkv_decode_(r, k, v, w, u, state)
         if fused_recurrent_rwkv6 is not None:
-            fused_recurrent_rwkv6(r, k, v, w, u, scale=1.0, initial_state=state, output_final_state=True)
+            fla_decode(r, k, v, w, u, state)
     torch.cuda.synchronize()
     print(f"compiled every kernel in {time.time() - t0:.0f} s", flush=True)
 
@@ -284,7 +285,7 @@ def profile_kernels(steps=5):
     from kernels.triton import chunk as chunk_mod
     B, T, H, N = TRAIN_SHAPES[0]
     xs = train_inputs(B, T, H, N)
-    step = fwd_bwd(lambda r, k, v, w, u: chunk_wkv(r, k, v, w, u), xs)
+    step = fwd_bwd(chunk_wkv, xs)
     step()
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
