@@ -278,12 +278,12 @@ def compile_kernels(train, decode):
     print(f"compiled every kernel in {time.time() - t0:.0f} s", flush=True)
 
 
-def profile_kernels(steps=5):
-    """CUDA time per kernel of chunk_wkv's forward + backward at the headline shape (torch profiler,
+def profile_kernels(shape, steps=5):
+    """CUDA time per kernel of chunk_wkv's forward + backward at `shape` (B, T, H, N; torch profiler,
     mean over `steps` steps), and the share of chunks the forward flagged for the level kernels."""
     from torch.profiler import ProfilerActivity, profile
     from kernels.triton import chunk as chunk_mod
-    B, T, H, N = TRAIN_SHAPES[0]
+    B, T, H, N = shape
     xs = train_inputs(B, T, H, N)
     step = fwd_bwd(chunk_wkv, xs)
     step()
@@ -311,7 +311,9 @@ def main():
                     help="default,NAME=VALUE+NAME=VALUE,... (headline shape only)")
     ap.add_argument("--baseline", default=None,
                     help="other chunk.py files (comma-separated) to time alongside --variants")
-    ap.add_argument("--profile", action="store_true", help="per-kernel CUDA times at the headline shape")
+    ap.add_argument("--profile", action="store_true", help="per-kernel CUDA times at one shape (--shape)")
+    ap.add_argument("--shape", default=",".join(map(str, TRAIN_SHAPES[0])),
+                    help="B,T,H,N for --profile (default: the headline shape)")
     ap.add_argument("--compile-only", action="store_true",
                     help="run every kernel once untimed (compile, autotune, fill the disk cache) and exit")
     ap.add_argument("--launch", default="default",
@@ -333,7 +335,7 @@ def main():
           f"commit {commit or '?'}, LAUNCH {chunk_mod.LAUNCH}, copy bandwidth {bw / 1e12:.2f} TB/s, fla: "
           f"{'ok' if FLA_ERROR is None else FLA_ERROR}", flush=True)
     if args.profile:
-        profile_kernels()
+        profile_kernels(tuple(int(x) for x in args.shape.split(",")))
         return
     train = TRAIN_SHAPES[:1] if args.quick or args.variants else TRAIN_SHAPES
     decode = DECODE_SHAPES[:1] if args.quick else DECODE_SHAPES

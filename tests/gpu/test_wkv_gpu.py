@@ -19,12 +19,21 @@ DEV = "cuda"
 TOL = {torch.bfloat16: 2e-3, torch.float16: 2e-3, torch.float32: 1e-5}
 
 
+def _state(n, seed=0):
+    """A random initial state [n, 4, 64, 64] from a seeded CPU generator: the same in every run, so
+    recorded errors compare across runs."""
+    return torch.randn(n, 4, 64, 64, generator=torch.Generator().manual_seed(seed)).to(DEV)
+
+
 def _fn(cu=None):
     return lambda r, k, v, w, u, h0: chunk_wkv(r, k, v, w, u, h0, cu_seqlens=cu, poison=True)
 
 
 def _assert_close(result, tol):
-    print(result[0])
+    errs, floors = result
+    # the record (BENCHMARKS.md) needs both: a 16-bit gradient passes at its rounding floor + margin
+    print("errors:", {k: f"{e:.3g}" for k, e in errs.items()})
+    print("rounding floors:", {k: f"{f:.3g}" for k, f in floors.items()})
     assert_close(*result, tol)
 
 
@@ -35,7 +44,7 @@ def test_real_shape(dtype, static_w):
     if static_w and dtype == torch.float16:
         # Eagle's dw sums over all B*T tokens and overflows fp16: keep that parameter in fp32
         inputs[3] = inputs[3].float()
-    h0 = torch.randn(2, 4, 64, 64, device=DEV)
+    h0 = _state(2)
     _assert_close(check_fwd_bwd(_fn(), inputs, h0), TOL[dtype])
 
 
@@ -45,7 +54,7 @@ def test_larger_sub_blocks_bf16(sub, monkeypatch):
     from kernels.triton import chunk
     monkeypatch.setitem(chunk.LAUNCH, "sub", sub)
     inputs = make_inputs(2, 1000, 4, 64, torch.bfloat16, DEV, seed=1)
-    h0 = torch.randn(2, 4, 64, 64, device=DEV)
+    h0 = _state(2)
     _assert_close(check_fwd_bwd(_fn(), inputs, h0), TOL[torch.bfloat16])
 
 
@@ -60,7 +69,7 @@ def test_whole_chunk_and_level_paths_bf16(max_span, monkeypatch):
     strong = make_inputs(2, 1000, 4, 64, torch.bfloat16, DEV, decay="strong", seed=6)[3]
     rows = torch.arange(1000, device=DEV)
     inputs[3] = torch.where(((rows // 64) % 3 == 1)[None, :, None, None], strong, inputs[3])
-    h0 = torch.randn(2, 4, 64, 64, device=DEV)
+    h0 = _state(2)
     with forward_outputs() as calls:
         _assert_close(check_fwd_bwd(_fn(), inputs, h0), TOL[torch.bfloat16])
     flagged = calls[0][3].float().mean().item()
@@ -75,7 +84,7 @@ def test_packed_sequences_bf16():
     lens = [1, 63, 64, 65, 700, 3, 200]
     cu = torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist(), dtype=torch.int32, device=DEV)
     inputs = make_inputs(1, sum(lens), 4, 64, torch.bfloat16, DEV, seed=2)
-    h0 = torch.randn(len(lens), 4, 64, 64, device=DEV)
+    h0 = _state(len(lens))
     _assert_close(check_fwd_bwd(_fn(cu), inputs, h0, cu_seqlens=cu), TOL[torch.bfloat16])
 
 
