@@ -28,9 +28,11 @@ def chunked_forward(r, k, v, w, u, chunk, stored_dtype=None):
     S, outs = None, []
     for c in range(0, r.shape[1], chunk):
         xs = [x[:, c:c + chunk] for x in (r, k, v, w)]
-        S_read = S if S is None or stored_dtype is None else S.to(stored_dtype).double()
-        outs.append(wkv_reference(*xs, u, S_read)[0])
-        S = wkv_reference(*xs, u, S)[1]
+        o, S_next = wkv_reference(*xs, u, S)
+        if S is not None and stored_dtype is not None:   # only then does the read state differ
+            o = wkv_reference(*xs, u, S.to(stored_dtype).double())[0]
+        outs.append(o)
+        S = S_next
     return torch.cat(outs, dim=1)
 
 
