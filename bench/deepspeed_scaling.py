@@ -44,8 +44,8 @@ CASES = [("1gpu_b32", 1, 32, 1, 200), ("2gpu_b32", 2, 32, 1, 200), ("1gpu_b64", 
 
 def prepare_stdlib(out):
     """Token shards of the standard library's .py files (~8M tokens for Python 3.11)."""
-    from text.prepare import prepare
-    from text.tokenizer import WorldTokenizer
+    from eaglefinch.text.prepare import prepare
+    from eaglefinch.text.tokenizer import WorldTokenizer
 
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     files = sorted(p for p in stdlib.rglob("*.py") if "site-packages" not in p.parts)
@@ -94,7 +94,7 @@ def run_case(name, gpus, batch, stage, steps, data, out, port, timeout=240):
     metrics_path = folder / "run" / "metrics.jsonl"
     if rc != 0 or not metrics_path.exists():
         return summary
-    from rwkv_core.train import read_metrics
+    from eaglefinch.rwkv_core.train import read_metrics
     records = read_metrics(metrics_path)
     train = [r for r in records if "loss" in r]
     late = [r["loss"] for r in train if r["step"] > 0.8 * steps]

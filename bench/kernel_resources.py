@@ -1,8 +1,8 @@
 """Registers, spills, shared memory and synchronisation of every WKV kernel as compiled for an NVIDIA
 GPU, on any machine (no GPU needed): the launches of a training step and a decode step are recorded and
-compiled for the target (kernels.triton.testing); the cubin is read by the cuobjdump that ships with
-triton, and the Triton GPU IR and PTX are counted: dots (and how many are wgmma), layout conversions,
-shared-memory buffers, block-wide barriers (bar.sync) and exp2 instructions, per program.
+compiled for the target (kernels/wkv_op/triton/testing.py); the cubin is read by the cuobjdump that
+ships with triton, and the Triton GPU IR and PTX are counted: dots (and how many are wgmma), layout
+conversions, shared-memory buffers, block-wide barriers (bar.sync) and exp2 instructions, per program.
 
     python bench/kernel_resources.py [--arch 90] [--dtype bf16] [--N 64] [--launch maxnreg_bwd_dkdv=168+...]
 
@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch    # noqa: E402
 import triton   # noqa: E402
 
-from kernels.triton import chunk                                      # noqa: E402
-from kernels.triton.testing import compile_launch, wkv_launches       # noqa: E402
+from eaglefinch.kernels.wkv_op.triton import WKVLaunch                              # noqa: E402
+from eaglefinch.kernels.wkv_op.triton.testing import compile_launch, wkv_launches   # noqa: E402
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -57,16 +57,17 @@ def main():
     ap.add_argument("--arch", type=int, default=90, help="compute capability (90: H100/H200)")
     ap.add_argument("--dtype", choices=DTYPES, default="bf16")
     ap.add_argument("--N", type=int, default=64, help="head size")
-    ap.add_argument("--launch", default="default", help="NAME=VALUE+... of kernels.triton.chunk.LAUNCH")
+    ap.add_argument("--launch", default="default",
+                    help="launch settings NAME=VALUE+... over the defaults (WKVLaunch)")
     args = ap.parse_args()
     try:
-        chunk.LAUNCH.update(chunk.parse_launch(args.launch))
+        launch = WKVLaunch.parse(args.launch)
     except ValueError as exc:
         raise SystemExit(f"--launch: {exc}")
     print(f"sm_{args.arch}, {args.dtype}, N = {args.N}, triton {triton.__version__}\n")
     print("| kernel | warps | maxnreg | registers | spill stack B | shared B | dots (wgmma) | layout "
           "conversions | smem buffers | bar.sync | ex2 |\n|---|---|---|---|---|---|---|---|---|---|---|")
-    for fn, fargs, kwargs in wkv_launches(DTYPES[args.dtype], args.N):
+    for fn, fargs, kwargs in wkv_launches(DTYPES[args.dtype], args.N, launch=launch):
         compiled = compile_launch(fn, fargs, kwargs, arch=args.arch)
         use, n = resource_usage(compiled.asm["cubin"]), code_counts(compiled)
         print(f"| {fn.__name__} | {kwargs['num_warps']} | {kwargs.get('maxnreg') or '-'} | "

@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from kernels import wkv_reference                 # noqa: E402
-from kernels.triton.testing import make_inputs   # noqa: E402
+from eaglefinch.kernels import wkv_reference                 # noqa: E402
+from eaglefinch.kernels.wkv_op.triton.testing import make_inputs   # noqa: E402
 
 ROUNDINGS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

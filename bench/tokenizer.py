@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from text.tokenizer import WorldTokenizer
+from eaglefinch.text.tokenizer import WorldTokenizer
 
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog. A recurrent network can be trained in parallel "

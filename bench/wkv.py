@@ -3,34 +3,41 @@ chunked PyTorch path, in one process, bf16 inputs, fp32 state, `triton.testing.d
 
     python bench/wkv.py [--quick] [--json out.json] [--launch scan_bv=64+split_state=3]
     python bench/wkv.py --compile-only [--quick | --variants ...]   (warm the caches, untimed)
-    python bench/wkv.py --variants default,dot=tf32x3,fwd_out=8+bwd_dr=8 [--baseline old.py,other.py]
+    python bench/wkv.py --variants default,dot=tf32x3,fwd_out=8+bwd_dr=8 [--baseline REV_OR_DIR[,...]]
 
-`--variants` times the chunked kernels at the headline shape once per comma-separated entry, each
-`default` or settings `NAME=VALUE[+NAME=VALUE...]`: `dot=P` passes dot_precision=P to chunk_wkv, and a
-key of kernels.triton.chunk.LAUNCH sets that entry for the call (fwd_out, bwd_dkdv, ...: a kernel's
-num_warps; scan_bv; split, split_state: the bf16 split products, e.g. `split_state=15`);
-`--baseline FILE[,FILE...]` adds other versions of kernels/triton/chunk.py
-(each imported as a sibling module, our first rows) to the same run. fla's row comes first, so a
-run cut short keeps it. Each of our rows also gives the relative difference of o and of dr, dk, dv,
-dw from our first row.
+`--launch` sets the chunked kernels' launch settings for the whole run (`WKVLaunch`, in
+kernels/wkv_op/triton/launch.py), over the defaults. `--variants` times the chunked kernels at the
+headline shape once per comma-separated entry, each `default` or settings `NAME=VALUE[+NAME=VALUE...]`
+over the run's: `dot=P` passes dot_precision=P to chunk_wkv, and a launch setting's name sets it for
+that entry (fwd_out, bwd_dkdv, ...: a kernel's num_warps; scan_bv; split, split_state: the bf16 split
+products, e.g. `split_state=15`). `--baseline` adds other versions of the kernels to the same run (our
+first rows): each a git revision (its kernels/ folder, e.g. `--baseline HEAD~3`) or a kernels folder
+on disk, imported as a package of its own and run at its own default launch settings. fla's row comes
+first, so a run cut short keeps it. Each of our rows also gives the relative difference of o and of
+dr, dk, dv, dw from our first row.
 
 Prints ms, the ratio fla / ours (> 1: ours faster) and the fraction of the memory-traffic floor
 (floor time / our time, floor = bytes each input read once and each output written once, at the
 device-to-device copy bandwidth measured here). fla is optional (skipped if not importable).
 """
 import argparse
+import functools
+import importlib
 import json
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
 import triton
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from kernels import wkv_chunked, wkv_decode_            # noqa: E402
-from kernels.triton import chunk_wkv                    # noqa: E402
-from kernels.triton.testing import forward_outputs      # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from eaglefinch.kernels import wkv_chunked, wkv_decode_                   # noqa: E402
+from eaglefinch.kernels.wkv_op.triton import WKVLaunch, chunk_wkv         # noqa: E402
+from eaglefinch.kernels.wkv_op.triton.testing import forward_outputs      # noqa: E402
 
 try:
     from fla.ops.rwkv6 import chunk_rwkv6, fused_recurrent_rwkv6
@@ -109,17 +116,18 @@ def fwd_bwd(f, xs):
 do_cache, dht_cache = {}, {}
 
 
-def time_train(B, T, H, N, bw, with_torch):
+def time_train(B, T, H, N, bw, with_torch, launch):
     row = {"shape": f"B{B} T{T} H{H} N{N}"}
     xs = train_inputs(B, T, H, N)
+    ours = functools.partial(chunk_wkv, launch=launch)
     with torch.no_grad():
-        row["ours_fwd"] = bench(lambda: chunk_wkv(*xs))
-    row["ours_fwdbwd"] = bench(fwd_bwd(chunk_wkv, xs))
+        row["ours_fwd"] = bench(lambda: ours(*xs))
+    row["ours_fwdbwd"] = bench(fwd_bwd(ours, xs))
     if chunk_rwkv6 is not None:
         with torch.no_grad():
             row["fla_fwd"] = bench(lambda: fla_chunk(*xs))
             o_fla, _ = fla_chunk(*xs)
-            o_ours, _ = chunk_wkv(*xs)
+            o_ours, _ = ours(*xs)
             row["ours_vs_fla_rel"] = ((o_ours.float() - o_fla.float()).norm() / o_fla.float().norm()).item()
         row["fla_fwdbwd"] = bench(fwd_bwd(fla_chunk, xs))
     if with_torch:
@@ -183,31 +191,40 @@ DECODE_HEAD = ("| decode step T=1 (bf16 in, fp32 state) | ours µs | ours + slot
                "|---|---|---|---|---|---|---|---|---|---|")
 
 
-def load_baseline(path, i=0):
-    """Another kernels/triton/chunk.py, imported as kernels.triton._baseline{i} (relative imports work)."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(f"kernels.triton._baseline{i}", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod.chunk_wkv
+def load_baseline(source, i):
+    """chunk_wkv of another version of the kernels: `source` is a git revision (its kernels/ folder) or
+    a kernels folder on disk. A copy is imported as the package `_wkv_baseline{i}` (the kernels import
+    each other relatively), with its own default launch settings."""
+    dest = Path(tempfile.mkdtemp()) / f"_wkv_baseline{i}"
+    if Path(source).is_dir():
+        shutil.copytree(source, dest)
+    else:
+        dest.mkdir()
+        archive = subprocess.run(["git", "archive", f"{source}:kernels"], cwd=REPO, stdout=subprocess.PIPE,
+                                 check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    sys.path.insert(0, str(dest.parent))
+    # the op folder, or the flat kernels/triton/ of the versions before it
+    for package in ("wkv_op.triton", "triton"):
+        if (dest / package.replace(".", "/")).is_dir():
+            return importlib.import_module(f"{dest.name}.{package}").chunk_wkv
+    raise SystemExit(f"--baseline {source}: no Triton WKV kernels in it")
 
 
-def parse_settings(text):
+def parse_variant(text, launch):
     """A --variants entry: `default` or `NAME=VALUE[+NAME=VALUE...]`, NAME `dot` (chunk_wkv's
-    dot_precision) or a LAUNCH key. Returns (dot precision or None, {LAUNCH key: int})."""
-    from kernels.triton.chunk import parse_launch
+    dot_precision) or a launch setting, over `launch`. Returns chunk_wkv with them bound."""
     parts = [] if text == "default" else text.split("+")
     dots = [p.split("=", 1)[1] for p in parts if p.startswith("dot=")]
     try:
-        launch = parse_launch("+".join(p for p in parts if not p.startswith("dot=")))
+        launch = WKVLaunch.parse("+".join(p for p in parts if not p.startswith("dot=")), launch)
     except ValueError as exc:
         raise SystemExit(f"--variants: {exc}")
-    return (dots[-1] if dots else None), launch
+    return functools.partial(chunk_wkv, dot_precision=dots[-1] if dots else None, launch=launch)
 
 
-def time_variants(variants, baseline, bw, with_fla=True):
-    """Headline shape: fla once, then ours per baseline file and per variant."""
+def time_variants(variants, baselines, bw, launch, with_fla=True):
+    """Headline shape: fla once, then ours per baseline and per variant (over the run's `launch`)."""
     B, T, H, N = TRAIN_SHAPES[0]
     xs = train_inputs(B, T, H, N)
     fb, fbb = train_floor_bytes(B, T, H, N)
@@ -223,17 +240,9 @@ def time_variants(variants, baseline, bw, with_fla=True):
         t_fb = bench(fwd_bwd(fla_chunk, xs))
         rows.append({"variant": "fla chunk_rwkv6", "fwd": t_f, "fwdbwd": t_fb})
         print(f"| fla chunk_rwkv6 | {t_f:.3f} | {t_fb:.3f} | | |", flush=True)
-    runs = []
-    for i, path in enumerate(baseline.split(",") if baseline else []):
-        runs.append((Path(path).name, load_baseline(path, i), {}))
-    for v in variants:
-        prec, launch = parse_settings(v)
-        f = (lambda r, k, v, w, u, p=prec: chunk_wkv(r, k, v, w, u, dot_precision=p))
-        runs.append((v, f, launch))
-    from kernels.triton import chunk as chunk_mod
-    for name, f, launch in runs:
-        saved = dict(chunk_mod.LAUNCH)
-        chunk_mod.LAUNCH.update(launch)
+    runs = [(f"baseline {source}", load_baseline(source, i)) for i, source in enumerate(baselines)]
+    runs += [(v, parse_variant(v, launch)) for v in variants]
+    for name, f in runs:
         try:
             o, ht = f(*xs)
             grads = torch.autograd.grad([o, ht], xs, [do_cache[o.shape], dht_cache[ht.shape]])
@@ -250,22 +259,18 @@ def time_variants(variants, baseline, bw, with_fla=True):
                   f"{' '.join(f'{x:.1e}' for x in rel[1:])} |", flush=True)
         except Exception as exc:  # noqa: BLE001
             print(f"| {name} | failed: {exc!r} |", flush=True)
-        finally:
-            chunk_mod.LAUNCH.clear()
-            chunk_mod.LAUNCH.update(saved)
     return rows
 
 
-def compile_kernels(train, decode):
+def compile_kernels(train, decode, launch):
     """Call fla's and our kernels once at every shape, untimed: compiles (and, for fla, autotunes)
-    everything and fills Triton's disk cache. fla's training kernels alone take over 150 s on a cold
-    H100 (BENCHMARKS.md, run 20): run this in the background while tests/gpu runs, and the timed run
-    after it starts warm."""
+    everything and fills Triton's disk cache. fla's training kernels alone take minutes on a cold
+    GPU: run this in the background while tests/gpu runs, and the timed run after it starts warm."""
     import time
     t0 = time.time()
     for B, T, H, N in train:
         xs = train_inputs(B, T, H, N)
-        fwd_bwd(chunk_wkv, xs)()
+        fwd_bwd(functools.partial(chunk_wkv, launch=launch), xs)()
         if chunk_rwkv6 is not None:
             fwd_bwd(fla_chunk, xs)()
     for B, H, N in decode:
@@ -278,14 +283,14 @@ def compile_kernels(train, decode):
     print(f"compiled every kernel in {time.time() - t0:.0f} s", flush=True)
 
 
-def profile_kernels(shape, steps=5):
+def profile_kernels(shape, launch, steps=5):
     """CUDA time per kernel of chunk_wkv's forward + backward at `shape` (B, T, H, N; torch profiler,
     mean over `steps` steps), and the share of chunks the forward flagged for the level kernels."""
     from torch.profiler import ProfilerActivity, profile
-    from kernels.triton import chunk as chunk_mod
     B, T, H, N = shape
     xs = train_inputs(B, T, H, N)
-    step = fwd_bwd(chunk_wkv, xs)
+    ours = functools.partial(chunk_wkv, launch=launch)
+    step = fwd_bwd(ours, xs)
     step()
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
@@ -293,12 +298,12 @@ def profile_kernels(shape, steps=5):
             step()
         torch.cuda.synchronize()
     rows = [(e.key, e.device_time_total / steps / 1e3) for e in prof.key_averages()]
-    print(f"per-kernel CUDA ms per fwd+bwd at B{B} T{T} H{H} N{N}, LAUNCH {chunk_mod.LAUNCH}:")
+    print(f"per-kernel CUDA ms per fwd+bwd at B{B} T{T} H{H} N{N}, {launch}:")
     for name, ms in sorted(rows, key=lambda x: -x[1]):
         if ms > 0.001:
             print(f"  {ms:8.3f}  {name[:90]}")
     with torch.no_grad(), forward_outputs() as calls:
-        chunk_wkv(*xs)
+        ours(*xs)
     print(f"  chunks flagged for the level kernels: {calls[0][3].float().mean().item():.4f}")
 
 
@@ -310,18 +315,18 @@ def main():
     ap.add_argument("--variants", default=None,
                     help="default,NAME=VALUE+NAME=VALUE,... (headline shape only)")
     ap.add_argument("--baseline", default=None,
-                    help="other chunk.py files (comma-separated) to time alongside --variants")
+                    help="git revisions or kernels folders (comma-separated) whose chunk_wkv is timed "
+                         "alongside --variants, at its own default launch settings")
     ap.add_argument("--profile", action="store_true", help="per-kernel CUDA times at one shape (--shape)")
     ap.add_argument("--shape", default=",".join(map(str, TRAIN_SHAPES[0])),
                     help="B,T,H,N for --profile (default: the headline shape)")
     ap.add_argument("--compile-only", action="store_true",
                     help="run every kernel once untimed (compile, autotune, fill the disk cache) and exit")
     ap.add_argument("--launch", default="default",
-                    help="NAME=VALUE+... of kernels.triton.chunk.LAUNCH for the whole run")
+                    help="launch settings NAME=VALUE+... over the defaults (WKVLaunch) for the whole run")
     args = ap.parse_args()
-    from kernels.triton import chunk as chunk_mod
     try:
-        chunk_mod.LAUNCH.update(chunk_mod.parse_launch(args.launch))
+        launch = WKVLaunch.parse(args.launch)
     except ValueError as exc:
         raise SystemExit(f"--launch: {exc}")
     props = torch.cuda.get_device_properties(0)
@@ -332,18 +337,19 @@ def main():
     except OSError:
         commit = ""
     print(f"device {props.name}, torch {torch.__version__}, triton {triton.__version__}, "
-          f"commit {commit or '?'}, LAUNCH {chunk_mod.LAUNCH}, copy bandwidth {bw / 1e12:.2f} TB/s, fla: "
+          f"commit {commit or '?'}, {launch}, copy bandwidth {bw / 1e12:.2f} TB/s, fla: "
           f"{'ok' if FLA_ERROR is None else FLA_ERROR}", flush=True)
     if args.profile:
-        profile_kernels(tuple(int(x) for x in args.shape.split(",")))
+        profile_kernels(tuple(int(x) for x in args.shape.split(",")), launch)
         return
     train = TRAIN_SHAPES[:1] if args.quick or args.variants else TRAIN_SHAPES
     decode = DECODE_SHAPES[:1] if args.quick else DECODE_SHAPES
     if args.compile_only:
-        compile_kernels(train, [] if args.variants else decode)
+        compile_kernels(train, [] if args.variants else decode, launch)
         return
     if args.variants:
-        vrows = time_variants(args.variants.split(","), args.baseline, bw)
+        baselines = args.baseline.split(",") if args.baseline else []
+        vrows = time_variants(args.variants.split(","), baselines, bw, launch)
         if args.json:
             Path(args.json).write_text(json.dumps({"device": props.name, "commit": commit, "bw": bw,
                                                    "variants": vrows}, indent=1))
@@ -355,7 +361,7 @@ def main():
         print(decode_line(drows[-1]), flush=True)
     print(TRAIN_HEAD, flush=True)
     for i, shape in enumerate(train):
-        rows.append(time_train(*shape, bw, with_torch=not args.no_torch and i == 0))
+        rows.append(time_train(*shape, bw, with_torch=not args.no_torch and i == 0, launch=launch))
         for line in train_lines(rows[-1]):
             print(line, flush=True)
         if "ours_vs_fla_rel" in rows[-1]:

@@ -9,11 +9,11 @@ def build_parser():
     parser = argparse.ArgumentParser(prog="eaglefinch", parents=[common],
                                      description="Eagle (RWKV-5) and Finch (RWKV-6) models for text, music and vision")
     domains = parser.add_subparsers(dest="domain", required=True, metavar="DOMAIN")
-    from text.cli import add_commands as add_text
+    from eaglefinch.text.cli import add_commands as add_text
     add_text(domains.add_parser("text", help="text models: prepare, train, generate, chat, eval", parents=[common]), common)
-    from music.cli import add_commands as add_music
+    from eaglefinch.music.cli import add_commands as add_music
     add_music(domains.add_parser("music", help="music models: MIDI and ABC", parents=[common]), common)
-    from visual.cli import add_commands as add_visual
+    from eaglefinch.visual.cli import add_commands as add_visual
     add_visual(domains.add_parser("visual", help="image-to-text models: train, caption, eval", parents=[common]), common)
     return parser
 

@@ -14,10 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-from music.demo import music_demo
-from visual.demo import visual_demo
+from eaglefinch.music.demo import music_demo
+from eaglefinch.visual.demo import visual_demo
 
-ROOT = Path(__file__).resolve().parent.parent
 RUNS = Path("runs/demo")
 
 TEXT_PROMPTS = [  # the chat format the corpus is written in
@@ -32,13 +31,13 @@ TEXT_PROMPTS = [  # the chat format the corpus is written in
 
 
 def text_demo():
-    from rwkv_core.sampling import SamplerConfig
-    from text.cli import load_model
-    from text.corpus import write_default_corpus
-    from text.generate import generate_text
-    from text.prepare import prepare
-    from text.tokenizer import WorldTokenizer
-    from text.train import tokenizer_for, train_text
+    from eaglefinch.rwkv_core.sampling import SamplerConfig
+    from eaglefinch.text.corpus import write_default_corpus
+    from eaglefinch.text.generate import generate_text
+    from eaglefinch.text.prepare import prepare
+    from eaglefinch.text.tokenizer import WorldTokenizer
+    from eaglefinch.text.run import TextRun
+    from eaglefinch.text.train import train_text
 
     corpus, data, run = RUNS / "corpus", RUNS / "text-data", RUNS / "text"
     if not corpus.exists():
@@ -48,11 +47,11 @@ def text_demo():
         prepare([corpus], data, WorldTokenizer(), val_fraction=0.05, metadata={"tokenizer": "rwkv_vocab_v20230424"})
     shutil.rmtree(run, ignore_errors=True)
     t0 = time.time()
-    loss = train_text(ROOT / "configs" / "text-tiny.json", data, run)
+    loss = train_text("text-tiny", data, run)
     print(f"trained a tiny Finch in {time.time() - t0:.0f} s: final train loss {loss:.3f}; curve: {run / 'loss.png'}")
-    model = load_model(run)
+    model, tokenizer = TextRun.open(run).load()
     replies, _ = generate_text(model, TEXT_PROMPTS, 40, SamplerConfig(temperature=0.7, top_p=0.9),
-                               tokenizer=tokenizer_for(run), stop=["\n\n"], seed=0)
+                               tokenizer=tokenizer, stop=["\n\n"], seed=0)
     for prompt, reply in zip(TEXT_PROMPTS, replies):
         print("-" * 60)
         print(prompt + reply)

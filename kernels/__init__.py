@@ -1,9 +1,9 @@
-"""The WKV operator of Eagle (RWKV-5.2) and Finch (RWKV-6), behind one function: `wkv`.
+"""The kernels of eaglefinch, one op folder each, in the shape of flash-linear-attention's
+`fla/ops/<op>/`. One op so far: `wkv_op/`, the WKV recurrence of Eagle (RWKV-5.2) and Finch (RWKV-6).
 
-`wkv_decode_` advances a pool of fp32 states in place (decode). The Triton kernels live in
-`kernels.triton` (imported lazily, so the CPU path needs no Triton)."""
-from .wkv import wkv, wkv_decode_, BACKENDS
-from .reference import wkv_reference
-from .chunked import wkv_chunked
+`wkv` runs it over a sequence with an explicit state; `wkv_decode_` advances a pool of fp32 states in
+place (decode). The Triton kernels (`wkv_op.triton`) are imported lazily, so the CPU path needs no
+Triton."""
+from .wkv_op import BACKENDS, wkv, wkv_chunked, wkv_decode_, wkv_reference
 
 __all__ = ["wkv", "wkv_decode_", "wkv_reference", "wkv_chunked", "BACKENDS"]

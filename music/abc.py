@@ -1,7 +1,7 @@
 """The paper's music setting: byte-level models of ABC notation, Eagle against Finch in bits per byte.
 
     write_abc_data("runs/abc/data")                                   # music21's ABC tunes -> shards
-    results = compare_archs("configs/abc-tiny.json", "runs/abc/data", "runs/abc")
+    results = compare_archs("abc-tiny", "runs/abc/data", "runs/abc")
 
 Each tune is its ASCII bytes, token id = byte value (vocabulary 128), tunes separated by 0 (never
 a byte of the text). A tune goes whole to train or val by a hash of its text, so duplicated
@@ -9,22 +9,19 @@ tunes never straddle the split. Both architectures get the same model shape, tra
 seed and number of steps; bits per byte = total held-out nats / ln 2 / held-out bytes, where the
 separators are scored but have no bytes (their nats are charged to the text, as for text models).
 """
-import json
 import math
 from contextlib import ExitStack
 from pathlib import Path
 
 import torch
 
-from rwkv_core import RWKV, RWKVConfig
-from rwkv_core.checkpoint import atomic_path
-from rwkv_core.data import SEPARATOR, DataError, ShardWriter, TokenDataset, folder_written_whole, split_of
-from rwkv_core.heldout import heldout_nats
-from rwkv_core.runs import run_config
-from rwkv_core.train import NextTokenTask, train
+from eaglefinch.rwkv_core import RWKV, RunConfig
+from eaglefinch.rwkv_core.files import write_json_atomic
+from eaglefinch.rwkv_core.data import SEPARATOR, DataError, ShardWriter, TokenDataset, folder_written_whole, split_of
+from eaglefinch.rwkv_core.heldout import heldout_nats
+from eaglefinch.rwkv_core.train import NextTokenTask, train
 
 from .corpus import abc_tunes
-from .train import SECTIONS
 
 VOCAB_SIZE = 128
 ARCHS = ("eagle", "finch")
@@ -55,7 +52,7 @@ def bits_per_byte(model, data, ctx_len: int, batch_size: int = 8, max_tokens: in
     return {"bytes": n_bytes, "tokens": int(counts.sum()), "bits_per_byte": nats / math.log(2) / n_bytes}
 
 
-def compare_archs(config_path, data_dir, out_dir, *, max_steps=None, seed=None, eval_tokens=None,
+def compare_archs(config, data_dir, out_dir, *, max_steps=None, seed=None, eval_tokens=None,
                   archs=ARCHS, progress=True) -> dict:
     """Train each architecture from scratch on the same data and budget; score the val split.
 
@@ -63,20 +60,20 @@ def compare_archs(config_path, data_dir, out_dir, *, max_steps=None, seed=None, 
     {"config", "steps", "batch_size", "ctx_len", "tokens_seen", <arch>: {"params", "train_loss",
     "bytes", "tokens", "bits_per_byte"}}.
     """
-    cfg, train_cfg = run_config(config_path, SECTIONS, max_steps, seed)
+    run_config = RunConfig.load(config, "music")
+    train_cfg = run_config.train.with_overrides(max_steps, seed)
     train_data, val_data = TokenDataset(data_dir, "train"), TokenDataset(data_dir, "val")
     if train_data.metadata.get("tokenizer") != "bytes":
         raise DataError(f"{data_dir}: not byte-level ABC data (write it with `eaglefinch music abc`)")
     out_dir = Path(out_dir)
-    results = {"config": str(config_path), "steps": train_cfg.max_steps, "batch_size": train_cfg.batch_size,
+    results = {"config": str(config), "steps": train_cfg.max_steps, "batch_size": train_cfg.batch_size,
                "ctx_len": train_cfg.ctx_len, "tokens_seen": train_cfg.max_steps * train_cfg.batch_size * train_cfg.ctx_len}
     for arch in archs:
         torch.manual_seed(train_cfg.seed)  # every architecture starts from the same random stream
-        model = RWKV(RWKVConfig.from_dict({**cfg["model"], "arch": arch, "vocab_size": VOCAB_SIZE}))
+        model = RWKV(run_config.model_config(arch=arch, vocab_size=VOCAB_SIZE))
         loss = train(NextTokenTask(model, train_cfg.l2wrap), train_cfg, train_data, out_dir / arch,
                      val_data=val_data, progress=progress)
         scores = bits_per_byte(model, val_data, train_cfg.ctx_len, train_cfg.batch_size, eval_tokens)
         results[arch] = {"params": sum(p.numel() for p in model.parameters()), "train_loss": loss, **scores}
-    with atomic_path(out_dir / RESULTS_FILE) as tmp:
-        tmp.write_text(json.dumps(results, indent=1))
+    write_json_atomic(out_dir / RESULTS_FILE, results)
     return results

@@ -2,7 +2,7 @@
 import json
 from pathlib import Path
 
-from rwkv_core.runs import add_sampling_args, add_train_args, run_folder, sampler_from, training_ctx_len
+from eaglefinch.rwkv_core.cli import add_sampling_args, add_train_args, sampler_from
 
 
 def cmd_prepare(args):
@@ -25,9 +25,9 @@ def cmd_train(args):
 def cmd_generate(args):
     from .generate import generate_music, prompt_ids
     from .pianoroll import save_midi_and_pianoroll
-    from .train import load_run
+    from .run import MusicRun
 
-    model, tokenizer = load_run(args.checkpoint)
+    model, tokenizer = MusicRun.open(args.checkpoint).load()
     prompt = prompt_ids(tokenizer, args.prompt_midi)  # before anything is written: a bad prompt leaves no file
     ids = generate_music(model, tokenizer, [prompt], args.seconds, sampler_from(args), seed=args.seed)[0]
     midi_path, png_path = save_midi_and_pianoroll(tokenizer.decode(ids), args.out, title=Path(args.out).name)
@@ -37,13 +37,16 @@ def cmd_generate(args):
 
 def cmd_eval(args):
     from .evaluate import evaluate_music, save_results, summary
-    from .train import load_run
+    from .run import MusicRun
 
-    model, tokenizer = load_run(args.checkpoint)
-    results = evaluate_music(model, tokenizer, args.data, args.split, ctx_len=training_ctx_len(args.checkpoint, model),
+    run = MusicRun.open(args.checkpoint)
+    model, tokenizer = run.load()
+    results = evaluate_music(model, tokenizer, args.data, args.split, ctx_len=run.ctx_len or model.cfg.ctx_len,
                              batch_size=args.batch_size, max_tokens=args.max_tokens, samples=args.samples,
                              seconds=args.seconds, sampler=sampler_from(args), seed=args.seed)
-    path = save_results(results, args.out or run_folder(args.checkpoint))
+    out = Path(args.out) if args.out else run.folder
+    out.mkdir(exist_ok=True)
+    path = save_results(results, out)
     print(summary(results))
     print(f"wrote {path}")
 
@@ -75,7 +78,7 @@ def add_commands(parser, common):
     p.set_defaults(func=cmd_prepare)
 
     t = sub.add_parser("train", parents=[common], help="train or fine-tune a music model")
-    add_train_args(t, "music", "model and train sections: configs/music-tiny.json")
+    add_train_args(t, "music", "model, train and music sections: music-tiny")
     t.set_defaults(func=cmd_train)
 
     g = sub.add_parser("generate", parents=[common], help="write a generated .mid and its piano roll (.png)")
@@ -99,7 +102,7 @@ def add_commands(parser, common):
     e.set_defaults(func=cmd_eval)
 
     a = sub.add_parser("abc", parents=[common], help="byte-level ABC models: Eagle vs Finch bits per byte")
-    a.add_argument("--config", required=True, help="JSON with model/train sections (configs/abc-tiny.json)")
+    a.add_argument("--config", required=True, help="a shipped config's name or a JSON file with model/train sections (abc-tiny)")
     a.add_argument("--out", required=True, help="folder for the eagle/ and finch/ runs and abc.json")
     a.add_argument("--data", help="byte shards (default: <out>/data, written from music21's tunes if absent)")
     a.add_argument("--val-fraction", type=float, default=0.05)

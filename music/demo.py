@@ -7,36 +7,36 @@ import shutil
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
 RUNS = Path("runs/demo")
 TRANSPOSITIONS = (-2, -1, 0, 1, 2)  # fewer copies than the CLI default keep tokenizing to seconds
 SECONDS = 25
 
 
 def music_demo():
-    """Prepare the chorales, train configs/music-tiny.json (a few minutes on 2 cores), generate, compare."""
-    from rwkv_core.data import TokenDataset
-    from rwkv_core.heldout import heldout_nats
-    from rwkv_core.runs import training_ctx_len
-    from rwkv_core.sampling import SamplerConfig
+    """Prepare the chorales, train the shipped music-tiny config (a few minutes on 2 cores), generate, compare."""
+    from eaglefinch.rwkv_core.data import TokenDataset
+    from eaglefinch.rwkv_core.heldout import heldout_nats
+    from eaglefinch.rwkv_core.sampling import SamplerConfig
 
     from .corpus import default_midi_folder
     from .evaluate import unigram_entropy
     from .generate import generate_music
     from .pianoroll import save_midi_and_pianoroll
     from .prepare import prepare
-    from .train import load_run, train_music
+    from .run import MusicRun
+    from .train import train_music
 
     data, run = RUNS / "music-data", RUNS / "music"
     if not data.exists():
         prepare(default_midi_folder(), data, transpositions=TRANSPOSITIONS, tempo_factors=(1.0,))
     shutil.rmtree(run, ignore_errors=True)
     t0 = time.time()
-    train_music(ROOT / "configs" / "music-tiny.json", data, run)
+    train_music("music-tiny", data, run)
     print(f"trained a tiny music Finch in {time.time() - t0:.0f} s; curve: {run / 'loss.png'}")
 
-    model, tokenizer = load_run(run)
-    nats, counts = heldout_nats(model, TokenDataset(data, "val"), training_ctx_len(run, model))
+    music_run = MusicRun.open(run)
+    model, tokenizer = music_run.load()
+    nats, counts = heldout_nats(model, TokenDataset(data, "val"), music_run.ctx_len)
     print(f"held-out loss {nats / counts.sum().item():.3f} nats/token; "
           f"unigram baseline (entropy of the same tokens) {unigram_entropy(counts.numpy()):.3f}")
     ids = generate_music(model, tokenizer, [[tokenizer.START]], SECONDS, SamplerConfig(temperature=0.9), seed=0)[0]

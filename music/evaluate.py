@@ -1,6 +1,6 @@
 """Held-out evaluation of a music model: loss per token and per note, and generated vs held-out music.
 
-    model, tokenizer = load_run("runs/music")
+    model, tokenizer = MusicRun.open("runs/music").load()
     results = evaluate_music(model, tokenizer, "runs/music-data", ctx_len=256)
 
 Loss: non-overlapping windows of the training ctx_len laid end to end over the split, each from
@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from rwkv_core.checkpoint import atomic_path
-from rwkv_core.data import SEPARATOR, DataError, TokenDataset
-from rwkv_core.heldout import heldout_nats
-from rwkv_core.sampling import SamplerConfig
+from eaglefinch.rwkv_core.files import atomic_path
+from eaglefinch.rwkv_core.data import SEPARATOR, DataError, TokenDataset
+from eaglefinch.rwkv_core.heldout import heldout_nats
+from eaglefinch.rwkv_core.sampling import SamplerConfig
 
 from .generate import generate_music
 from .metrics import compare_note_sets

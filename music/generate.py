@@ -1,6 +1,6 @@
 """Music generation on top of the shared loop: a time limit in seconds, decoded to MIDI.
 
-    model, tokenizer = load_run("runs/music")
+    model, tokenizer = MusicRun.open("runs/music").load()
     pieces = generate_music(model, tokenizer, [prompt_ids(tokenizer)], seconds=30, seed=0)
     midi = tokenizer.decode(pieces[0])
 
@@ -11,8 +11,8 @@ not valid continuations.
 """
 import dataclasses
 
-from rwkv_core.generate import Generation
-from rwkv_core.sampling import SamplerConfig
+from eaglefinch.rwkv_core.generate import Generation
+from eaglefinch.rwkv_core.sampling import SamplerConfig
 
 from .tokenizer import MidiTokenizer
 

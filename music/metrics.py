@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from music.tokenizer import DRUMS, Note
+from eaglefinch.music.tokenizer import DRUMS, Note
 
 ONSET_TOLERANCE = 1e-3  # onsets closer than 1 ms are one onset (the notes of a chord)
 

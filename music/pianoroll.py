@@ -8,7 +8,8 @@ import mido
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from music.tokenizer import DRUMS, Note, atomic_write, midi_to_notes, write_midi
+from eaglefinch.music.tokenizer import DRUMS, Note, midi_to_notes, write_midi
+from eaglefinch.rwkv_core.files import atomic_path
 
 
 def save_pianoroll(notes: list[Note], path: Path | str, title: str | None = None) -> Path:
@@ -46,7 +47,8 @@ def save_pianoroll(notes: list[Note], path: Path | str, title: str | None = None
     if title:
         ax.set_title(title)
     figure.tight_layout()
-    atomic_write(path, lambda f: figure.savefig(f, format="png"))
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png")
     return path
 
 

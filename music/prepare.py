@@ -23,8 +23,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from music.tokenizer import DRUMS, MidiError, MidiTokenizer, midi_to_notes, read_midi
-from rwkv_core.data import DEFAULT_SHARD_TOKENS, DataError, ShardWriter, folder_written_whole, split_of
+from eaglefinch.music.tokenizer import DRUMS, MidiError, MidiTokenizer, midi_to_notes, read_midi
+from eaglefinch.rwkv_core.data import DEFAULT_SHARD_TOKENS, DataError, ShardWriter, folder_written_whole, split_of
 
 MIDI_SUFFIXES = (".mid", ".midi")
 DEFAULT_TRANSPOSITIONS = (-3, -2, -1, 0, 1, 2, 3)

@@ -32,13 +32,14 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from bisect import bisect_right
 from collections import defaultdict, deque
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import mido
+
+from eaglefinch.rwkv_core.files import atomic_path, write_json_atomic
 
 DRUMS = 128  # instrument id of MIDI channel 10
 DRUM_CHANNEL = 9
@@ -387,7 +388,7 @@ class MidiTokenizer:
 
     def save(self, path: Path | str) -> None:
         """Write `to_dict()` as JSON, atomically."""
-        atomic_write(path, lambda f: f.write(json.dumps(self.to_dict(), indent=2).encode()))
+        write_json_atomic(path, self.to_dict())
 
     @classmethod
     def load(cls, path: Path | str) -> MidiTokenizer:
@@ -487,7 +488,8 @@ def match_notes(expected: list[Note], actual: list[Note], time_tolerance: float,
 def write_midi(midi: mido.MidiFile, path: Path | str) -> Path:
     """Save a MidiFile atomically (a temporary file in the same folder, then a rename). Returns the path."""
     path = Path(path)
-    atomic_write(path, lambda f: midi.save(file=f))
+    with atomic_path(path) as tmp:
+        midi.save(filename=str(tmp))
     return path
 
 
@@ -663,20 +665,3 @@ def _chain(value: int, largest: int, ids: range) -> list[int]:
     """Token ids for a count split into chunks of at most `largest` (ids[k - 1] means k)."""
     full, rest = divmod(value, largest)
     return [ids[largest - 1]] * full + ([ids[rest - 1]] if rest else [])
-
-
-def atomic_write(path: Path | str, write) -> None:
-    """Call write(binary file) on a temporary file beside `path`, then rename it over `path`.
-
-    A failure leaves neither a partial `path` nor the temporary file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        os.remove(tmp)
-        raise

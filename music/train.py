@@ -1,22 +1,29 @@
 """Music training: the shared trainer on MIDI-event shards written by `music.prepare.prepare`.
 
-    train_music("configs/music-tiny.json", "runs/music-data", "runs/music")
+    train_music("music-tiny", "runs/music-data", "runs/music")
 
 The model is a plain RWKV whose vocabulary is the tokenizer's (its head is the music head). The
 tokenizer comes from the shards' index metadata and is saved in the run folder as
 `tokenizer.json`, so generation and evaluation decode with exactly the vocabulary trained on.
 """
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
-from rwkv_core import RWKV, RWKVConfig
-from rwkv_core.data import INDEX_NAME, DataError, TokenDataset
-from rwkv_core.runs import copy_config, model_file, run_config, run_folder
-from rwkv_core.train import NextTokenTask, is_main_process, load_splits, train
+import torch
 
+from eaglefinch.rwkv_core import RWKV, RunConfig
+from eaglefinch.rwkv_core.config import dataclass_from_dict
+from eaglefinch.rwkv_core.data import INDEX_NAME, DataError, TokenDataset
+from eaglefinch.rwkv_core.run import Run
+from eaglefinch.rwkv_core.train import NextTokenTask, is_main_process, load_splits, train
+
+from .run import TOKENIZER_FILE, MusicRun
 from .tokenizer import MidiTokenizer
 
-TOKENIZER_FILE = "tokenizer.json"
-SECTIONS = ("model", "train")  # of a training config (configs/music-tiny.json)
+@dataclass
+class MusicConfig:
+    """The "music" section of a music run config (no options yet: the tokenizer comes with the data)."""
 
 
 def data_tokenizer(data_dir, split: str = "train") -> MidiTokenizer:
@@ -31,46 +38,33 @@ def data_tokenizer(data_dir, split: str = "train") -> MidiTokenizer:
     return MidiTokenizer.from_dict(meta["tokenizer"])
 
 
-def train_music(config_path, data_dir, out_dir, *, max_steps=None, resume=False, seed=None, init=None,
+def train_music(config, data_dir, out_dir, *, max_steps=None, resume=False, seed=None, init=None,
                 progress=True, deepspeed_config=None) -> float:
-    """Train (or fine-tune from `init`) a music model; returns the last step's training loss.
+    """Train (or fine-tune from `init`, a music run) a music model; returns the last step's training loss.
 
     The run folder gets the trainer's files (model.safetensors, checkpoint.pt, metrics.jsonl,
     loss.png) plus config.json and tokenizer.json.
     """
-    cfg, train_cfg = run_config(config_path, SECTIONS, max_steps, seed)
+    run_config = RunConfig.load(config, "music")
+    dataclass_from_dict(MusicConfig, run_config.section, "music config")
+    train_cfg = run_config.train.with_overrides(max_steps, seed)
     tokenizer = data_tokenizer(data_dir)
     train_data, val_data = load_splits(data_dir, train_cfg.ctx_len)
-    if init:
-        model = RWKV.from_pretrained(init)
+    run = Run(out_dir)
+    if init is not None:
+        model, init_tokenizer = MusicRun.open(init).load()
+        run_config = dataclasses.replace(run_config, model=None)  # the model is the checkpoint's
+        if init_tokenizer.to_dict() != tokenizer.to_dict():
+            raise ValueError(f"{data_dir} was tokenized differently from the run {init}: prepare it with the same options")
     else:
-        model = RWKV(RWKVConfig.from_dict({**cfg["model"], "vocab_size": tokenizer.vocab_size}))
-    if model.cfg.vocab_size != tokenizer.vocab_size:
-        raise ValueError(f"the model has {model.cfg.vocab_size} outputs but the data's MIDI vocabulary "
-                         f"{tokenizer.vocab_size} ids")
-    out_dir = Path(out_dir)
-    saved = out_dir / TOKENIZER_FILE
+        torch.manual_seed(train_cfg.seed)  # the new model's weights follow the run's seed
+        model = RWKV(run_config.model_config(vocab_size=tokenizer.vocab_size))
+    saved = run.file(TOKENIZER_FILE)
     if resume and saved.exists() and MidiTokenizer.load(saved).to_dict() != tokenizer.to_dict():
         raise ValueError(f"cannot resume: {data_dir} was tokenized differently from the run in {out_dir}")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    run.folder.mkdir(parents=True, exist_ok=True)
     if is_main_process():  # under DeepSpeed, rank 0 alone writes the run folder's files
         tokenizer.save(saved)
-        copy_config(config_path, out_dir)
-    return train(NextTokenTask(model, train_cfg.l2wrap), train_cfg, train_data, out_dir, val_data=val_data,
+        run.save_config(run_config)
+    return train(NextTokenTask(model, train_cfg.l2wrap), train_cfg, train_data, run.folder, val_data=val_data,
                  resume=resume, progress=progress, deepspeed_config=deepspeed_config)
-
-
-def load_run(checkpoint):
-    """(model in eval mode, tokenizer) of a run folder, or of a model file with tokenizer.json beside it."""
-    model_path, folder = model_file(checkpoint), run_folder(checkpoint)
-    if not (folder / TOKENIZER_FILE).is_file():
-        raise FileNotFoundError(f"{folder / TOKENIZER_FILE} not found: not a music run")
-    try:
-        tokenizer = MidiTokenizer.load(folder / TOKENIZER_FILE)
-    except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{folder / TOKENIZER_FILE}: not a valid MIDI tokenizer ({e})") from None
-    model = RWKV.from_pretrained(model_path).eval()
-    if model.cfg.vocab_size != tokenizer.vocab_size:
-        raise ValueError(f"{model_path} has {model.cfg.vocab_size} outputs but its tokenizer "
-                         f"{tokenizer.vocab_size} ids")
-    return model, tokenizer

@@ -4,35 +4,19 @@ Loading never unpickles arbitrary objects: `.pth` goes through `torch.load(weigh
 and `.safetensors` through safetensors. Every problem becomes one `CheckpointError` that names
 the file and, where it applies, the key and the expected shape.
 """
-import contextlib
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
 
-from .config import RWKVConfig
+from .config import DOMAINS, RWKVConfig
+from .files import atomic_path
+from .model import RWKV
 
 
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be used, with the reason."""
-
-
-@contextlib.contextmanager
-def atomic_path(path):
-    """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def read_state_dict(path) -> tuple[dict, dict]:
@@ -101,7 +85,6 @@ def infer_config(sd: dict, source="checkpoint") -> RWKVConfig:
 
 def check_state_dict(sd: dict, cfg: RWKVConfig, source="checkpoint") -> None:
     """Every expected key present with its expected shape, nothing unexpected."""
-    from .model import RWKV
     with torch.device("meta"):
         expected = {k: tuple(v.shape) for k, v in RWKV(cfg).state_dict().items()}
     for key, shape in expected.items():
@@ -118,23 +101,52 @@ def check_state_dict(sd: dict, cfg: RWKVConfig, source="checkpoint") -> None:
                               + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""))
 
 
-def load_model(path, dtype=torch.float32, device="cpu"):
-    from .model import RWKV
-    sd, meta = read_state_dict(path)
-    cfg = infer_config(sd, source=str(path))
+def domain_tensors(sd: dict, domain: str) -> dict:
+    """The tensors a domain keeps beside the model in our .safetensors files, under its own prefix
+    ("visual.projector.weight", ...), with the prefix removed."""
+    prefix = f"{domain}."
+    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+
+
+def model_from_state_dict(sd: dict, meta: dict, source, dtype=torch.float32, device="cpu") -> RWKV:
+    """The RWKV of a state dict read by `read_state_dict` (a domain's prefixed tensors are skipped)."""
+    sd = {k: v for k, v in sd.items() if k.split(".", 1)[0] not in DOMAINS}
+    cfg = infer_config(sd, source=str(source))
     if "config" in meta:  # our safetensors carry the full config (ctx_len and the rest)
-        cfg = RWKVConfig.from_dict({**json.loads(meta["config"]), "tuned_state": cfg.tuned_state})
-    check_state_dict(sd, cfg, source=str(path))
+        try:
+            cfg = RWKVConfig.from_dict({**json.loads(meta["config"]), "tuned_state": cfg.tuned_state})
+        except (ValueError, TypeError) as e:
+            raise CheckpointError(f"{source}: invalid model config in its metadata ({e})") from None
+    check_state_dict(sd, cfg, source=str(source))
     with torch.device("meta"):
         model = RWKV(cfg)
     model.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in sd.items()}, assign=True)
     return model
 
 
-def save_model(model, path, dtype=None) -> None:
-    """Official layout, written atomically; `.safetensors` also stores the config as metadata."""
+def load_model(path, dtype=torch.float32, device="cpu", state=None) -> RWKV:
+    """An RWKV from an official BlinkDL .pth (v5.2 or v6) or our .safetensors; every dimension is
+    inferred from the keys and shapes. `state`: a file of tuned initial states (official
+    `blocks.{l}.att.time_state` keys only), given to the model."""
+    sd, meta = read_state_dict(path)
+    model = model_from_state_dict(sd, meta, path, dtype, device)
+    if state is not None:
+        load_tuned_state(model, state)
+    return model
+
+
+def save_model(model, path, dtype=None, domain_tensors: dict | None = None) -> None:
+    """Official layout, written atomically. `.safetensors` also stores the config as metadata, and
+    may carry a domain's own tensors beside the model (keys under the domain's prefix, e.g.
+    "visual.projector.weight"), so that everything inference needs is one file, written at once."""
     path = Path(path)
     sd = {k: v.detach().to(dtype or v.dtype).contiguous().cpu() for k, v in model.state_dict().items()}
+    if domain_tensors:
+        if path.suffix != ".safetensors":
+            raise ValueError(f"{path}: a domain's tensors go only into .safetensors (a .pth is the official layout)")
+        if any(k.split(".", 1)[0] not in DOMAINS for k in domain_tensors):
+            raise ValueError(f"domain tensors need a domain prefix ({', '.join(DOMAINS)}), got {sorted(domain_tensors)[:3]}")
+        sd.update({k: v.detach().contiguous().cpu() for k, v in domain_tensors.items()})
     with atomic_path(path) as tmp:
         if path.suffix == ".safetensors":
             from safetensors.torch import save_file
@@ -144,6 +156,8 @@ def save_model(model, path, dtype=None) -> None:
 
 
 def save_tuned_state(model, path) -> None:
+    """Write only the tuned initial states, as official `blocks.{l}.att.time_state` keys
+    ([H, value, key]); merged into a base checkpoint, the `rwkv` package uses them."""
     if not model.cfg.tuned_state:
         raise ValueError("the model has no tuned state (train with train_mode='state' first)")
     sd = {f"blocks.{i}.att.time_state": b.att.time_state.detach().cpu().contiguous()

@@ -1,11 +1,86 @@
-"""Model configuration: one dataclass, JSON presets in configs/."""
+"""Configuration: the model's shape (`RWKVConfig`), the trainer's settings (`TrainConfig`), and a
+training run's config file (`RunConfig`: model, train and one domain section), parsed here and
+nowhere else.
+
+Configs ship inside the package (`eaglefinch/configs/`, package data). Everywhere a config is
+asked for, a shipped config's name ("finch-1.6b", "text-tiny", "deepspeed/zero1") and a path to a
+JSON file of your own work alike (`config_file`).
+"""
 import dataclasses
 import json
-from dataclasses import dataclass
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 ARCHS = ("eagle", "finch")  # eagle = RWKV-5.2 (x052), finch = RWKV-6 (x060)
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+DOMAINS = ("text", "music", "visual")
+
+
+def _shipped():
+    return resources.files("eaglefinch.configs")
+
+
+def shipped_configs() -> list[str]:
+    """Names of every config the package ships: presets, training configs, deepspeed/zero1, ..."""
+    names = []
+    for entry in _shipped().iterdir():
+        if entry.name.endswith(".json"):
+            names.append(entry.name[:-5])
+        elif entry.is_dir() and not entry.name.startswith("__"):
+            names += [f"{entry.name}/{e.name[:-5]}" for e in entry.iterdir() if e.name.endswith(".json")]
+    return sorted(names)
+
+
+def config_file(name_or_path):
+    """A config to read: a JSON file that exists, else the shipped config of that name (".json"
+    optional; "configs/" in front is tolerated, so the README's paths work from anywhere)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    name = str(name_or_path).removesuffix(".json").removeprefix("configs/")
+    shipped = _shipped().joinpath(*f"{name}.json".split("/"))
+    if name and shipped.is_file():
+        return shipped
+    raise FileNotFoundError(f"no config file {str(name_or_path)!r} and no shipped config of that name; "
+                            f"shipped: {', '.join(shipped_configs())}")
+
+
+def read_config(name_or_path) -> dict:
+    """The JSON object of a config file or shipped config (one clear error if it is not one)."""
+    source = config_file(name_or_path)
+    try:
+        d = json.loads(source.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ValueError(f"{name_or_path}: cannot read the config ({e})") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"{name_or_path}: a config is a JSON object")
+    return d
+
+
+def dataclass_from_dict(cls, d, what: str):
+    """cls(**d), refusing keys the dataclass does not have (a typo must not silently fall back to a default)."""
+    if not isinstance(d, dict):
+        raise ValueError(f"the {what} must be a JSON object, got {type(d).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"unknown {what} keys {unknown}; known keys: {sorted(known)}")
+    try:
+        return cls(**d)
+    except TypeError as e:
+        raise ValueError(f"invalid {what}: {e}") from None
+
+
+def _check_types(obj, what: str) -> None:
+    """Each field's value has its annotated type (an int where a float goes; never a bool for a number)."""
+    for f in dataclasses.fields(obj):
+        allowed = typing.get_args(f.type) or (f.type,)
+        allowed += (int,) if float in allowed else ()
+        value = getattr(obj, f.name)
+        if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+            raise ValueError(f"{what} {f.name} must be of type {f.type.__name__ if isinstance(f.type, type) else f.type}, "
+                             f"got {value!r}")
 
 
 @dataclass
@@ -33,8 +108,9 @@ class RWKVConfig:
             self.dim_ffn = int(3.5 * self.n_embd) // 32 * 32
         for name in ("n_layer", "n_embd", "vocab_size", "head_size", "dim_att", "dim_ffn",
                      "mix_lora_dim", "decay_lora_dim", "ctx_len"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.dim_att % self.head_size:
             raise ValueError(f"dim_att ({self.dim_att}) must be a multiple of head_size ({self.head_size})")
 
@@ -47,32 +123,121 @@ class RWKVConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "RWKVConfig":
-        return dataclass_from_dict(cls, d, "config")
+        return dataclass_from_dict(cls, d, "model config")
 
     @classmethod
-    def load(cls, name_or_path: str | Path) -> "RWKVConfig":
-        """A JSON file, or the name of a preset in configs/ (e.g. "finch-1.6b")."""
-        path = Path(name_or_path)
-        if not path.exists():
-            path = CONFIG_DIR / f"{name_or_path}.json"
-        if not path.exists():
-            raise FileNotFoundError(f"no config file {name_or_path!r} and no preset of that name; "
-                                    f"presets: {', '.join(list_presets())}")
-        d = json.loads(path.read_text())
+    def load(cls, name_or_path) -> "RWKVConfig":
+        """A preset ("finch-1.6b"), or a JSON file: a model config, or a training config's "model" section."""
+        d = read_config(name_or_path)
         return cls.from_dict(d.get("model", d))
 
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-
-
-def dataclass_from_dict(cls, d: dict, what: str):
-    """cls(**d), refusing keys the dataclass does not have (a typo must not silently fall back to a default)."""
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-        raise ValueError(f"unknown {what} keys {unknown}; known keys: {sorted(known)}")
-    return cls(**d)
+    def save(self, path) -> None:
+        from .files import write_json_atomic
+        write_json_atomic(path, self.to_dict())
 
 
 def list_presets() -> list[str]:
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.json") if "arch" in json.loads(p.read_text()))
+    """Names of the shipped model presets (official sizes and tiny ones)."""
+    return [name for name in shipped_configs() if "arch" in read_config(name)]
+
+
+@dataclass
+class TrainConfig:
+    """The trainer's settings: the "train" section of a run config."""
+
+    max_steps: int = 1000
+    decay_steps: int | None = None    # length of the cosine schedule; default max_steps (so a run can stop early and resume on the same schedule)
+    batch_size: int = 8
+    ctx_len: int = 512
+    lr_init: float = 6e-4
+    lr_final: float = 6e-5
+    warmup_steps: int = 10
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.99
+    adam_eps: float = 1e-8
+    grad_clip: float = 1.0
+    l2wrap: bool = True
+    grad_checkpointing: bool = False
+    compile: bool = False
+    train_mode: str = "full"          # "full", or "state": train only the initial WKV state
+    log_every: int = 10
+    val_every: int = 100
+    val_batches: int = 8
+    save_every: int = 100
+    seed: int = 0
+
+    def __post_init__(self):
+        _check_types(self, "train")
+        if self.train_mode not in ("full", "state"):
+            raise ValueError(f"train_mode must be 'full' or 'state', got {self.train_mode!r}")
+        for name in ("max_steps", "batch_size", "ctx_len", "log_every", "val_every", "val_batches", "save_every"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"train {name} must be positive, got {getattr(self, name)}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        return dataclass_from_dict(cls, d, "train config")
+
+    def with_overrides(self, max_steps=None, seed=None) -> "TrainConfig":
+        """The command line's --max-steps / --seed on top. --max-steps stops the run early; the lr
+        schedule keeps the config's length, so a run stopped there and resumed follows the same
+        schedule as one that never stopped."""
+        cfg = dataclasses.replace(self)
+        if max_steps is not None:
+            cfg.decay_steps = cfg.decay_steps or cfg.max_steps
+            cfg.max_steps = max_steps
+        if seed is not None:
+            cfg.seed = seed
+        cfg.__post_init__()
+        return cfg
+
+
+@dataclass
+class RunConfig:
+    """A training run's config file: "model" (an RWKVConfig's fields; absent when the run starts from
+    a checkpoint), "train" (TrainConfig) and the domain's own section ("text", "music" or "visual";
+    the domain parses it into its own dataclass). An optional "domain" key names the domain; a run
+    folder's config.json always has it."""
+
+    domain: str
+    model: dict | None = None
+    train: TrainConfig = field(default_factory=TrainConfig)
+    section: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict, domain: str, where="config") -> "RunConfig":
+        if domain not in DOMAINS:
+            raise ValueError(f"unknown domain {domain!r}; domains: {', '.join(DOMAINS)}")
+        other = d.get("domain") or next((name for name in DOMAINS if name in d), domain)
+        if other != domain:
+            raise ValueError(f"{where} is a {other} config, not a {domain} one")
+        unknown = sorted(set(d) - {"domain", "model", "train", domain})
+        if unknown:
+            raise ValueError(f"{where}: unknown sections {unknown}; a {domain} config has model, train and {domain}")
+        try:
+            if d.get("model") is not None:
+                RWKVConfig.from_dict(d["model"])  # checked now; the domain may still set vocab_size
+            train = TrainConfig.from_dict(d.get("train", {}))
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+        section = d.get(domain, {})
+        if not isinstance(section, dict):
+            raise ValueError(f"{where}: the {domain} section must be a JSON object")
+        return cls(domain, d.get("model"), train, section)
+
+    @classmethod
+    def load(cls, name_or_path, domain: str) -> "RunConfig":
+        """A shipped training config ("text-tiny") or a JSON file, for `domain`."""
+        return cls.from_dict(read_config(name_or_path), domain, where=str(name_or_path))
+
+    def model_config(self, **overrides) -> RWKVConfig:
+        if self.model is None:
+            raise ValueError("the config has no \"model\" section; give one, or start from a checkpoint (--init)")
+        return RWKVConfig.from_dict({**self.model, **overrides})
+
+    def to_dict(self) -> dict:
+        d = {"domain": self.domain, "train": dataclasses.asdict(self.train), self.domain: self.section}
+        if self.model is not None:
+            d["model"] = self.model
+        return d

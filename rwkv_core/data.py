@@ -17,6 +17,7 @@ RWKV-LM's json2binidx also ends every document with token 0 and samples the `.bi
 All problems with the data raise `DataError` (a ValueError) with the path and what is wrong.
 """
 import contextlib
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -37,6 +38,26 @@ MAX_TOKEN_ID = np.iinfo(np.uint16).max
 
 class DataError(ValueError):
     """A token dataset, or the input for one, is missing, malformed or too small."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Batch:
+    """What the trainer feeds a task: input ids [B, T] and their next-token targets [B, T].
+
+    Domains subclass it with fields of their own (visual: images, their spans, a loss mask);
+    `to(device)` moves every tensor field and leaves the others as they are."""
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+
+    @property
+    def num_tokens(self) -> int:
+        return self.inputs.numel()
+
+    def to(self, device) -> "Batch":
+        moved = {f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)
+                 if isinstance(getattr(self, f.name), torch.Tensor)}
+        return dataclasses.replace(self, **moved)
 
 
 def split_of(key: str, val_fraction: float) -> str:
@@ -262,13 +283,13 @@ class TokenStream:
 
     def _batch(self, starts, ctx_len: int):
         w = torch.from_numpy(np.stack([self.window(int(s), ctx_len + 1) for s in starts]))
-        return w[:, :-1].contiguous(), w[:, 1:].contiguous()
+        return Batch(w[:, :-1].contiguous(), w[:, 1:].contiguous())
 
     def sample_batch(self, batch_size: int, ctx_len: int, generator: torch.Generator | None = None):
         """Draw batch_size windows at uniformly random starts (a CPU torch.Generator makes it repeatable).
 
         Returns:
-            x, y: [batch_size, ctx_len] int64 CPU tensors; move them with `.to(device, non_blocking=True)`.
+            a Batch of [batch_size, ctx_len] int64 CPU tensors (inputs, targets).
         """
         self._check_ctx_len(batch_size, ctx_len)
         # the last valid start is len - (ctx_len + 1)
@@ -276,7 +297,7 @@ class TokenStream:
         return self._batch(starts.tolist(), ctx_len)
 
     def iter_batches(self, batch_size: int, ctx_len: int):
-        """Yield (x, y) over non-overlapping windows in stream order, for validation and evaluation.
+        """Yield Batches over non-overlapping windows in stream order, for validation and evaluation.
 
         Window i starts at i * ctx_len, so every target token is scored exactly once; the last
         (len - 1) % ctx_len targets, too few for a window, are left out. The last batch may be smaller.

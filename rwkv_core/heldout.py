@@ -53,8 +53,8 @@ def count_windows(stream, length: int, max_tokens: int | None = None, option: st
 def first_windows(stream, length: int, batch_size: int, n_windows: int):
     """(x, y) batches of the stream's first n_windows windows of `length` targets."""
     seen = 0
-    for x, y in stream.iter_batches(batch_size, length):
-        x, y = x[:n_windows - seen], y[:n_windows - seen]
+    for batch in stream.iter_batches(batch_size, length):
+        x, y = batch.inputs[:n_windows - seen], batch.targets[:n_windows - seen]
         yield x, y
         seen += len(x)
         if seen == n_windows:

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kernels import wkv
+from eaglefinch.kernels import wkv
 
 from .config import RWKVConfig
 from .state import RWKVState
@@ -287,21 +287,6 @@ class RWKV(nn.Module):
         hidden, state = self.forward_hidden(idx, state, embeds=embeds, reverse_span=reverse_span)
         return self.head(hidden), state
 
-    @classmethod
-    def from_pretrained(cls, path, dtype=torch.float32, device="cpu", state=None) -> "RWKV":
-        """Load an official BlinkDL .pth (v5.2 or v6), or a .safetensors file; dims are inferred.
-        `state`: a file of tuned initial states (official `blocks.{l}.att.time_state` keys only)."""
-        from .checkpoint import load_model, load_tuned_state
-        model = load_model(path, dtype=dtype, device=device)
-        if state is not None:
-            load_tuned_state(model, state)
-        return model
-
-    def save_pretrained(self, path, dtype=None) -> None:
-        """Write the official layout: .pth (flat state dict) or .safetensors (config in metadata)."""
-        from .checkpoint import save_model
-        save_model(self, path, dtype=dtype)
-
     def add_tuned_state(self) -> None:
         """Give every layer a trainable initial WKV state (att.time_state, zeros) if it has none."""
         if not self.cfg.tuned_state:
@@ -311,12 +296,6 @@ class RWKV(nn.Module):
                 att = block.att
                 att.time_state = nn.Parameter(torch.zeros(att.n_head, att.head_size, att.head_size,
                                                           device=w.device, dtype=w.dtype))
-
-    def save_tuned_state(self, path) -> None:
-        """Write only the tuned initial states, as official `blocks.{l}.att.time_state` keys
-        ([H, value, key]); merged into a base checkpoint, the `rwkv` package uses them."""
-        from .checkpoint import save_tuned_state
-        save_tuned_state(self, path)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

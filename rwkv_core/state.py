@@ -65,7 +65,7 @@ class RWKVState:
     def save(self, path: str | Path) -> None:
         """Write as safetensors (atomically): a saved state can never run code when loaded."""
         from safetensors.torch import save_file
-        from .checkpoint import atomic_path
+        from .files import atomic_path
         with atomic_path(path) as tmp:
             save_file({"att_shift": self.att_shift.contiguous(), "wkv": self.wkv.contiguous(),
                        "ffn_shift": self.ffn_shift.contiguous()}, str(tmp))

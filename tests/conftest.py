@@ -13,22 +13,13 @@ os.environ.pop("RWKV_V7_ON", None)
 
 def pytest_addoption(parser):
     parser.addoption("--wkv-launch", default="default",
-                     help="Triton WKV launch settings NAME=VALUE+... (kernels.triton.chunk.LAUNCH) for every "
-                          "test of this run, e.g. `pytest tests/gpu --wkv-launch max_span=-1`")
+                     help="Triton WKV launch settings NAME=VALUE+... over the defaults (WKVLaunch, "
+                          "kernels/wkv_op/triton/launch.py) for every kernel test of this run, e.g. "
+                          "`pytest tests/gpu --wkv-launch max_span=-1`")
 
 
-@pytest.fixture(autouse=True)
-def _wkv_launch(request):
-    """Applies --wkv-launch to the Triton WKV kernels for the test, then restores the defaults."""
-    text = request.config.getoption("--wkv-launch")
-    if text == "default":
-        yield
-        return
-    from kernels.triton import chunk
-    saved = dict(chunk.LAUNCH)
-    chunk.LAUNCH.update(chunk.parse_launch(text))
-    try:
-        yield
-    finally:
-        chunk.LAUNCH.clear()
-        chunk.LAUNCH.update(saved)
+@pytest.fixture(scope="session")
+def wkv_launch(request):
+    """The run's Triton WKV launch settings (--wkv-launch): kernel tests pass them as `launch=`."""
+    from eaglefinch.kernels.wkv_op.triton import WKVLaunch
+    return WKVLaunch.parse(request.config.getoption("--wkv-launch"))

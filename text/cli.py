@@ -1,7 +1,8 @@
 """`eaglefinch text ...` subcommands: prepare, train, generate, chat, eval."""
 import sys
+from pathlib import Path
 
-from rwkv_core.runs import add_sampling_args, add_train_args, load_model, run_folder, sampler_from, training_ctx_len
+from eaglefinch.rwkv_core.cli import add_sampling_args, add_train_args, sampler_from
 
 
 def cmd_prepare(args):
@@ -18,7 +19,7 @@ def cmd_train(args):
 
 
 def load_state(path):
-    from rwkv_core import RWKVState
+    from eaglefinch.rwkv_core import RWKVState
     return RWKVState.load(path) if path else None
 
 
@@ -29,13 +30,13 @@ def write_stdout(text):
 
 def cmd_generate(args):
     from .generate import generate_text
-    from .train import tokenizer_for
+    from .run import TextRun
 
-    model = load_model(args.checkpoint)
+    model, tokenizer = TextRun.open(args.checkpoint).load()
     state = load_state(args.load_state)
     write_stdout(args.prompt)
     _, state = generate_text(model, [args.prompt], args.max_tokens, sampler_from(args),
-                             tokenizer=tokenizer_for(args.checkpoint), stop=args.stop or (), seed=args.seed,
+                             tokenizer=tokenizer, stop=args.stop or (), seed=args.seed,
                              state=state, on_text=lambda _row, text: write_stdout(text))
     write_stdout("\n")
     if args.save_state:
@@ -44,9 +45,9 @@ def cmd_generate(args):
 
 def cmd_chat(args):
     from .chat import ChatSession
-    from .train import tokenizer_for
+    from .run import TextRun
 
-    session = ChatSession(load_model(args.checkpoint), tokenizer_for(args.checkpoint), sampler_from(args),
+    session = ChatSession(*TextRun.open(args.checkpoint).load(), sampler_from(args),
                           seed=args.seed, state=load_state(args.load_state), max_tokens=args.max_tokens)
     interactive = sys.stdin.isatty()
     while True:
@@ -73,13 +74,15 @@ def add_generation_args(p):
 
 def cmd_eval(args):
     from .evaluate import evaluate, save_results, summary
-    from .train import tokenizer_for
+    from .run import TextRun
 
-    model = load_model(args.checkpoint)
-    results = evaluate(model, args.data, args.split, tokenizer=tokenizer_for(args.checkpoint),
-                       ctx_len=training_ctx_len(args.checkpoint, model), max_len=args.max_len,
-                       batch_size=args.batch_size, max_tokens=args.max_tokens)
-    json_path, plot_path = save_results(results, args.out or run_folder(args.checkpoint))
+    run = TextRun.open(args.checkpoint)
+    model, tokenizer = run.load()
+    results = evaluate(model, args.data, args.split, tokenizer=tokenizer, ctx_len=run.ctx_len or model.cfg.ctx_len,
+                       max_len=args.max_len, batch_size=args.batch_size, max_tokens=args.max_tokens)
+    out = Path(args.out) if args.out else run.folder
+    out.mkdir(exist_ok=True)
+    json_path, plot_path = save_results(results, out)
     print(summary(results))
     print(f"wrote {json_path} and {plot_path}")
 
@@ -95,7 +98,7 @@ def add_commands(parser, common):
     p.set_defaults(func=cmd_prepare)
 
     t = sub.add_parser("train", parents=[common], help="train or fine-tune a text model")
-    add_train_args(t, "text", "model, train and text sections: configs/text-tiny.json")
+    add_train_args(t, "text", "model, train and text sections: text-tiny")
     t.set_defaults(func=cmd_train)
 
     g = sub.add_parser("generate", parents=[common], help="continue a prompt, streaming text to stdout")

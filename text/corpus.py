@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from rwkv_core.data import DataError, folder_written_whole
+from eaglefinch.rwkv_core.data import DataError, folder_written_whole
 
 ROLES = ("User", "Assistant")
 # libyaml's safe loader is ~10x faster than the pure-Python one, when PyYAML was built with it

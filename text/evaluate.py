@@ -1,6 +1,7 @@
 """Held-out evaluation of a text model: loss, bits per byte, and loss against position in long windows.
 
-    results = evaluate(model, "runs/data", "val", tokenizer=tokenizer_for(run), ctx_len=128)
+    model, tokenizer = TextRun.open("runs/text").load()
+    results = evaluate(model, "runs/data", "val", tokenizer=tokenizer, ctx_len=128)
     save_results(results, run)     # eval.json and eval_positions.png
 
 Two passes over the split, each over non-overlapping windows laid end to end from the start of the
@@ -28,9 +29,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from rwkv_core.checkpoint import atomic_path
-from rwkv_core.data import MAX_TOKEN_ID, SEPARATOR, DataError, TokenDataset
-from rwkv_core.heldout import count_windows, first_windows, heldout_nats, window_losses
+from eaglefinch.rwkv_core.files import atomic_path
+from eaglefinch.rwkv_core.data import MAX_TOKEN_ID, SEPARATOR, DataError, TokenDataset
+from eaglefinch.rwkv_core.heldout import count_windows, first_windows, heldout_nats, window_losses
 
 from .subset import SubsetTokenizer
 from .tokenizer import WorldTokenizer

@@ -1,8 +1,8 @@
 """Text generation on top of the shared loop: tokenize, sample, stream decoded text, stop strings."""
 import dataclasses
 
-from rwkv_core.generate import Generation
-from rwkv_core.sampling import SamplerConfig
+from eaglefinch.rwkv_core.generate import Generation
+from eaglefinch.rwkv_core.sampling import SamplerConfig
 
 from .tokenizer import StreamDecoder, WorldTokenizer
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from rwkv_core.data import DEFAULT_SHARD_TOKENS, DataError, ShardWriter, folder_written_whole, split_of
+from eaglefinch.rwkv_core.data import DEFAULT_SHARD_TOKENS, DataError, ShardWriter, folder_written_whole, split_of
 
 SUFFIXES = (".txt", ".jsonl")
 DEFAULT_MAX_DOC_CHARS = 1_000_000

@@ -11,6 +11,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from eaglefinch.rwkv_core.data import Batch
+from eaglefinch.rwkv_core.files import write_json_atomic
+
 
 def used_ids(*streams) -> list[int]:
     """Sorted World ids of the streams (TokenDataset), plus 0 and the 256 byte tokens."""
@@ -56,7 +59,7 @@ class SubsetTokenizer:
         return self.decode_bytes(ids).decode("utf-8", errors=errors)
 
     def save(self, path) -> None:
-        Path(path).write_text(json.dumps({"world_ids": self.ids}))
+        write_json_atomic(path, {"world_ids": self.ids})
 
     @classmethod
     def load(cls, world, path) -> "SubsetTokenizer":
@@ -74,10 +77,12 @@ class MappedTokens:
         self.table = torch.zeros(65536, dtype=torch.long)
         self.table[torch.tensor(ids)] = torch.arange(len(ids))
 
+    def _map(self, batch: Batch) -> Batch:
+        return Batch(self.table[batch.inputs], self.table[batch.targets])
+
     def sample_batch(self, batch_size, ctx_len, generator=None):
-        x, y = self.stream.sample_batch(batch_size, ctx_len, generator)
-        return self.table[x], self.table[y]
+        return self._map(self.stream.sample_batch(batch_size, ctx_len, generator))
 
     def iter_batches(self, batch_size, ctx_len):
-        for x, y in self.stream.iter_batches(batch_size, ctx_len):
-            yield self.table[x], self.table[y]
+        for batch in self.stream.iter_batches(batch_size, ctx_len):
+            yield self._map(batch)

@@ -11,11 +11,11 @@ from typing import Callable, Iterator, Optional, Sequence, Union
 import torch
 from PIL import Image
 
-from rwkv_core.generate import Generation
-from rwkv_core.sampling import SamplerConfig
-from visual.images import ImageError, iter_folder_images, load_image
-from visual.model import VisualRWKV
-from visual.prompt import IMAGE_PLACEHOLDER, TURN_END, encode_conversation
+from eaglefinch.rwkv_core.generate import Generation
+from eaglefinch.rwkv_core.sampling import SamplerConfig
+from eaglefinch.visual.images import ImageError, iter_folder_images, load_image
+from eaglefinch.visual.model import VisualRWKV
+from eaglefinch.visual.prompt import IMAGE_PLACEHOLDER, TURN_END, encode_conversation
 
 DEFAULT_PROMPT = "Describe the image."
 GREEDY = SamplerConfig(temperature=0.0)

@@ -3,7 +3,7 @@ import json
 import sys
 from pathlib import Path
 
-from rwkv_core.runs import add_sampling_args, add_train_args, run_folder, sampler_from
+from eaglefinch.rwkv_core.cli import add_sampling_args, add_train_args, sampler_from
 
 
 def cmd_shapes(args):
@@ -43,12 +43,12 @@ def cmd_train(args):
 
 
 def cmd_caption(args):
-    from rwkv_core.checkpoint import atomic_path
+    from eaglefinch.rwkv_core.files import atomic_path
 
     from .caption import caption_files
-    from .train import load_visual
+    from .run import VisualRun
 
-    vlm, tokenizer = load_visual(args.checkpoint)
+    vlm, tokenizer = VisualRun.open(args.checkpoint).load()
     sampler = sampler_from(args)
     results, errors = caption_files(vlm, tokenizer, args.images, args.prompt, batch_size=args.batch_size,
                                     on_result=None if args.out else lambda path, text: print(f"{path}\t{text}", flush=True),
@@ -68,11 +68,12 @@ def cmd_caption(args):
 def cmd_eval(args):
     from .data import read_records
     from .evaluate import accuracy, evaluate_captions, save_grid
-    from .train import load_visual
+    from .run import VisualRun
 
-    vlm, tokenizer = load_visual(args.checkpoint)
+    run = VisualRun.open(args.checkpoint)
+    vlm, tokenizer = run.load()
     results = evaluate_captions(vlm, tokenizer, read_records(args.data))
-    out = Path(args.out) if args.out else run_folder(args.checkpoint)
+    out = Path(args.out) if args.out else run.folder
     out.mkdir(parents=True, exist_ok=True)
     grid = save_grid(results[:16], out / "captions.png")
     print(f"exact-caption accuracy: {accuracy(results):.1%} of {len(results)} images; grid: {grid}")
@@ -107,7 +108,7 @@ def add_commands(parser, common):
     c.set_defaults(func=cmd_clip_train)
 
     t = sub.add_parser("train", parents=[common], help="train a VisualRWKV (stage 1: projector; stage 2: + backbone; DeepSpeed: ZeRO 1/2)")
-    add_train_args(t, "visual", "model, train and visual sections: configs/visual-tiny.json",
+    add_train_args(t, "visual", "model, train and visual sections: visual-tiny",
                    data_help="JSONL of captions or LLaVA conversations",
                    init_help="a visual run folder (e.g. stage 1), or a language model to build on")
     t.add_argument("--val", help="held-out JSONL for the validation loss")

@@ -19,10 +19,10 @@ import open_clip
 import torch
 from PIL import Image
 
-from rwkv_core.checkpoint import atomic_path
-from rwkv_core.train import TrainConfig, lr_at
-from visual.encoder import DEFAULT_MODEL, quiet_logging, register_model_configs
-from visual.images import load_image, to_rgb
+from eaglefinch.rwkv_core.files import atomic_path
+from eaglefinch.rwkv_core.train import TrainConfig, lr_at
+from eaglefinch.visual.encoder import DEFAULT_MODEL, quiet_logging, register_model_configs
+from eaglefinch.visual.images import load_image, to_rgb
 
 ImageSource = Union[str, Path, Image.Image]
 

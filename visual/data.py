@@ -11,6 +11,7 @@ A JSON array of such records (LLaVA ships its data as .json) is read too. Relati
 are resolved against `image_root`, by default the JSONL file's folder. Every malformed record
 raises one `DataError` naming the file and line (or record index) and what is wrong.
 """
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,10 +20,10 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from rwkv_core.checkpoint import atomic_path
-from rwkv_core.data import DataError
-from visual.images import load_image
-from visual.prompt import IMAGE_PLACEHOLDER, Batch, TokenLayout, collate, encode_conversation
+from eaglefinch.rwkv_core.files import atomic_path
+from eaglefinch.rwkv_core.data import DataError
+from eaglefinch.visual.images import load_image
+from eaglefinch.visual.prompt import IMAGE_PLACEHOLDER, TokenLayout, VisualBatch, collate, encode_conversation
 
 DEFAULT_CAPTION_PROMPT = "<image>\nDescribe the image."
 ROLES = ("human", "gpt")
@@ -152,15 +153,15 @@ class VisualDataset(Dataset):
         return image, layout
 
 
-def collate_visual(samples: Sequence[tuple[Optional[torch.Tensor], TokenLayout]], pad_id: int = 0):
-    """Returns (images [B, 3, H, W] or None if no sample has one, Batch).
+def collate_visual(samples: Sequence[tuple[Optional[torch.Tensor], TokenLayout]], pad_id: int = 0) -> VisualBatch:
+    """One VisualBatch of (image or None, layout) samples; its pixels are None if no sample has an image.
 
     A text-only sample gets a zero image; its empty span means its image tokens are never used.
     """
     images = [image for image, _ in samples]
-    batch: Batch = collate([layout for _, layout in samples], pad_id)
+    batch = collate([layout for _, layout in samples], pad_id)
     present = [image for image in images if image is not None]
     if not present:
-        return None, batch
+        return batch
     zeros = torch.zeros_like(present[0])
-    return torch.stack([zeros if image is None else image for image in images]), batch
+    return dataclasses.replace(batch, pixels=torch.stack([zeros if image is None else image for image in images]))

@@ -3,7 +3,7 @@
 1. 10,000 training and 200 held-out images of shapes with exact captions (visual/shapes.py).
 2. A tiny open_clip CLIP trained contrastively on the training pairs: no pretrained weights can be
    downloaded here, so this is where the frozen encoder comes from (cached between runs).
-3. A tiny Finch VisualRWKV (configs/visual-tiny.json) trained on the captions, encoder frozen.
+3. A tiny Finch VisualRWKV (the shipped visual-tiny config) trained on the captions, encoder frozen.
 4. Greedy captions of the held-out images with the recurrent state: exact-match accuracy, and a
    grid of predictions in runs/demo/visual/captions.png.
 """
@@ -11,18 +11,18 @@ import shutil
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
 RUNS = Path("runs/demo")
 N_TRAIN, N_HELDOUT = 10_000, 200
 CLIP_STEPS = 3000  # held-out retrieval 95% (2000 steps: 89.5%, which capped the captions at 91%)
 
 
 def visual_demo():
-    from visual.clip_train import save_clip, train_clip
-    from visual.data import read_records
-    from visual.evaluate import accuracy, evaluate_captions, save_grid
-    from visual.shapes import write_shapes_dataset
-    from visual.train import load_visual, train_visual
+    from eaglefinch.visual.clip_train import save_clip, train_clip
+    from eaglefinch.visual.data import read_records
+    from eaglefinch.visual.evaluate import accuracy, evaluate_captions, save_grid
+    from eaglefinch.visual.shapes import write_shapes_dataset
+    from eaglefinch.visual.run import VisualRun
+    from eaglefinch.visual.train import train_visual
 
     data, clip, run = RUNS / "shapes", RUNS / "clip.pt", RUNS / "visual"
     if not (data / "heldout.jsonl").exists():
@@ -36,10 +36,10 @@ def visual_demo():
         print(f"trained a tiny CLIP in {time.time() - t0:.0f} s (final loss {clip_run.losses[-1]:.3f}): {clip}")
     shutil.rmtree(run, ignore_errors=True)
     t0 = time.time()
-    loss = train_visual(ROOT / "configs" / "visual-tiny.json", data / "train.jsonl", run,
+    loss = train_visual("visual-tiny", data / "train.jsonl", run,
                         val=data / "heldout.jsonl", clip=clip)
     print(f"trained a tiny VisualRWKV in {time.time() - t0:.0f} s: final train loss {loss:.3f}; curve: {run / 'loss.png'}")
-    vlm, tokenizer = load_visual(run)
+    vlm, tokenizer = VisualRun.open(run).load()
     results = evaluate_captions(vlm, tokenizer, read_records(data / "heldout.jsonl"))
     grid = save_grid(results[:16], run / "captions.png", title="held-out images, greedy captions")
     for r in results[:5]:

@@ -4,10 +4,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from rwkv_core.checkpoint import atomic_path
-from visual.caption import answer
-from visual.data import VisualRecord
-from visual.images import load_image
+from eaglefinch.rwkv_core.files import atomic_path
+from eaglefinch.visual.caption import answer
+from eaglefinch.visual.data import VisualRecord
+from eaglefinch.visual.images import load_image
 
 
 @dataclass(frozen=True)

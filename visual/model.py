@@ -7,29 +7,29 @@ With `bidirectional`, odd-numbered blocks read the patch tokens of each span bac
 backbone's `reverse_span`); the class token, which the encoder puts last, stays outside the
 reversed span as in VisualRWKV, so every layer reads it after all the patches.
 
-A visual run folder holds, beside the language model's files (model.safetensors, and
-vocab_subset.json when the vocabulary is trimmed):
-    visual.json          the VisualConfig
-    visual.safetensors   projector.* and encoder.* weights
+A visual run folder (visual/run.py) holds the language model's files (model.safetensors, and
+vocab_subset.json when the vocabulary is trimmed) and visual.json, the VisualConfig. The projector
+and encoder weights are in model.safetensors too, as "visual.projector.*" and "visual.encoder.*":
+one file, written at once, so a run killed at any moment never pairs a backbone with a projector
+of another step.
 """
 import dataclasses
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from rwkv_core import RWKV
-from rwkv_core.checkpoint import CheckpointError, atomic_path
-from rwkv_core.config import dataclass_from_dict
-from rwkv_core.runs import MODEL_FILE
-from visual.encoder import DEFAULT_MODEL, VisionEncoder
-from visual.projector import PROJECTOR_KINDS, build_projector
-from visual.prompt import IMAGE_POSITIONS, splice_image_tokens
+from eaglefinch.rwkv_core import RWKV
+from eaglefinch.rwkv_core.checkpoint import (CheckpointError, domain_tensors, model_from_state_dict, read_state_dict,
+                                              save_model)
+from eaglefinch.rwkv_core.config import dataclass_from_dict
+from eaglefinch.rwkv_core.files import write_json_atomic
+from eaglefinch.visual.encoder import DEFAULT_MODEL, VisionEncoder
+from eaglefinch.visual.projector import PROJECTOR_KINDS, build_projector
+from eaglefinch.visual.prompt import IMAGE_POSITIONS, splice_image_tokens
 
-CONFIG_FILE, WEIGHTS_FILE = "visual.json", "visual.safetensors"
+CONFIG_FILE = "visual.json"
 
 
 @dataclass
@@ -104,40 +104,33 @@ class VisualRWKV(nn.Module):
         self.projector.requires_grad_(True)
         self.encoder.requires_grad_(not self.encoder.frozen)
 
-    def save_visual(self, run_dir) -> None:
-        """Write visual.json and visual.safetensors (the language model is saved by the trainer)."""
-        run_dir = Path(run_dir)
-        weights = {f"projector.{k}": v for k, v in self.projector.state_dict().items()}
-        weights.update({f"encoder.{k}": v for k, v in self.encoder.tower.state_dict().items()})
-        with atomic_path(run_dir / WEIGHTS_FILE) as tmp:
-            save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, str(tmp))
-        with atomic_path(run_dir / CONFIG_FILE) as tmp:
-            Path(tmp).write_text(json.dumps(dataclasses.asdict(self.cfg), indent=2))
+    def save_pretrained(self, run) -> None:
+        """Write the run's inference files: visual.json, then model.safetensors with every weight."""
+        weights = {f"visual.projector.{k}": v for k, v in self.projector.state_dict().items()}
+        weights.update({f"visual.encoder.{k}": v for k, v in self.encoder.tower.state_dict().items()})
+        write_json_atomic(run.file(CONFIG_FILE), dataclasses.asdict(self.cfg))
+        save_model(self.model, run.model_file, domain_tensors=weights)
 
     @classmethod
-    def load(cls, run_dir, device="cpu") -> "VisualRWKV":
-        """A trained VisualRWKV from a visual run folder (model.safetensors + visual.*)."""
-        run_dir = Path(run_dir)
-        for name in (MODEL_FILE, CONFIG_FILE, WEIGHTS_FILE):
-            if not (run_dir / name).is_file():
-                raise CheckpointError(f"{run_dir}: not a visual run folder (no {name})")
+    def load(cls, run, device="cpu") -> "VisualRWKV":
+        """A trained VisualRWKV from a visual run (visual.json + model.safetensors), in eval mode."""
+        if not run.file(CONFIG_FILE).is_file():
+            raise CheckpointError(f"{run.folder}: not a visual run folder (no {CONFIG_FILE})")
         try:
-            cfg = VisualConfig.from_dict(json.loads((run_dir / CONFIG_FILE).read_text()))
+            cfg = VisualConfig.from_dict(json.loads(run.file(CONFIG_FILE).read_text()))
         except (ValueError, TypeError) as e:
-            raise CheckpointError(f"{run_dir / CONFIG_FILE}: invalid visual config ({e})") from None
-        model = RWKV.from_pretrained(run_dir / MODEL_FILE, device=device)
+            raise CheckpointError(f"{run.file(CONFIG_FILE)}: invalid visual config ({e})") from None
+        sd, meta = read_state_dict(run.model_file)
+        model = model_from_state_dict(sd, meta, run.model_file, device=device)
         encoder = VisionEncoder(cfg.encoder, random_init=True, layer=cfg.layer, pool=cfg.pool,
                                 freeze=cfg.freeze_encoder, cls_token=cfg.cls_token)
         vlm = cls(model, encoder, cfg)
-        try:
-            weights = load_file(str(run_dir / WEIGHTS_FILE))
-        except Exception as e:  # safetensors raises its own error types for corrupt files
-            raise CheckpointError(f"{run_dir / WEIGHTS_FILE}: cannot read ({e})") from None
+        weights = domain_tensors(sd, "visual")
         for prefix, module in (("projector.", vlm.projector), ("encoder.", vlm.encoder.tower)):
             part = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
             try:
                 module.load_state_dict(part)
             except RuntimeError as e:
-                raise CheckpointError(f"{run_dir / WEIGHTS_FILE}: {prefix.rstrip('.')} weights do not fit "
+                raise CheckpointError(f"{run.model_file}: visual {prefix.rstrip('.')} weights do not fit "
                                       f"the config: {str(e).splitlines()[0]}") from None
         return vlm.to(device).eval()

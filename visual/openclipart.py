@@ -27,9 +27,9 @@ from typing import Optional
 
 from PIL import Image, ImageOps
 
-from rwkv_core.checkpoint import atomic_path
-from visual.data import write_jsonl
-from visual.images import to_rgb
+from eaglefinch.rwkv_core.files import atomic_path
+from eaglefinch.visual.data import write_jsonl
+from eaglefinch.visual.images import to_rgb
 
 SVG_ROOT = Path("/usr/share/openclipart/svg")
 DC = "{http://purl.org/dc/elements/1.1/}"

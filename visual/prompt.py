@@ -28,6 +28,8 @@ from typing import Callable, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from eaglefinch.rwkv_core.data import Batch
+
 IMAGE_PLACEHOLDER = "<image>"
 IMAGE_POSITIONS = ("inline", "first", "sandwich")
 USER, ASSISTANT, TURN_END = "User: ", "Assistant:", "\n\n"
@@ -48,19 +50,24 @@ class TokenLayout:
 
 
 @dataclass(frozen=True)
-class Batch:
-    """Right-padded next-token batch: inputs[:, t] predicts targets[:, t].
+class VisualBatch(Batch):
+    """Right-padded next-token batch with images: inputs[:, t] predicts targets[:, t].
 
     inputs:      [B, T] int64, ids[:-1] of each sample, padded with pad_id
     targets:     [B, T] int64, ids[1:] of each sample, padded with pad_id
     loss_mask:   [B, T] float32, loss_mask[1:] of each sample, 0 on padding
     image_spans: B (start, end) spans, positions in `inputs`
+    pixels:      [B, 3, H, W] images (zeros for a sample without one), or None when no sample has one
     """
 
-    inputs: torch.Tensor
-    targets: torch.Tensor
     loss_mask: torch.Tensor
     image_spans: list[tuple[int, int]]
+    pixels: Optional[torch.Tensor] = None
+
+    def truncated(self, T: int) -> "VisualBatch":
+        """The first T positions (an image must lie inside them)."""
+        return VisualBatch(self.inputs[:, :T], self.targets[:, :T], self.loss_mask[:, :T], self.image_spans,
+                           self.pixels)
 
 
 def build_layout(
@@ -144,8 +151,8 @@ def encode_conversation(
     return build_layout(ids, is_answer, image_at, n_image_tokens, fill_id)
 
 
-def collate(layouts: Sequence[TokenLayout], pad_id: int = 0) -> Batch:
-    """Stack layouts into a right-padded next-token Batch.
+def collate(layouts: Sequence[TokenLayout], pad_id: int = 0) -> VisualBatch:
+    """Stack layouts into a right-padded next-token batch (without pixels: see data.collate_visual).
 
     Right padding keeps every real token's recurrent state exact (pads come after it), so image
     spans differ per sample and are carried as a list.
@@ -161,13 +168,13 @@ def collate(layouts: Sequence[TokenLayout], pad_id: int = 0) -> Batch:
         ids = torch.tensor(layout.ids, dtype=torch.long)
         inputs[b, :n], targets[b, :n] = ids[:-1], ids[1:]
         loss_mask[b, :n] = torch.tensor(layout.loss_mask[1:], dtype=torch.float32)
-    return Batch(inputs, targets, loss_mask, [layout.image_span for layout in layouts])
+    return VisualBatch(inputs, targets, loss_mask, [layout.image_span for layout in layouts])
 
 
 def splice_image_tokens(text_emb: torch.Tensor, image_emb: torch.Tensor, spans: Sequence[tuple[int, int]]) -> torch.Tensor:
     """Put each sample's image tokens into its span of the embedded sequence.
 
-    text_emb:  [B, T, C] embeddings of Batch.inputs
+    text_emb:  [B, T, C] embeddings of VisualBatch.inputs
     image_emb: [B, N, C] projected image tokens
     spans:     B spans of length N, or empty (start == end) for a sample without an image
     Returns [B, T, C]; gradients reach image_emb and text_emb outside the spans.

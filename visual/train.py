@@ -1,36 +1,33 @@
 """Visual training on the shared trainer: stage 1 (projector) and stage 2 (projector + backbone).
 
 A run config has three sections: "model" (the RWKV, used when not starting from `init`), "train"
-(rwkv_core.train.TrainConfig; ctx_len caps the sample length) and "visual" (VisualConfig).
-The run folder gets the trainer's files (model.safetensors, checkpoint.pt, metrics.jsonl,
-loss.png) plus visual.json / visual.safetensors, and vocab_subset.json with a trimmed vocabulary.
+(TrainConfig; ctx_len caps the sample length) and "visual" (VisualConfig). The run folder gets
+the trainer's files (model.safetensors, checkpoint.pt, metrics.jsonl, loss.png) plus config.json,
+visual.json (model.safetensors also holds the projector and encoder), and vocab_subset.json with a trimmed
+vocabulary.
 """
-from pathlib import Path
+import dataclasses
 from typing import Sequence
 
 import torch
-from torch import nn
 
-from rwkv_core import RWKV, RWKVConfig
-from rwkv_core.data import DataError
-from rwkv_core.runs import copy_config, model_file, run_config
-from rwkv_core.train import L2Wrap, is_main_process, train
-from text.subset import SubsetTokenizer, ids_in
-from text.tokenizer import WorldTokenizer
-from text.train import VOCAB_FILE, tokenizer_for
-from visual.data import VisualDataset, VisualRecord, collate_visual, read_records
-from visual.encoder import VisionEncoder
-from visual.model import CONFIG_FILE, VisualConfig, VisualRWKV
-from visual.prompt import encode_conversation, per_sample_loss
-
-SECTIONS = ("model", "train", "visual")
+from eaglefinch.rwkv_core import RWKV, RunConfig
+from eaglefinch.rwkv_core.data import DataError
+from eaglefinch.rwkv_core.run import Run
+from eaglefinch.rwkv_core.train import L2Wrap, Task, is_main_process, train
+from eaglefinch.text.run import TextRun, save_vocabulary
+from eaglefinch.text.subset import SubsetTokenizer, ids_in
+from eaglefinch.text.tokenizer import WorldTokenizer
+from eaglefinch.visual.data import VisualDataset, VisualRecord, collate_visual, read_records
+from eaglefinch.visual.encoder import VisionEncoder
+from eaglefinch.visual.model import VisualConfig, VisualRWKV
+from eaglefinch.visual.prompt import VisualBatch, encode_conversation, per_sample_loss
+from eaglefinch.visual.run import VisualRun
 
 
-class VisualTask(nn.Module):
-    """The training objective: answer-token cross-entropy averaged per sample (plus L2Wrap).
-
-    Batches are (inputs, targets, loss_mask, pixels, spans), as `VisualBatches` makes them.
-    """
+class VisualTask(Task):
+    """The training objective: answer-token cross-entropy averaged per sample (plus L2Wrap), on
+    the VisualBatches that `VisualBatches` makes."""
 
     def __init__(self, vlm: VisualRWKV, l2wrap: bool = True):
         super().__init__()
@@ -40,11 +37,13 @@ class VisualTask(nn.Module):
     def model(self) -> RWKV:  # what the shared trainer saves and state-tunes
         return self.vlm.model
 
-    def forward(self, batch):
-        inputs, targets, loss_mask, pixels, spans = batch
-        logits, _ = self.vlm(inputs, pixels, spans)
-        loss = per_sample_loss(logits, targets, loss_mask)
+    def forward(self, batch: VisualBatch):
+        logits, _ = self.vlm(batch.inputs, batch.pixels, batch.image_spans)
+        loss = per_sample_loss(logits, batch.targets, batch.loss_mask)
         return L2Wrap.apply(loss, logits) if self.l2wrap and self.training else loss
+
+    def save_pretrained(self, run: Run) -> None:
+        self.vlm.save_pretrained(run)
 
 
 class VisualBatches:
@@ -68,9 +67,7 @@ class VisualBatches:
             if layout.image_span[1] >= ctx_len + 1:
                 raise DataError(f"sample {i}: its image ends at token {layout.image_span[1]}, beyond ctx_len {ctx_len}")
             samples.append((pixels, layout))
-        pixels, b = collate_visual(samples)
-        T = min(b.inputs.shape[1], ctx_len)
-        return b.inputs[:, :T], b.targets[:, :T], b.loss_mask[:, :T], pixels, b.image_spans
+        return collate_visual(samples).truncated(ctx_len)
 
     def sample_batch(self, batch_size: int, ctx_len: int, generator=None):
         return self.batch(torch.randint(len(self), (batch_size,), generator=generator).tolist(), ctx_len)
@@ -94,72 +91,61 @@ def check_images(records: Sequence[VisualRecord], where) -> None:
         raise DataError(f"{where}: {len(missing)} image file(s) missing, e.g. {missing[0]}")
 
 
-def train_visual(config_path, data, out_dir, *, val=None, stage: int = 2, clip=None, random_encoder=False,
+def train_visual(config, data, out_dir, *, val=None, stage: int = 2, clip=None, random_encoder=False,
                  init=None, max_steps=None, resume=False, seed=None, progress=True, deepspeed_config=None) -> float:
     """Train a VisualRWKV on a JSONL of captions or LLaVA conversations; returns the last loss.
 
     clip:   open_clip weights for the encoder (e.g. from `eaglefinch visual clip-train`)
     init:   a visual run folder (continue, e.g. stage 2 from stage 1: its encoder and projector
-            are reused), or a language model (.pth / .safetensors / text run folder) to build on
+            are reused), or a language model (a text run folder, .safetensors or .pth) to build on
     random_encoder: an untrained encoder (set "freeze_encoder": false so it learns)
     """
-    cfg, train_cfg = run_config(config_path, SECTIONS, max_steps, seed)
-    out_dir = Path(out_dir)
+    run_config = RunConfig.load(config, "visual")
+    train_cfg = run_config.train.with_overrides(max_steps, seed)
     records = read_records(data)
     check_images(records, data)
     val_records = read_records(val) if val else None
     if val_records:
         check_images(val_records, val)
-    init = Path(init) if init else None
+    init_run = Run.open(init) if init is not None else None
+    torch.manual_seed(train_cfg.seed)  # a new model's (and encoder's) weights follow the run's seed
 
-    if init is not None and (init / CONFIG_FILE).is_file():  # a visual run: everything comes from it
+    if init_run is not None and init_run.found_domain == "visual":  # everything comes from the visual run
         if clip is not None or random_encoder:
             raise ValueError(f"{init} is a visual run and brings its own encoder: drop --clip / --random-encoder")
-        vlm = VisualRWKV.load(init)
-        vcfg, tokenizer = vlm.cfg, tokenizer_for(init)
+        vlm, tokenizer = VisualRun.open(init).load()
+        run_config = dataclasses.replace(run_config, model=None, section=dataclasses.asdict(vlm.cfg))
     else:
-        vcfg = VisualConfig.from_dict(cfg.get("visual", {}))
+        vcfg = VisualConfig.from_dict(run_config.section)
         if (clip is None) == (not random_encoder):
             raise ValueError("give the encoder's weights (--clip PATH, e.g. from `eaglefinch visual clip-train`) "
                              "or ask for an untrained one (--random-encoder), not both")
         encoder = VisionEncoder(vcfg.encoder, pretrained=str(clip) if clip else None, random_init=random_encoder,
                                 layer=vcfg.layer, pool=vcfg.pool, freeze=vcfg.freeze_encoder, cls_token=vcfg.cls_token)
-        if init is not None:
-            model, tokenizer = RWKV.from_pretrained(model_file(init)), tokenizer_for(init)
-        elif "model" not in cfg:
-            raise ValueError(f"{config_path}: no \"model\" section, and no --init model to build on")
+        if init_run is not None:
+            model, tokenizer = TextRun.open(init).load()
+            run_config = dataclasses.replace(run_config, model=None)  # the model is the checkpoint's
         elif vcfg.trim_vocab:
             world = WorldTokenizer()
-            ids = vocabulary_of(records + (val_records or []), world, encoder.n_tokens, vcfg.image_position)
-            tokenizer = SubsetTokenizer(world, ids)
-            model = RWKV(RWKVConfig.from_dict({**cfg["model"], "vocab_size": len(ids)}))
+            tokenizer = SubsetTokenizer(world, vocabulary_of(records + (val_records or []), world, encoder.n_tokens,
+                                                             vcfg.image_position))
+            model = RWKV(run_config.model_config(vocab_size=tokenizer.vocab_size))
         else:
-            model, tokenizer = RWKV(RWKVConfig.from_dict(cfg["model"])), WorldTokenizer()
+            model, tokenizer = RWKV(run_config.model_config()), WorldTokenizer()
         vlm = VisualRWKV(model, encoder, vcfg)
     vlm.set_stage(stage)
     vlm.train()
 
     def batches(recs):
         return VisualBatches(VisualDataset(recs, vlm.encoder.preprocess, tokenizer.encode, vlm.n_image_tokens,
-                                           vcfg.image_position))
+                                           vlm.cfg.image_position))
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    main = is_main_process()
-    if main:
-        if isinstance(tokenizer, SubsetTokenizer):
-            tokenizer.save(out_dir / VOCAB_FILE)
-        elif (out_dir / VOCAB_FILE).exists():
-            (out_dir / VOCAB_FILE).unlink()
-        copy_config(config_path, out_dir)
+    run = Run(out_dir)
+    run.folder.mkdir(parents=True, exist_ok=True)
+    if is_main_process():  # under DeepSpeed, rank 0 alone writes the run's files
+        save_vocabulary(run, tokenizer)
+        run.save_config(run_config)
     task = VisualTask(vlm, train_cfg.l2wrap)
-    loss = train(task, train_cfg, batches(records), out_dir, val_data=val_records and batches(val_records),
+    return train(task, train_cfg, batches(records), run.folder, val_data=val_records and batches(val_records),
                  resume=resume, progress=progress, deepspeed_config=deepspeed_config,
                  extra={"visual_stage": stage})
-    if main:
-        vlm.save_visual(out_dir)
-    return loss
-
-
-def load_visual(run_dir, device="cpu"):
-    """(VisualRWKV, tokenizer) of a visual run folder."""
-    return VisualRWKV.load(run_dir, device), tokenizer_for(run_dir)

@@ -9,7 +9,7 @@ import torch
 
 from eaglefinch.cli import main
 from .official_ckpt import random_official_state_dict
-from rwkv_core import RWKV, CheckpointError
+from eaglefinch.rwkv_core import RWKV, CheckpointError, load_model, save_model
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -73,7 +73,7 @@ EXPECTED = {
 def test_each_bad_checkpoint_gives_one_clear_error(tmp_path, capsys):
     for case, path in bad_files(tmp_path).items():
         with pytest.raises(CheckpointError, match=None) as e:
-            RWKV.from_pretrained(path)
+            load_model(path)
         assert EXPECTED[case] in str(e.value), case
         code = main(["text", "generate", "--checkpoint", str(path), "--prompt", "hi", "--max-tokens", "2"])
         err = capsys.readouterr().err
@@ -94,10 +94,10 @@ def test_cli_exit_code_and_no_traceback(tmp_path):
 
 def test_safetensors_round_trip_keeps_config(tmp_path):
     torch.manual_seed(0)
-    from rwkv_core import RWKVConfig
+    from eaglefinch.rwkv_core import RWKVConfig
     model = RWKV(RWKVConfig(arch="eagle", n_layer=2, n_embd=64, head_size=16, vocab_size=90, ctx_len=77))
-    model.save_pretrained(tmp_path / "m.safetensors")
-    loaded = RWKV.from_pretrained(tmp_path / "m.safetensors")
+    save_model(model, tmp_path / "m.safetensors")
+    loaded = load_model(tmp_path / "m.safetensors")
     assert loaded.cfg == model.cfg
     for (k, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a, b), k

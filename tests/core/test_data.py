@@ -6,7 +6,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from rwkv_core.data import BinidxDataset, DataError, ShardWriter, TokenDataset, read_binidx, split_of
+from eaglefinch.rwkv_core.data import BinidxDataset, DataError, ShardWriter, TokenDataset, read_binidx, split_of
 
 
 def write_split(folder, docs, shard_tokens, split="train", metadata=None):
@@ -155,7 +155,9 @@ def test_sample_batch_draws_contiguous_windows_from_every_start(tmp_path):
     g = torch.Generator().manual_seed(0)
     starts = []
     for _ in range(100):
-        x, y = ds.sample_batch(16, T, g)
+        batch = ds.sample_batch(16, T, g)
+        x, y = batch.inputs, batch.targets
+        assert batch.num_tokens == 16 * T
         assert x.shape == y.shape == (16, T) and x.dtype == y.dtype == torch.int64
         assert torch.equal(x[:, 1:], y[:, :-1])
         for row in torch.cat([x, y[:, -1:]], dim=1).numpy():
@@ -171,8 +173,8 @@ def test_sample_batch_is_repeatable_with_a_seed(tmp_path):
     a = ds.sample_batch(4, 16, torch.Generator().manual_seed(1))
     b = ds.sample_batch(4, 16, torch.Generator().manual_seed(1))
     c = ds.sample_batch(4, 16, torch.Generator().manual_seed(2))
-    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
-    assert not torch.equal(a[0], c[0])
+    assert torch.equal(a.inputs, b.inputs) and torch.equal(a.targets, b.targets)
+    assert not torch.equal(a.inputs, c.inputs)
 
 
 @pytest.mark.parametrize("batch_size, ctx_len", [(1, 1), (3, 5), (4, 37), (10, 100)])
@@ -181,7 +183,7 @@ def test_iter_batches_covers_the_stream_in_order(tmp_path, batch_size, ctx_len):
     ds = write_split(tmp_path, docs, shard_tokens=33)
     stream = stream_of(docs)
     n_windows = (len(stream) - 1) // ctx_len
-    xs, ys = zip(*ds.iter_batches(batch_size, ctx_len))
+    xs, ys = zip(*((b.inputs, b.targets) for b in ds.iter_batches(batch_size, ctx_len)))
     assert [len(x) for x in xs] == [min(batch_size, n_windows - i) for i in range(0, n_windows, batch_size)]
     x, y = torch.cat(xs).numpy(), torch.cat(ys).numpy()
     np.testing.assert_array_equal(x.reshape(-1), stream[: n_windows * ctx_len])
@@ -243,7 +245,8 @@ def test_read_binidx(tmp_path, code, dtype):
     assert tokens.dtype == np.dtype(dtype)
     np.testing.assert_array_equal(tokens, np.concatenate(docs))
     ds = BinidxDataset(prefix)
-    x, y = ds.sample_batch(8, 6, torch.Generator().manual_seed(0))
+    batch = ds.sample_batch(8, 6, torch.Generator().manual_seed(0))
+    x, y = batch.inputs, batch.targets
     stream = np.concatenate(docs).astype(np.int64)
     for row in torch.cat([x, y[:, -1:]], dim=1).numpy():
         assert any(np.array_equal(row, stream[s : s + 7]) for s in range(len(stream) - 6))

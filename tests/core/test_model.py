@@ -7,9 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from .official_ckpt import random_official_state_dict
-from rwkv_core import RWKV, RWKVConfig, RWKVState, list_presets
-from rwkv_core.checkpoint import infer_config
-from rwkv_core.model import gather_positions, reversal_index
+from eaglefinch.rwkv_core import RWKV, RWKVConfig, RWKVState, list_presets
+from eaglefinch.rwkv_core.checkpoint import infer_config
+from eaglefinch.rwkv_core.model import gather_positions, reversal_index
 
 
 def random_model(arch, dtype=torch.float32, seed=0, tuned=False):
@@ -129,7 +129,9 @@ def test_presets_match_published_parameter_counts(name):
 
 
 def test_every_preset_builds_and_runs_at_tiny_width():
-    for name in list_presets():
+    presets = list_presets()
+    assert set(PUBLISHED) | {"finch-tiny", "eagle-tiny", "finch-7b", "finch-14b"} <= set(presets), presets
+    for name in presets:
         cfg = RWKVConfig.load(name).to_dict()
         cfg.update(n_layer=2, n_embd=64, head_size=16, vocab_size=50, dim_att=None, dim_ffn=None)
         model = RWKV(RWKVConfig.from_dict(cfg))
@@ -144,7 +146,7 @@ def test_config_rejects_bad_values(tmp_path):
         RWKVConfig(n_embd=100)
     p = tmp_path / "c.json"
     p.write_text(json.dumps({"arch": "finch", "n_layr": 2}))
-    with pytest.raises(ValueError, match="unknown config keys"):
+    with pytest.raises(ValueError, match="unknown model config keys"):
         RWKVConfig.load(p)
 
 

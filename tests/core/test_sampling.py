@@ -5,7 +5,7 @@ import pytest
 import torch
 from hypothesis import assume, given, settings, strategies as st
 
-from rwkv_core.sampling import Penalties, SamplerConfig, sample_logits, sampling_probs
+from eaglefinch.rwkv_core.sampling import Penalties, SamplerConfig, sample_logits, sampling_probs
 
 
 def reference_kept(row, cfg):

@@ -3,9 +3,10 @@ import math
 
 import torch
 
-from rwkv_core import RWKV, RWKVConfig
-from rwkv_core.data import ShardWriter, TokenDataset
-from rwkv_core.train import NextTokenTask, TrainConfig, lr_at, param_groups, read_metrics, train
+from eaglefinch.rwkv_core import RWKV, RWKVConfig
+from eaglefinch.rwkv_core.data import ShardWriter, TokenDataset
+from eaglefinch.rwkv_core.run import read_metrics
+from eaglefinch.rwkv_core.train import NextTokenTask, TrainConfig, lr_at, param_groups, train
 
 
 def tiny_model(vocab=64, arch="finch"):

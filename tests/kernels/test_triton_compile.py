@@ -8,9 +8,9 @@ import torch
 
 triton = pytest.importorskip("triton")
 
-from kernels.triton import chunk                                 # noqa: E402
-from kernels.triton.testing import compile_launch, wkv_launches  # noqa: E402
-from kernels.triton.utils import interpreting                    # noqa: E402
+from eaglefinch.kernels.wkv_op.triton import WKVLaunch                              # noqa: E402
+from eaglefinch.kernels.wkv_op.triton.testing import compile_launch, wkv_launches   # noqa: E402
+from eaglefinch.kernels.wkv_op.triton.utils import interpreting                     # noqa: E402
 
 if interpreting():
     pytest.skip("the interpreter replaces the JIT kernels: run without TRITON_INTERPRET",
@@ -39,21 +39,19 @@ KERNELS = {"_fwd_state_kernel", "_fwd_out_kernel", "_bwd_state_kernel", "_bwd_dr
 WHOLE_CHUNK_KERNELS = {"_fwd_whole_kernel", "_bwd_whole_kernel"}
 
 
-# whole: the call launches the whole-chunk kernels (LAUNCH["max_span"] >= 0 and exact enough dots:
-# bf16 split products or fp32's tf32x3, not fp16's plain tf32)
+# whole: the call launches the whole-chunk kernels (`max_span` >= 0 and exact enough dots: bf16 split
+# products or fp32's tf32x3, not fp16's plain tf32)
 @pytest.mark.parametrize("dtype,N,static_w,packed,launch,whole", [
-    (torch.bfloat16, 64, False, False, {}, True),   # the training default: bf16 split products
-    (torch.float32, 64, True, True, {}, True),      # Eagle, packed sequences, tf32x3 products
-    (torch.float16, 128, False, False, {}, False),  # a larger head: 8 warps; plain tf32: levels only
-    (torch.bfloat16, 64, False, False, {"max_span": -1}, False),   # the level kernels alone
-    (torch.float32, 64, True, True, {"max_span": -1}, False),
-    (torch.bfloat16, 64, False, False, {"max_span": -1, "sub": 64}, False),   # M = 64 levels
+    (torch.bfloat16, 64, False, False, "default", True),   # the training default: bf16 split products
+    (torch.float32, 64, True, True, "default", True),      # Eagle, packed sequences, tf32x3 products
+    (torch.float16, 128, False, False, "default", False),  # a larger head: 8 warps; plain tf32: levels only
+    (torch.bfloat16, 64, False, False, "max_span=-1", False),   # the level kernels alone
+    (torch.float32, 64, True, True, "max_span=-1", False),
+    (torch.bfloat16, 64, False, False, "max_span=-1+sub=64", False),   # M = 64 levels
 ], ids=["bf16-finch", "fp32-eagle-packed", "fp16-N128", "bf16-levels", "fp32-eagle-packed-levels",
         "bf16-levels-sub64"])
-def test_kernels_compile_for_hopper(dtype, N, static_w, packed, launch, whole, monkeypatch):
-    for key, val in launch.items():
-        monkeypatch.setitem(chunk.LAUNCH, key, val)
-    launches = wkv_launches(dtype, N, static_w, packed)
+def test_kernels_compile_for_hopper(dtype, N, static_w, packed, launch, whole):
+    launches = wkv_launches(dtype, N, static_w, packed, WKVLaunch.parse(launch))
     expected = KERNELS | (WHOLE_CHUNK_KERNELS if whole else set())
     assert {fn.__name__ for fn, _, _ in launches} == expected
     for fn, args, kwargs in launches:

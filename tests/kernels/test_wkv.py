@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from kernels import wkv, wkv_chunked, wkv_reference
+from eaglefinch.kernels import wkv, wkv_chunked, wkv_reference
 
 
 def make_inputs(B, T, H, N, decay, dtype=torch.float64, seed=0, static=False):

@@ -4,7 +4,7 @@ from types import SimpleNamespace
 import mido
 import pytest
 
-from music import corpus
+from eaglefinch.music import corpus
 
 # every 200th chorale and the shortest quartet movement keep the conversion to a few seconds
 CHORALE_STEP = 200

@@ -6,8 +6,8 @@ import mido
 import numpy as np
 import pytest
 
-from music import corpus
-from music.metrics import (
+from eaglefinch.music import corpus
+from eaglefinch.music.metrics import (
     compare_note_sets,
     inter_onset_intervals,
     js_distance,
@@ -16,10 +16,10 @@ from music.metrics import (
     pitch_class_entropy,
     pitch_class_histogram,
 )
-from music.pianoroll import save_midi_and_pianoroll, save_pianoroll
-from music.prepare import prepare
-from music.tokenizer import DRUMS, MidiTokenizer, Note, match_notes, midi_to_notes
-from rwkv_core.data import DataError, TokenDataset, split_of
+from eaglefinch.music.pianoroll import save_midi_and_pianoroll, save_pianoroll
+from eaglefinch.music.prepare import prepare
+from eaglefinch.music.tokenizer import DRUMS, MidiTokenizer, Note, match_notes, midi_to_notes
+from eaglefinch.rwkv_core.data import DataError, TokenDataset, split_of
 
 TOKENIZER = MidiTokenizer()
 TOLERANCE = 0.008 + 0.5e-3  # one step, plus half a tick of the decoded file
@@ -152,6 +152,7 @@ def test_conversion_is_resumable_and_counts_failures(music21_midi, tmp_path):
 
 def test_generation_writes_midi_and_pianoroll(tmp_path, kit):
     ids = TOKENIZER.encode(piano_and_drums(kit))
+    (tmp_path / "gen").mkdir()
     midi_path, png_path = save_midi_and_pianoroll(TOKENIZER.decode(ids), tmp_path / "gen" / "piece.mid", "test")
     assert png_path == tmp_path / "gen" / "piece.png"
     assert len(midi_to_notes(mido.MidiFile(midi_path))) == TOKENIZER.count_notes(ids)

@@ -12,12 +12,13 @@ import torch
 import torch.nn.functional as F
 
 from eaglefinch.cli import main
-from music import corpus
-from music.abc import write_abc_data
-from music.prepare import prepare
-from music.tokenizer import MidiTokenizer, TokenizerConfig, match_notes, midi_to_notes
-from rwkv_core import RWKV
-from rwkv_core.data import TokenDataset, split_of
+from eaglefinch.music import corpus
+from eaglefinch.music.abc import write_abc_data
+from eaglefinch.music.prepare import prepare
+from eaglefinch.music.tokenizer import MidiTokenizer, TokenizerConfig, match_notes, midi_to_notes
+from eaglefinch.rwkv_core import RWKV, load_model
+from eaglefinch.rwkv_core.data import TokenDataset, split_of
+from eaglefinch.rwkv_core.run import read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "music-tiny.json"
@@ -27,16 +28,18 @@ CTX_LEN = json.loads(CONFIG.read_text())["train"]["ctx_len"]
 
 
 def short_config(path: Path) -> Path:
-    """configs/music-tiny.json, cut short on its own lr schedule (decay_steps = its max_steps)."""
+    """The music-tiny config, cut short on its own lr schedule (decay_steps = its max_steps), every loss logged."""
     config = json.loads(CONFIG.read_text())
     config["train"]["decay_steps"] = config["train"]["max_steps"]
+    config["train"]["log_every"] = 1
     path.write_text(json.dumps(config))
     return path
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """Chorales -> shards -> the first STEPS steps of configs/music-tiny.json, stopped at RESUME_AT and resumed."""
+    """Chorales -> shards -> the first STEPS steps of music-tiny, stopped at RESUME_AT and resumed; and
+    the same STEPS without a stop (run "straight")."""
     tmp = tmp_path_factory.mktemp("music-model")
     report = corpus.convert_scores(corpus.bach_chorales()[::CHORALE_STEP], tmp / "midi", workers=2, progress=False)
     assert len(report.midi_files) >= 30, report.failed
@@ -47,6 +50,7 @@ def trained(tmp_path_factory):
     base = ["music", "train", "--config", str(short_config(tmp / "config.json")), "--data", str(data), "--out", str(run)]
     assert main(base + ["--max-steps", str(RESUME_AT)]) == 0
     assert main(base + ["--max-steps", str(STEPS), "--resume"]) == 0
+    assert main(base[:-1] + [str(tmp / "straight"), "--max-steps", str(STEPS)]) == 0
     return tmp, data, run
 
 
@@ -59,10 +63,17 @@ def val_targets(data) -> np.ndarray:
 
 
 def test_resume_continues_the_run(trained):
-    _, _, run = trained
-    steps = [r["step"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
-    assert steps == sorted(steps) and steps[-1] == STEPS and RESUME_AT in steps
-    assert MidiTokenizer.load(run / "tokenizer.json").vocab_size == RWKV.from_pretrained(run / "model.safetensors").cfg.vocab_size
+    tmp, _, run = trained
+    resumed, straight = (read_metrics(folder / "metrics.jsonl") for folder in (run, tmp / "straight"))
+    assert [r["step"] for r in resumed if "loss" in r] == list(range(1, STEPS + 1))
+    # on the CPU a resumed run repeats the uninterrupted one bit for bit (the stopped run also
+    # validated at its last step, 40: the uninterrupted one only at the end)
+    def losses(records, key):
+        return [(r["step"], r[key]) + ((r["lr"],) if key == "loss" else ()) for r in records if key in r]
+    assert losses(resumed, "loss") == losses(straight, "loss")
+    final = losses(straight, "val_loss")[-1]
+    assert final[0] == STEPS and losses(resumed, "val_loss")[-1] == final
+    assert MidiTokenizer.load(run / "tokenizer.json").vocab_size == load_model(run / "model.safetensors").cfg.vocab_size
 
 
 def test_heldout_loss_is_well_under_the_unigram_entropy(trained, capsys):
@@ -76,7 +87,7 @@ def test_heldout_loss_is_well_under_the_unigram_entropy(trained, capsys):
     targets = tokens[1:1 + n_windows * CTX_LEN]
     counts = np.array(list(Counter(targets.tolist()).values()), dtype=float)
     entropy = -sum(c / counts.sum() * math.log(c / counts.sum()) for c in counts)
-    model = RWKV.from_pretrained(run / "model.safetensors").eval()
+    model = load_model(run / "model.safetensors").eval()
     with torch.no_grad():  # each window from the initial state, as eval scores them
         nats = sum(F.cross_entropy(model(torch.from_numpy(tokens[i * CTX_LEN:(i + 1) * CTX_LEN])[None])[0][0],
                                    torch.from_numpy(tokens[i * CTX_LEN + 1:(i + 1) * CTX_LEN + 1]),
@@ -114,6 +125,7 @@ def assert_valid_midi(path: Path):
 def test_generate_writes_valid_midi_and_a_pianoroll(trained, capsys):
     tmp, _, run = trained
     out = tmp / "songs" / "song.mid"
+    out.parent.mkdir()
     args = ["music", "generate", "--checkpoint", str(run), "--out", str(out), "--seconds", "8", "--seed", "3"]
     assert main(args) == 0
     assert_valid_midi(out)
@@ -249,6 +261,6 @@ def test_abc_bytes_and_eagle_vs_finch(tmp_path, capsys):
     for arch in ("eagle", "finch"):
         # 7 bits is a uniform guess over the 128 ids; measured 3.9 after 30 steps
         assert 0 < results[arch]["bits_per_byte"] < 6, results[arch]
-        assert RWKV.from_pretrained(tmp_path / "runs" / arch / "model.safetensors").cfg.arch == arch
+        assert load_model(tmp_path / "runs" / arch / "model.safetensors").cfg.arch == arch
     assert results["eagle"]["params"] < results["finch"]["params"]  # Finch adds its LoRA mixers
 

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from music import corpus
-from music.tokenizer import (
+from eaglefinch.music import corpus
+from eaglefinch.music.tokenizer import (
     DRUMS,
     MidiError,
     MidiTokenizer,
@@ -329,7 +329,8 @@ def test_write_midi_is_atomic(tmp_path, kit):
 
     class Exploding(mido.MidiFile):
         def save(self, filename=None, file=None):
-            file.write(b"MThd partial")
+            with open(filename, "wb") as f:
+                f.write(b"MThd partial")
             raise OSError("disk full")
 
     with pytest.raises(OSError, match="disk full"):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from eaglefinch.cli import main
-from rwkv_core import RWKV, RWKVConfig
+from eaglefinch.rwkv_core import RWKV, RWKVConfig, save_model
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -20,7 +20,7 @@ def checkpoint(tmp_path_factory):
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.2)
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
-    model.save_pretrained(path)
+    save_model(model, path)
     return path
 
 

@@ -12,16 +12,17 @@ import torch
 import torch.nn.functional as F
 
 from eaglefinch.cli import main
-from rwkv_core import RWKV
-from rwkv_core.checkpoint import infer_config
-from rwkv_core.data import DataError, ShardWriter
+from eaglefinch.rwkv_core import RWKV, load_model
+from eaglefinch.rwkv_core.checkpoint import infer_config
+from eaglefinch.rwkv_core.data import DataError, ShardWriter
 from tests.core.official_ckpt import random_official_state_dict
-from rwkv_core.heldout import window_losses
-from text.evaluate import evaluate
-from text.prepare import prepare
-from text.subset import SubsetTokenizer
-from text.tokenizer import WorldTokenizer
-from text.train import tokenizer_for, train_text
+from eaglefinch.rwkv_core.heldout import window_losses
+from eaglefinch.text.evaluate import evaluate
+from eaglefinch.text.prepare import prepare
+from eaglefinch.text.subset import SubsetTokenizer
+from eaglefinch.text.tokenizer import WorldTokenizer
+from eaglefinch.text.run import TextRun
+from eaglefinch.text.train import train_text
 
 VOCAB = 50
 
@@ -96,7 +97,7 @@ def test_loss_bits_per_byte_and_positions_match_a_direct_computation(tmp_path):
 @pytest.mark.parametrize("arch", ["eagle", "finch"])
 def test_chunks_with_the_state_carried_equal_one_pass(arch, monkeypatch):
     # 50 tokens in chunks of 16 (the last one 2 long); the head in slices of 7 positions, across chunk edges
-    monkeypatch.setattr("rwkv_core.heldout.HEAD_ELEMENTS", 3 * 7 * VOCAB)
+    monkeypatch.setattr("eaglefinch.rwkv_core.heldout.HEAD_ELEMENTS", 3 * 7 * VOCAB)
     model = random_model(arch)
     g = torch.Generator().manual_seed(0)
     x, y = torch.randint(0, VOCAB, (3, 50), generator=g), torch.randint(0, VOCAB, (3, 50), generator=g)
@@ -166,8 +167,8 @@ def test_tiny_finch_learns_held_out_python_well_under_the_unigram_entropy(code_r
     per 64-token span (the training ctx_len): 4.91, 4.86, 4.97, 4.97 (1 thread).
     """
     data, run = code_run
-    model = RWKV.from_pretrained(run / "model.safetensors")
-    results = evaluate(model, data, "val", tokenizer_for(run), ctx_len=64, batch_size=16, progress=False)
+    model = load_model(run / "model.safetensors")
+    results = evaluate(model, data, "val", TextRun.open(run).tokenizer(), ctx_len=64, batch_size=16, progress=False)
 
     # unigram entropy of the val tokens, in the model's trimmed ids, straight from the shard files
     world_ids = np.array(json.loads((run / "vocab_subset.json").read_text())["world_ids"])
@@ -190,7 +191,7 @@ def test_eval_command_writes_json_and_plot_into_the_run_folder(code_run, capsys)
     results = json.loads((run / "eval.json").read_text())
     assert (results["ctx_len"], results["max_len"], results["tokens"]) == (64, 256, 1024)
     assert (run / "eval_positions.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    direct = evaluate(RWKV.from_pretrained(run / "model.safetensors"), data, "val", tokenizer_for(run), ctx_len=64,
+    direct = evaluate(load_model(run / "model.safetensors"), data, "val", TextRun.open(run).tokenizer(), ctx_len=64,
                       max_tokens=1024, progress=False)
     assert results["loss"] == pytest.approx(direct["loss"], rel=1e-6)
     assert results["positions"]["loss"] == pytest.approx(direct["positions"]["loss"], rel=1e-6)

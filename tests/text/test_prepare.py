@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from rwkv_core.data import DataError, TokenDataset, split_of
-from text.corpus import chatterbot_corpus_texts, corpus_root, write_default_corpus
-from text.prepare import prepare, txt_documents
+from eaglefinch.rwkv_core.data import DataError, TokenDataset, split_of
+from eaglefinch.text.corpus import chatterbot_corpus_texts, corpus_root, write_default_corpus
+from eaglefinch.text.prepare import prepare, txt_documents
 
 
 class ByteTokenizer:

@@ -10,8 +10,8 @@ import rwkv
 from hypothesis import given, settings, strategies as st
 from rwkv.rwkv_tokenizer import TRIE_TOKENIZER
 
-import text.tokenizer as tokenizer_module
-from text.tokenizer import VOCAB_FILE, StreamDecoder, TokenizerError, WorldTokenizer
+import eaglefinch.text.tokenizer as tokenizer_module
+from eaglefinch.text.tokenizer import VOCAB_FILE, StreamDecoder, TokenizerError, WorldTokenizer
 
 OFFICIAL_VOCAB = Path(rwkv.__file__).parent / "rwkv_vocab_v20230424.txt"
 VOCAB_SHA256 = "8324476023347dec2964625ccb2075c864d250a9c6d9a74f36daba628de8c008"

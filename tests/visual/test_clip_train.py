@@ -4,9 +4,9 @@ import random
 import pytest
 import torch
 
-from visual import shapes
-from visual.clip_train import _distinct_caption_batches, retrieval_accuracy, save_clip, train_clip
-from visual.encoder import VisionEncoder
+from eaglefinch.visual import shapes
+from eaglefinch.visual.clip_train import _distinct_caption_batches, retrieval_accuracy, save_clip, train_clip
+from eaglefinch.visual.encoder import VisionEncoder
 
 
 def test_batches_never_repeat_a_caption_and_cover_everything():

@@ -5,9 +5,9 @@ import pytest
 import torch
 from PIL import Image
 
-from rwkv_core.data import DataError
-from visual.data import DEFAULT_CAPTION_PROMPT, VisualDataset, collate_visual, read_records, write_jsonl
-from visual.images import ImageError
+from eaglefinch.rwkv_core.data import DataError
+from eaglefinch.visual.data import DEFAULT_CAPTION_PROMPT, VisualDataset, collate_visual, read_records, write_jsonl
+from eaglefinch.visual.images import ImageError
 
 
 def conversation(*values, image="a.png"):
@@ -101,12 +101,12 @@ def test_dataset_and_collate(tmp_path):
     records = read_records(tmp_path / "d.jsonl")
     preprocess = lambda image: torch.tensor(np.asarray(image), dtype=torch.float32).permute(2, 0, 1)  # noqa: E731
     dataset = VisualDataset(records, preprocess, lambda s: [ord(c) for c in s], n_image_tokens=3)
-    images, batch = collate_visual([dataset[0], dataset[1]])
+    batch = collate_visual([dataset[0], dataset[1]])
+    images = batch.pixels
     assert images.shape == (2, 3, 5, 5)
     assert torch.equal(images[0, 0], torch.full((5, 5), 255.0)) and torch.equal(images[1], torch.zeros(3, 5, 5))
     assert batch.image_spans == [(len("User: "), len("User: ") + 3), (0, 0)]
     assert batch.inputs.shape[0] == 2 and batch.loss_mask.sum() == len(" yes\n\n") + len(" there\n\n")
-    text_only, batch = collate_visual([dataset[1]])
-    assert text_only is None
+    assert collate_visual([dataset[1]]).pixels is None
     with pytest.raises(ImageError, match="missing.png: no such file"):
         dataset[2]

@@ -5,8 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from visual.encoder import DEFAULT_MODEL, VisionEncoder, register_model_configs
-from visual.projector import build_projector
+from eaglefinch.visual.encoder import DEFAULT_MODEL, VisionEncoder, register_model_configs
+from eaglefinch.visual.projector import build_projector
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from visual.images import ImageError, iter_folder_images, load_image
+from eaglefinch.visual.images import ImageError, iter_folder_images, load_image
 
 
 def save(image, path, **kwargs):

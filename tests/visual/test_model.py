@@ -1,20 +1,25 @@
 """VisualRWKV wired on the backbone: bidirectional scan, stages, state-carried decoding, runs, CLI."""
 import json
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 
 from eaglefinch.cli import main as cli
-from rwkv_core import RWKV, RWKVConfig
-from rwkv_core.train import TrainConfig, param_groups, train
-from text.subset import SubsetTokenizer
-from text.tokenizer import WorldTokenizer
-from visual.caption import answer, answer_ids, caption_files, prompt_ids
-from visual.data import VisualDataset, read_records
-from visual.encoder import VisionEncoder
-from visual.model import VisualConfig, VisualRWKV
-from visual.shapes import make_splits, render, write_shapes_dataset
-from visual.train import VisualBatches, VisualTask, vocabulary_of
+from eaglefinch.rwkv_core import RWKV, RWKVConfig, save_model
+from eaglefinch.rwkv_core.train import TrainConfig, param_groups, train
+from eaglefinch.text.subset import SubsetTokenizer
+from eaglefinch.text.tokenizer import WorldTokenizer
+from eaglefinch.visual.caption import answer, answer_ids, caption_files, prompt_ids
+from eaglefinch.visual.data import VisualDataset, read_records
+from eaglefinch.visual.encoder import VisionEncoder
+from eaglefinch.visual.model import VisualConfig, VisualRWKV
+from eaglefinch.visual.run import VisualRun
+from eaglefinch.visual.shapes import make_splits, render, write_shapes_dataset
+from eaglefinch.visual.train import VisualBatches, VisualTask, vocabulary_of
 
 TINY_CONFIG = {
     "model": {"arch": "finch", "n_layer": 2, "n_embd": 64, "head_size": 32, "vocab_size": 65536,
@@ -134,7 +139,8 @@ def test_batches_supervise_only_answers_and_carry_each_image_span(shapes):
     records = read_records(shapes / "train_qa.jsonl")
     vlm, tokenizer = random_vlm(records, n_layer=2)
     data = VisualBatches(VisualDataset(records, vlm.encoder.preprocess, tokenizer.encode, vlm.n_image_tokens))
-    inputs, targets, mask, pixels, spans = data.batch([0, 1], ctx_len=200)
+    batch = data.batch([0, 1], ctx_len=200)
+    inputs, targets, mask, pixels, spans = batch.inputs, batch.targets, batch.loss_mask, batch.pixels, batch.image_spans
     assert pixels.shape == (2, 3, 64, 64) and inputs.shape == targets.shape == mask.shape
     for b in range(2):
         start, end = spans[b]
@@ -158,7 +164,7 @@ def test_cli_train_caption_eval_and_bad_inputs(shapes, tmp_path, capsys):
     config, run = write_config(tmp_path), tmp_path / "run"
     assert cli(["visual", "train", "--config", str(config), "--data", str(shapes / "train.jsonl"),
                 "--val", str(shapes / "heldout.jsonl"), "--out", str(run), "--random-encoder"]) == 0
-    for name in ("model.safetensors", "visual.json", "visual.safetensors", "vocab_subset.json", "loss.png"):
+    for name in ("model.safetensors", "visual.json", "vocab_subset.json", "config.json", "loss.png"):
         assert (run / name).is_file(), name
     capsys.readouterr()
 
@@ -208,11 +214,15 @@ def test_cli_train_caption_eval_and_bad_inputs(shapes, tmp_path, capsys):
     assert cli(["visual", "train", "--config", str(no_model), "--data", str(shapes / "train.jsonl"),
                 "--out", str(tmp_path / "run4"), "--random-encoder"]) == 1
     assert 'no "model" section' in capsys.readouterr().err and not (tmp_path / "run4").exists()
-    # a corrupt weights file in the run folder: one clear error
-    (run / "visual.safetensors").write_bytes(b"\x00" * 64)
+    # a run whose weights file holds no projector, and a corrupt weights file: one clear error each
+    save_model(random_vlm(read_records(shapes / "train.jsonl"), n_layer=2)[0].model, run / "model.safetensors")
     assert cli(["visual", "caption", str(folder / "good0.png"), "--checkpoint", str(run)]) == 1
     err = capsys.readouterr().err
-    assert "visual.safetensors" in err and len(err.strip().splitlines()) == 1
+    assert "visual projector weights do not fit" in err and len(err.strip().splitlines()) == 1
+    (run / "model.safetensors").write_bytes(b"\x00" * 64)
+    assert cli(["visual", "caption", str(folder / "good0.png"), "--checkpoint", str(run)]) == 1
+    err = capsys.readouterr().err
+    assert "model.safetensors" in err and len(err.strip().splitlines()) == 1
 
 
 def test_answer_is_the_decoded_ids_and_files_match_images(shapes, tmp_path):
@@ -230,8 +240,8 @@ def test_answer_is_the_decoded_ids_and_files_match_images(shapes, tmp_path):
 
 def test_resumed_visual_run_repeats_the_uninterrupted_losses(shapes, tmp_path):
     """Seeded end to end (weights, data order, schedule): stop at step 2, resume, same losses as one run."""
-    from rwkv_core.train import read_metrics
-    from visual.train import train_visual
+    from eaglefinch.rwkv_core.run import read_metrics
+    from eaglefinch.visual.train import train_visual
 
     cfg = json.loads(json.dumps(TINY_CONFIG))
     cfg["train"].update(max_steps=4, save_every=2, log_every=1, val_every=100)
@@ -243,3 +253,40 @@ def test_resumed_visual_run_repeats_the_uninterrupted_losses(shapes, tmp_path):
     train_visual(config, data, tmp_path / "b", random_encoder=True, resume=True, progress=False)
     losses = [[r["loss"] for r in read_metrics(tmp_path / run / "metrics.jsonl") if "loss" in r] for run in "ab"]
     assert len(losses[0]) == 4 and losses[0] == losses[1]
+
+
+def test_a_run_killed_after_its_first_checkpoint_captions_as_its_checkpoint(shapes, tmp_path):
+    """SIGKILL right after the first checkpoint: `visual caption` opens the run, and its captions are
+    those of the weights in checkpoint.pt (the inference files are written before the checkpoint)."""
+    config, run = write_config(tmp_path), tmp_path / "run"
+    cfg = json.loads(config.read_text())
+    cfg["train"].update(max_steps=100_000, save_every=5, val_every=100_000)
+    config.write_text(json.dumps(cfg))
+    proc = subprocess.Popen([sys.executable, "-m", "eaglefinch", "visual", "train", "--config", str(config),
+                             "--data", str(shapes / "train.jsonl"), "--out", str(run), "--random-encoder"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (run / "checkpoint.pt").exists():
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline, "no checkpoint within 300 s"
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc.stderr.close()
+
+    pics = images(3)
+    for i, pic in enumerate(pics):
+        pic.save(tmp_path / f"{i}.png")
+    out = tmp_path / "captions.jsonl"
+    assert cli(["visual", "caption", *(str(tmp_path / f"{i}.png") for i in range(3)), "--checkpoint", str(run),
+                "--out", str(out)]) == 0
+    captions = [json.loads(line)["caption"] for line in out.read_text().splitlines()]
+
+    checkpoint = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert checkpoint["step"] == 5
+    vlm, tokenizer = VisualRun.open(run).load()
+    opened = VisualTask(vlm).state_dict()
+    assert opened.keys() == checkpoint["task"].keys()
+    assert all(torch.equal(opened[k], checkpoint["task"][k]) for k in opened)
+    VisualTask(vlm).load_state_dict(checkpoint["task"])
+    assert captions == answer(vlm, tokenizer, pics, max_tokens=60)

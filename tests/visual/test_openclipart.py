@@ -5,7 +5,7 @@ from PIL import Image
 
 pytest.importorskip("cairosvg")
 
-from visual.openclipart import prepare_openclipart, svg_title  # noqa: E402
+from eaglefinch.visual.openclipart import prepare_openclipart, svg_title  # noqa: E402
 
 RDF_TITLED = """<?xml version="1.0" encoding="UTF-8"?>
 <svg xmlns="http://www.w3.org/2000/svg" xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from visual.prompt import (
+from eaglefinch.visual.prompt import (
     build_layout,
     collate,
     encode_conversation,

@@ -5,8 +5,8 @@ from collections import deque
 import numpy as np
 import pytest
 
-from visual import shapes
-from visual.data import read_records
+from eaglefinch.visual import shapes
+from eaglefinch.visual.data import read_records
 
 
 def components(image):

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 
 def wkv_chunked(r, k, v, w_log, u, state=None, chunk_size=16):
-    """Same contract as `kernels.reference.wkv_reference`; computes in fp32 (fp64 for fp64 inputs)."""
+    """Same contract as `naive.wkv_reference`; computes in fp32 (fp64 for fp64 inputs)."""
     B, T, H, N = r.shape
     out_dtype = r.dtype
     dt = torch.promote_types(torch.float32, r.dtype)

@@ -5,7 +5,8 @@ import contextlib
 
 import torch
 
-from ..reference import wkv_reference
+from ..naive import wkv_reference
+from .launch import DEFAULT_LAUNCH
 
 
 def make_inputs(B, T, H, N, dtype, device, decay="normal", static_w=False, seed=0):
@@ -149,11 +150,11 @@ def compile_launch(fn, args, kwargs, arch=90):
                           options=options)
 
 
-def wkv_launches(dtype=torch.bfloat16, N=64, static_w=False, packed=False):
+def wkv_launches(dtype=torch.bfloat16, N=64, static_w=False, packed=False, launch=DEFAULT_LAUNCH):
     """The kernel launches (recorded, not run) of one `chunk_wkv` forward and backward with an
-    initial and a final state, at a small shape with CPU tensors, and of one decode step into a
-    state pool with a slot index. The public entry points choose precision, split products and
-    launch options exactly as they do on the GPU."""
+    initial and a final state under the launch settings `launch`, at a small shape with CPU tensors,
+    and of one decode step into a state pool with a slot index. The public entry points choose
+    precision, split products and launch options exactly as they do on the GPU."""
     from .chunk import chunk_wkv
     from .recurrent import wkv_decode_
     B, T, H = (1, 150, 2) if packed else (2, 128, 2)
@@ -161,7 +162,8 @@ def wkv_launches(dtype=torch.bfloat16, N=64, static_w=False, packed=False):
     cu = torch.tensor([0, 40, 150], dtype=torch.int32) if packed else None
     leaves = [x.requires_grad_() for x in inputs + [torch.zeros(2, H, N, N)]]
     with recorded_launches() as launches:
-        o, ht = chunk_wkv(*leaves, cu_seqlens=cu)   # outputs unwritten: only the launches matter
+        # outputs unwritten: only the launches matter
+        o, ht = chunk_wkv(*leaves, cu_seqlens=cu, launch=launch)
         torch.autograd.backward([o, ht], [torch.zeros_like(o), torch.zeros_like(ht)])
         r, k, v, w, u = inputs
         wkv_decode_(r[:1, :1], k[:1, :1], v[:1, :1], w if static_w else w[:1, :1], u,

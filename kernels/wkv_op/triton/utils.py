@@ -1,4 +1,4 @@
-"""Small helpers shared by the Triton WKV kernels: interpreter detection, dot precision, debug poison.
+"""Host helpers shared by the Triton WKV kernels: interpreter detection, dot precision, debug poison.
 
 Nothing here reads kernel settings from the environment: precision and poisoning are explicit
 arguments of the host functions (`chunk_wkv(..., dot_precision=..., poison=...)`).
@@ -7,7 +7,6 @@ import os
 
 import torch
 
-LOG2E = 1.4426950408889634
 DOT_PRECISIONS = ("tf32", "tf32x3", "ieee")
 
 
@@ -31,6 +30,11 @@ def dot_precision(dtype, requested=None):
     if requested is not None:
         return requested
     return "tf32x3" if dtype in (torch.float32, torch.float64) else "tf32"
+
+
+def segment_sum_precision():
+    """Precision of the 0/1-matrix segment sums of log decays: fp32-accurate everywhere."""
+    return "ieee" if interpreting() else "tf32x3"
 
 
 def new_buffer(shape, dtype, device, poison=False):

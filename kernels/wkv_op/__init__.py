@@ -1,11 +1,15 @@
-"""Public entry points: `wkv(r, k, v, w_log, u, state=None, backend="auto", *, cu_seqlens=None)` and
-`wkv_decode_(r, k, v, w_log, u, state, state_idx=None, backend="auto")` (in-place decode step)."""
+"""The WKV op folder: `wkv(r, k, v, w_log, u, state=None, backend="auto", *, cu_seqlens=None)` and
+`wkv_decode_(r, k, v, w_log, u, state, state_idx=None, backend="auto")` (in-place decode step) pick
+one of its implementations: the serial fp64 reference (naive.py), the chunked PyTorch path
+(chunk_torch.py) or the Triton kernels (triton/, imported only when taken)."""
 import os
 
 import torch
 
-from .chunked import wkv_chunked
-from .reference import wkv_reference
+from .chunk_torch import wkv_chunked
+from .naive import wkv_reference
+
+__all__ = ["wkv", "wkv_decode_", "wkv_reference", "wkv_chunked", "BACKENDS"]
 
 BACKENDS = ("auto", "reference", "torch", "triton")
 
@@ -33,7 +37,8 @@ def _per_sequence(fn, r, k, v, w_log, u, state, cu_seqlens):
     return torch.cat(outs, dim=1), torch.cat(states, dim=0)
 
 
-def wkv(r, k, v, w_log, u, state=None, backend="auto", *, cu_seqlens=None, chunk_size=None):
+def wkv(r, k, v, w_log, u, state=None, backend="auto", *, cu_seqlens=None, chunk_size=None,
+        launch=None):
     """The WKV recurrence of Eagle/Finch over a sequence, with an explicit state.
 
     Args:
@@ -49,6 +54,7 @@ def wkv(r, k, v, w_log, u, state=None, backend="auto", *, cu_seqlens=None, chunk
         cu_seqlens: packed variable-length sequences: int tensor [S + 1] of offsets along T, B = 1;
             the state restarts at every boundary (from `state[i]`, or zeros).
         chunk_size: Triton chunk length (multiple of 16; default 64).
+        launch: Triton launch settings (`triton.WKVLaunch`; None: `triton.DEFAULT_LAUNCH`).
 
     Returns:
         (out [B, T, H, N] in r's dtype, new_state [S, H, N, N] fp32).
@@ -68,10 +74,11 @@ def wkv(r, k, v, w_log, u, state=None, backend="auto", *, cu_seqlens=None, chunk
         raise ValueError(f"wkv: state must be [{S}, {H}, {N}, {N}], got {tuple(state.shape)}")
     backend = _resolve(backend, r)
     if backend == "triton":
-        from .triton import chunk_wkv
+        from .triton import DEFAULT_LAUNCH, chunk_wkv
         if T == 0:
             return wkv_chunked(r, k, v, w_log, u, state)
-        return chunk_wkv(r, k, v, w_log, u, state, cu_seqlens=cu_seqlens, chunk_size=chunk_size or 64)
+        return chunk_wkv(r, k, v, w_log, u, state, cu_seqlens=cu_seqlens, chunk_size=chunk_size or 64,
+                         launch=DEFAULT_LAUNCH if launch is None else launch)
     fn = wkv_reference if backend == "reference" else wkv_chunked
     if cu_seqlens is not None:
         return _per_sequence(fn, r, k, v, w_log, u, state, cu_seqlens)
