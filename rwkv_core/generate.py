@@ -3,18 +3,20 @@
 Works on token ids only; stop strings and decoding belong to the domain (see text/generate.py).
 """
 import torch
+from tqdm import tqdm
 
 from .sampling import Penalties, SamplerConfig, sample_logits
 from .state import RWKVState
 
 
 @torch.no_grad()
-def prefill(model, prompts, state=None, chunk_len=1024):
+def prefill(model, prompts, state=None, chunk_len=1024, progress=False):
     """Feed prompts of different lengths, each with its own state, in chunks of `chunk_len` tokens.
 
     Args:
         prompts: list of B lists of token ids (each non-empty).
         state: an RWKVState for B sequences to continue from, or None for fresh sequences.
+        progress: show a progress bar (tokens read) when the prompts are longer than one chunk.
 
     Returns:
         (logits of each prompt's last token [B, V] fp32, state after the prompts).
@@ -24,14 +26,19 @@ def prefill(model, prompts, state=None, chunk_len=1024):
     if state is not None and state.batch_size != len(prompts):
         raise ValueError(f"state is for {state.batch_size} sequences, got {len(prompts)} prompts")
     device = next(model.parameters()).device
+    total = sum(len(p) for p in prompts)
+    bar = tqdm(total=total, unit="tok", desc="reading the prompt", disable=not progress or total <= chunk_len,
+               dynamic_ncols=True, leave=False)
     last_logits, states = [], []
     for i, prompt in enumerate(prompts):  # one at a time: no padding, so every state is exact
         s = None if state is None else state[i]
         for start in range(0, len(prompt), chunk_len):
             idx = torch.tensor([prompt[start:start + chunk_len]], device=device)
             logits, s = model(idx, s)
+            bar.update(idx.shape[1])
         last_logits.append(logits[:, -1].float())
         states.append(s)
+    bar.close()
     return torch.cat(last_logits), RWKVState.cat(states)
 
 
@@ -46,11 +53,12 @@ class Generation:
     A fixed `seed` reproduces the output.
 
     `prefilled=(logits [B, V], state)` starts from prompts the caller has already fed (for example
-    with image embeddings spliced in); `prompts` and `state` are then None.
+    with image embeddings spliced in); `prompts` and `state` are then None. `progress` shows a bar
+    while long prompts are read.
     """
 
     def __init__(self, model, prompts, max_new_tokens, sampler=SamplerConfig(), *, state=None,
-                 stop_ids=(), seed=None, uncounted_ids=(), chunk_len=1024, prefilled=None):
+                 stop_ids=(), seed=None, uncounted_ids=(), chunk_len=1024, prefilled=None, progress=False):
         self.model, self.sampler, self.max_new_tokens = model, sampler, max_new_tokens
         self.stop_ids = set(stop_ids)
         if prefilled is not None:
@@ -58,7 +66,7 @@ class Generation:
                 raise ValueError("give either prompts (and a state) or prefilled=(logits, state), not both")
             self.logits, self.state = prefilled[0].float(), prefilled[1]
         else:
-            self.logits, self.state = prefill(model, prompts, state, chunk_len)
+            self.logits, self.state = prefill(model, prompts, state, chunk_len, progress)
         B, V = self.logits.shape
         self.tokens = [[] for _ in range(B)]
         self.finished = [False] * B
