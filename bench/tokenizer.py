@@ -1,12 +1,13 @@
-"""Speed of text.tokenizer.WorldTokenizer against the official rwkv package's TRIE_TOKENIZER.
+"""Speed of text.tokenizer.WorldTokenizer's encoders (ours in Python, and pyrwkv-tokenizer, the
+compiled one it uses where installed) against the official rwkv package's TRIE_TOKENIZER.
 
     python bench/tokenizer.py [--kb 300] [--repeat 5] [--file some.txt]
 
 Texts: "mixed" = sentences in 12 scripts/styles (prose, code, emoji) shuffled into one text;
 "random" = random code points from the same scripts plus control characters and whitespace
 runs (many rare characters, so short tokens: the hardest case for us); or your own --file.
-Times are the best of --repeat runs, ours and the official one alternating, so that a busy
-machine affects both alike. Both tokenizers must give the same ids, or the script stops.
+Times are the best of --repeat runs, the tokenizers taking turns, so that a busy machine affects
+them alike. All must give the same ids, or the script stops. Decoding is ours with either encoder.
 """
 import argparse
 import random
@@ -79,32 +80,39 @@ def main():
         sys.exit("needs the official package: pip install rwkv==0.8.32")
 
     t = time.perf_counter()
-    ours = WorldTokenizer()
+    ours = WorldTokenizer(backend="python")
     t_init = time.perf_counter() - t
     ours.encode("x")  # the regex is compiled on first use
     t_regex = time.perf_counter() - t - t_init
     t = time.perf_counter()
+    fast = WorldTokenizer(backend="pyrwkv")
+    fast.encode("x")  # pyrwkv-tokenizer reads the vocabulary on first use
+    t_fast = time.perf_counter() - t
+    t = time.perf_counter()
     official = TRIE_TOKENIZER(str(Path(rwkv.__file__).parent / "rwkv_vocab_v20230424.txt"))
     t_official = time.perf_counter() - t
     print(f"construction: ours {t_init:.2f} s + {t_regex:.2f} s (regex, on first encode); "
-          f"official {t_official:.2f} s")
+          f"pyrwkv {t_fast:.2f} s (it reads the vocabulary on first encode); official {t_official:.2f} s")
 
     rng = random.Random(0)
     texts = {"mixed": mixed_text(args.kb * 1000, rng), "random": random_text(args.kb * 1000, rng)}
     if args.file:
         texts[Path(args.file).name] = Path(args.file).read_text(encoding="utf-8")
-    print(f"{'':>27}|{'encode (chars/s)':^36}|{'decode (tokens/s)':^36}")
-    print(f"{'text':>8} {'chars':>8} {'tokens':>8} |" + f"{'ours':>13} {'official':>14} {'ratio':>6} |" * 2)
+    print(f"{'':>27}|{'encode (MB/s of UTF-8)':^43}|{'decode (tokens/s)':^36}")
+    print(f"{'text':>8} {'chars':>8} {'tokens':>8} |{'ours':>9} {'pyrwkv':>9} {'official':>9} {'pyrwkv/ours':>12} |"
+          f"{'ours':>13} {'official':>14} {'ratio':>6} |")
     for name, text in texts.items():
         ids = ours.encode(text)
-        if ids != official.encode(text):
-            sys.exit(f"{name}: ids differ from the official tokenizer")
+        if ids != official.encode(text) or ids != fast.encode(text):
+            sys.exit(f"{name}: ids differ between the tokenizers")
         if ours.decode(ids) != text:
             sys.exit(f"{name}: decode(encode(text)) != text")
-        enc_ours, enc_off = best_times([lambda: ours.encode(text), lambda: official.encode(text)], args.repeat)
+        mb = len(text.encode("utf-8")) / 1e6
+        enc_ours, enc_fast, enc_off = best_times(
+            [lambda: ours.encode(text), lambda: fast.encode(text), lambda: official.encode(text)], args.repeat)
         dec_ours, dec_off = best_times([lambda: ours.decode(ids), lambda: official.decode(ids)], args.repeat)
         print(f"{name:>8} {len(text):>8} {len(ids):>8} |"
-              f"{len(text) / enc_ours:>13,.0f} {len(text) / enc_off:>14,.0f} {enc_off / enc_ours:>5.1f}x |"
+              f"{mb / enc_ours:>9.2f} {mb / enc_fast:>9.2f} {mb / enc_off:>9.2f} {enc_ours / enc_fast:>11.1f}x |"
               f"{len(ids) / dec_ours:>13,.0f} {len(ids) / dec_off:>14,.0f} {dec_off / dec_ours:>5.1f}x |")
 
 if __name__ == "__main__":

@@ -12,9 +12,10 @@ def build_parser():
     from eaglefinch.text.cli import add_commands as add_text
     add_text(domains.add_parser("text", help="text models: prepare, train, generate, chat, eval", parents=[common]), common)
     from eaglefinch.music.cli import add_commands as add_music
-    add_music(domains.add_parser("music", help="music models: MIDI and ABC", parents=[common]), common)
+    add_music(domains.add_parser("music", help="music models (MIDI and ABC): prepare, train, generate, eval, abc", parents=[common]), common)
     from eaglefinch.visual.cli import add_commands as add_visual
-    add_visual(domains.add_parser("visual", help="image-to-text models: train, caption, eval", parents=[common]), common)
+    add_visual(domains.add_parser("visual", help="image-to-text models: shapes, prepare, clip-train, train, caption, eval",
+                                  parents=[common]), common)
     return parser
 
 
@@ -30,7 +31,8 @@ def main(argv=None):
     except Exception as e:  # one line for the user; --debug shows the traceback
         if args.debug:
             raise
-        print(f"eaglefinch: error: {e}", file=sys.stderr)
+        message = " ".join(str(e).split()) or type(e).__name__  # one line, never an empty one
+        print(f"eaglefinch: error: {message}", file=sys.stderr)
         return 1
 
 

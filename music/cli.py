@@ -2,7 +2,8 @@
 import json
 from pathlib import Path
 
-from eaglefinch.rwkv_core.cli import add_sampling_args, add_train_args, sampler_from
+from eaglefinch.rwkv_core.cli import (SEED_LIMIT, add_sampling_args, add_train_args, float_in, int_at_least, int_in,
+                                        output_path, sampler_from)
 
 
 def cmd_prepare(args):
@@ -13,7 +14,7 @@ def cmd_prepare(args):
     folder = args.folder or default_midi_folder()
     tokenizer = MidiTokenizer(TokenizerConfig(beat_relative=args.beat_relative))
     prepare(folder, args.out, tokenizer, transpositions=args.transpose, tempo_factors=args.tempo,
-            val_fraction=args.val_fraction)
+            val_fraction=args.val_fraction, overwrite=args.overwrite)
 
 
 def cmd_train(args):
@@ -24,15 +25,19 @@ def cmd_train(args):
 
 def cmd_generate(args):
     from .generate import generate_music, prompt_ids
+    from .metrics import piece_report
     from .pianoroll import save_midi_and_pianoroll
     from .run import MusicRun
+    from .tokenizer import midi_to_notes
 
     model, tokenizer = MusicRun.open(args.checkpoint).load()
     prompt = prompt_ids(tokenizer, args.prompt_midi)  # before anything is written: a bad prompt leaves no file
-    ids = generate_music(model, tokenizer, [prompt], args.seconds, sampler_from(args), seed=args.seed)[0]
+    ids = generate_music(model, tokenizer, [prompt], args.seconds, sampler_from(args), seed=args.seed,
+                         stop_at_end=args.stop_at_end, progress=True)[0]
     midi_path, png_path = save_midi_and_pianoroll(tokenizer.decode(ids), args.out, title=Path(args.out).name)
-    print(f"wrote {midi_path} ({tokenizer.count_notes(ids[len(prompt):])} new notes, "
-          f"{len(ids) - len(prompt)} tokens) and {png_path}")
+    # the length and notes of the file as written, prompt included
+    print(f"wrote {midi_path}: {piece_report(midi_to_notes(midi_path))} "
+          f"({tokenizer.count_notes(ids[len(prompt):])} new notes, {len(ids) - len(prompt)} tokens); {png_path}")
 
 
 def cmd_eval(args):
@@ -69,12 +74,14 @@ def add_commands(parser, common):
 
     p = sub.add_parser("prepare", parents=[common], help="tokenize a folder of MIDI files into shards")
     p.add_argument("folder", nargs="?", help="folder of .mid/.midi files (default: the Bach chorales of music21)")
-    p.add_argument("--out", required=True, help="output folder (train/ and val/ shards, stats.json)")
-    p.add_argument("--transpose", type=int, nargs="+", default=[-3, -2, -1, 0, 1, 2, 3],
+    p.add_argument("--out", required=True, type=output_path, help="output folder (train/ and val/ shards, stats.json)")
+    p.add_argument("--transpose", type=int_in(-24, 24), nargs="+", default=[-3, -2, -1, 0, 1, 2, 3],
                    help="semitones of the training copies")
-    p.add_argument("--tempo", type=float, nargs="+", default=[0.9, 1.0, 1.1], help="speed factors of the training copies")
-    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--tempo", type=float_in(0.25, 4.0), nargs="+", default=[0.9, 1.0, 1.1], help="speed factors of the training copies")
+    p.add_argument("--val-fraction", type=float_in(0, 1), default=0.1)
     p.add_argument("--beat-relative", action="store_true", help="count time in beats instead of 8 ms steps")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing output folder (the old one is removed only once the new one is complete)")
     p.set_defaults(func=cmd_prepare)
 
     t = sub.add_parser("train", parents=[common], help="train or fine-tune a music model")
@@ -83,9 +90,11 @@ def add_commands(parser, common):
 
     g = sub.add_parser("generate", parents=[common], help="write a generated .mid and its piano roll (.png)")
     g.add_argument("--checkpoint", required=True, help="a music run folder")
-    g.add_argument("--out", required=True, help="the .mid to write; the .png goes beside it")
+    g.add_argument("--out", required=True, type=output_path, help="the .mid to write; the .png goes beside it")
     g.add_argument("--prompt-midi", help="continue this MIDI file (default: start a new piece)")
-    g.add_argument("--seconds", type=float, default=30.0, help="length of the continuation")
+    g.add_argument("--seconds", type=float_in(0, 3600, low_open=True), default=30.0, help="length of the continuation")
+    g.add_argument("--stop-at-end", action="store_true",
+                   help="end the piece where the model ends it (its <end>), if that comes before --seconds")
     add_sampling_args(g)
     g.set_defaults(func=cmd_generate)
 
@@ -93,20 +102,20 @@ def add_commands(parser, common):
     e.add_argument("--checkpoint", required=True, help="a music run folder")
     e.add_argument("--data", required=True, help="folder written by `eaglefinch music prepare`")
     e.add_argument("--split", default="val")
-    e.add_argument("--batch-size", type=int, default=8)
-    e.add_argument("--max-tokens", type=int, help="score at most this many tokens (default: the whole split)")
-    e.add_argument("--samples", type=int, default=4, help="pieces to generate for the statistics")
-    e.add_argument("--seconds", type=float, default=20.0, help="length of each generated piece")
-    e.add_argument("--out", help="folder for eval.json (default: the run folder)")
+    e.add_argument("--batch-size", type=int_at_least(1), default=8)
+    e.add_argument("--max-tokens", type=int_at_least(1), help="score at most this many tokens (default: the whole split)")
+    e.add_argument("--samples", type=int_at_least(1), default=4, help="pieces to generate for the statistics")
+    e.add_argument("--seconds", type=float_in(0, 3600, low_open=True), default=20.0, help="length of each generated piece")
+    e.add_argument("--out", type=output_path, help="folder for eval.json (default: the run folder)")
     add_sampling_args(e, seed=0)
     e.set_defaults(func=cmd_eval)
 
     a = sub.add_parser("abc", parents=[common], help="byte-level ABC models: Eagle vs Finch bits per byte")
     a.add_argument("--config", required=True, help="a shipped config's name or a JSON file with model/train sections (abc-tiny)")
-    a.add_argument("--out", required=True, help="folder for the eagle/ and finch/ runs and abc.json")
+    a.add_argument("--out", required=True, type=output_path, help="folder for the eagle/ and finch/ runs and abc.json")
     a.add_argument("--data", help="byte shards (default: <out>/data, written from music21's tunes if absent)")
-    a.add_argument("--val-fraction", type=float, default=0.05)
-    a.add_argument("--max-steps", type=int)
-    a.add_argument("--seed", type=int)
-    a.add_argument("--eval-tokens", type=int, help="score at most this many held-out tokens (default: all)")
+    a.add_argument("--val-fraction", type=float_in(0, 1), default=0.05)
+    a.add_argument("--max-steps", type=int_at_least(1))
+    a.add_argument("--seed", type=int_at_least(0, SEED_LIMIT))
+    a.add_argument("--eval-tokens", type=int_at_least(1), help="score at most this many held-out tokens (default: all)")
     a.set_defaults(func=cmd_abc)

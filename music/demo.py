@@ -19,11 +19,13 @@ def music_demo():
     from eaglefinch.rwkv_core.sampling import SamplerConfig
 
     from .corpus import default_midi_folder
-    from .evaluate import unigram_entropy
+    from .evaluate import split_pieces, unigram_entropy
     from .generate import generate_music
+    from .metrics import density_range, piece_report
     from .pianoroll import save_midi_and_pianoroll
     from .prepare import prepare
     from .run import MusicRun
+    from .tokenizer import midi_to_notes
     from .train import train_music
 
     data, run = RUNS / "music-data", RUNS / "music"
@@ -39,6 +41,11 @@ def music_demo():
     nats, counts = heldout_nats(model, TokenDataset(data, "val"), music_run.ctx_len)
     print(f"held-out loss {nats / counts.sum().item():.3f} nats/token; "
           f"unigram baseline (entropy of the same tokens) {unigram_entropy(counts.numpy()):.3f}")
-    ids = generate_music(model, tokenizer, [[tokenizer.START]], SECONDS, SamplerConfig(temperature=0.9), seed=0)[0]
+    ids = generate_music(model, tokenizer, [[tokenizer.START]], SECONDS, SamplerConfig(temperature=0.9), seed=0,
+                         progress=True)[0]
     midi_path, png_path = save_midi_and_pianoroll(tokenizer.decode(ids), run / "sample.mid", title="tiny Finch, Bach chorales")
-    print(f"generated {tokenizer.count_notes(ids)} notes in {SECONDS} s of music: {midi_path} and {png_path}")
+    train = TokenDataset(data, "train")
+    training_range = density_range(split_pieces(tokenizer, train, max_tokens=len(train), progress=True))
+    # measured on the file as written, as a listener gets it
+    print(f"generated a piece of {SECONDS} s asked for: {piece_report(midi_to_notes(midi_path), training_range)}; "
+          f"{midi_path} and {png_path}")

@@ -19,6 +19,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from eaglefinch.rwkv_core.files import atomic_path
 from eaglefinch.rwkv_core.data import SEPARATOR, DataError, TokenDataset
@@ -41,18 +42,22 @@ def unigram_entropy(counts) -> float:
     return float(-(p * np.log(p)).sum())
 
 
-def heldout_pieces(tokenizer, data, max_tokens: int = REFERENCE_TOKENS) -> list:
+def split_pieces(tokenizer, data, max_tokens: int = REFERENCE_TOKENS, progress: bool = False) -> list:
     """Note lists of the pieces in the first max_tokens tokens of a split (the last one may be cut)."""
     tokens = data.window(0, min(len(data), max_tokens))
     ends = np.flatnonzero(tokens == SEPARATOR)
-    docs = np.split(tokens, ends + 1)
-    return [midi_to_notes(tokenizer.decode(doc)) for doc in docs if len(doc) > 1]
+    docs = [doc for doc in np.split(tokens, ends + 1) if len(doc) > 1]
+    return [midi_to_notes(tokenizer.decode(doc))
+            for doc in tqdm(docs, desc=f"reading the pieces of {data.name}", unit="piece", disable=not progress,
+                            leave=False)]
 
 
 def evaluate_music(model, tokenizer, data_dir, split: str = "val", *, ctx_len: int | None = None,
                    batch_size: int = 8, max_tokens: int | None = None, samples: int = 4, seconds: float = 20.0,
-                   sampler=SamplerConfig(), seed: int = 0) -> dict:
+                   sampler=SamplerConfig(), seed: int = 0, progress: bool = True) -> dict:
     """Score a music model on `<data_dir>/<split>` and compare `samples` generated pieces with it.
+
+    `progress` shows a bar for each stage (loss, generation, reading the held-out pieces).
 
     Returns {"split", "data", "ctx_len", "tokens", "notes", "loss" (nats/token), "bits_per_token",
     "loss_per_note" (nats/note, None without notes), "unigram_entropy" (nats/token of the targets),
@@ -64,14 +69,14 @@ def evaluate_music(model, tokenizer, data_dir, split: str = "val", *, ctx_len: i
         raise DataError(f"{data_dir} was tokenized with another MIDI tokenizer config than the run's; "
                         f"prepare it with the run's tokenizer settings")
     data = TokenDataset(data_dir, split)
-    nats, counts = heldout_nats(model, data, ctx_len, batch_size, max_tokens)
+    nats, counts = heldout_nats(model, data, ctx_len, batch_size, max_tokens, progress=progress)
     tokens = int(counts.sum())
     notes = int(counts[tokenizer.ranges["on"].start:tokenizer.ranges["on"].stop].sum())
 
     prompts = [[tokenizer.START] for _ in range(samples)]
     generated = [midi_to_notes(tokenizer.decode(ids))
-                 for ids in generate_music(model, tokenizer, prompts, seconds, sampler, seed=seed)]
-    reference = heldout_pieces(tokenizer, data)
+                 for ids in generate_music(model, tokenizer, prompts, seconds, sampler, seed=seed, progress=progress)]
+    reference = split_pieces(tokenizer, data, progress=progress)
     pitched = any(n.instrument != DRUMS for piece in generated for n in piece)
     return {
         "split": split,

@@ -4,12 +4,15 @@
     pieces = generate_music(model, tokenizer, [prompt_ids(tokenizer)], seconds=30, seed=0)
     midi = tokenizer.decode(pieces[0])
 
-A sequence ends at `<end>`, or just before the time shift that would take it more than `seconds`
-past the end of its prompt (notes still sounding there are closed by the decoder, at least one
-time step after their onset), or after `max_tokens`. `<sep>` and `<start>` are never sampled: inside a piece they are
-not valid continuations.
+A sequence ends just before the time shift that would take it more than `seconds` past the end
+of its prompt (notes still sounding there are closed by the decoder, at least one time step after
+their onset), or after `max_tokens`. The model's own `<end>` is never sampled unless
+`stop_at_end=True`, which ends a sequence there: a piece is as long as asked for. `<sep>` and
+`<start>` are never sampled: inside a piece they are not valid continuations.
 """
 import dataclasses
+
+from tqdm import tqdm
 
 from eaglefinch.rwkv_core.generate import Generation
 from eaglefinch.rwkv_core.sampling import SamplerConfig
@@ -65,29 +68,34 @@ def prompt_ids(tokenizer: MidiTokenizer, midi=None) -> list[int]:
 
 
 def generate_music(model, tokenizer: MidiTokenizer, prompts, seconds: float = 30.0, sampler=SamplerConfig(), *,
-                   seed=None, max_tokens=None) -> list[list[int]]:
-    """Continue each prompt (a list of token ids) by up to `seconds` of music after it.
+                   seed=None, max_tokens=None, stop_at_end=False, progress=False) -> list[list[int]]:
+    """Continue each prompt (a list of token ids) by `seconds` of music after it.
 
     Returns, for each prompt, the prompt followed by its continuation and `<end>`: ready for
-    `tokenizer.decode`. `max_tokens` (default 200 per second) bounds a model that never advances time.
+    `tokenizer.decode`. `stop_at_end` lets the model end a piece earlier with its `<end>`.
+    `max_tokens` (default 200 per second) bounds a model that never advances time.
+    `progress` shows bars while long prompts are read and over the seconds of music generated.
     """
     if not seconds > 0:
         raise ValueError(f"seconds must be positive, got {seconds}")
     if model.cfg.vocab_size != tokenizer.vocab_size:
         raise ValueError(f"the model has {model.cfg.vocab_size} outputs but the tokenizer {tokenizer.vocab_size} ids")
     max_tokens = max_tokens or int(seconds * TOKENS_PER_SECOND_CAP) + 1
-    banned = (tokenizer.SEP, tokenizer.START)
-    sampler = dataclasses.replace(sampler, banned_tokens=tuple(sorted(set(sampler.banned_tokens) | set(banned))))
-    gen = Generation(model, prompts, max_tokens, sampler, stop_ids=(tokenizer.END,), seed=seed)
+    banned = {tokenizer.SEP, tokenizer.START} | ({tokenizer.END} if not stop_at_end else set())
+    sampler = dataclasses.replace(sampler, banned_tokens=tuple(sorted(set(sampler.banned_tokens) | banned)))
+    gen = Generation(model, prompts, max_tokens, sampler, stop_ids=(tokenizer.END,), seed=seed, progress=progress)
     clocks = [MusicClock(tokenizer, prompt) for prompt in prompts]
     pieces = [[] for _ in prompts]
-    for step in gen:
-        for row, token in enumerate(step):
-            if token is None:
-                continue
-            if clocks[row].after(token) > seconds:
-                gen.finish(row)
-                continue
-            clocks[row].feed(token)
-            pieces[row].append(token)
+    with tqdm(total=seconds * len(prompts), unit="s", desc="generating", disable=not progress, leave=False,
+              bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} s of music [{elapsed}]") as bar:
+        for step in gen:
+            for row, token in enumerate(step):
+                if token is None:
+                    continue
+                if clocks[row].after(token) > seconds:
+                    gen.finish(row)
+                    continue
+                bar.update(clocks[row].after(token) - clocks[row].seconds)
+                clocks[row].feed(token)
+                pieces[row].append(token)
     return [list(prompt) + piece + [tokenizer.END] for prompt, piece in zip(prompts, pieces)]

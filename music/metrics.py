@@ -13,6 +13,7 @@ import numpy as np
 from eaglefinch.music.tokenizer import DRUMS, Note
 
 ONSET_TOLERANCE = 1e-3  # onsets closer than 1 ms are one onset (the notes of a chord)
+DENSITY_PERCENTILES = (10, 90)  # the range of a corpus's note densities that `density_range` gives
 
 
 def pitch_class_histogram(notes: list[Note]) -> np.ndarray:
@@ -35,6 +36,29 @@ def note_density(notes: list[Note]) -> float:
         return 0.0
     span = max(n.end for n in notes) - min(n.start for n in notes)
     return len(notes) / span if span > 0 else 0.0
+
+
+def density_range(pieces: list[list[Note]]) -> tuple[float, float]:
+    """The 10th and 90th percentiles (`DENSITY_PERCENTILES`) of the note density of pieces (those
+    with notes): the usual range of a corpus, to compare a generated piece with."""
+    densities = [note_density(piece) for piece in pieces if piece]
+    if not densities:
+        raise ValueError("no piece with notes to take a density range from")
+    return tuple(float(np.percentile(densities, q)) for q in DENSITY_PERCENTILES)
+
+
+def piece_report(notes: list[Note], training_range: tuple[float, float] | None = None) -> str:
+    """One line on a piece: its length (to its last note's end), note count and density; with
+    `training_range` (from `density_range`), whether the density lies in it."""
+    length = max((n.end for n in notes), default=0.0)
+    density = note_density(notes)
+    line = f"{length:.1f} s, {len(notes)} notes, {density:.1f} notes/s"
+    if training_range is None:
+        return line
+    low, high = training_range
+    where = "below" if density < low else "above" if density > high else "within"
+    low_q, high_q = DENSITY_PERCENTILES
+    return f"{line}: {where} the training pieces' {low:.1f}-{high:.1f} notes/s ({low_q}th-{high_q}th percentile)"
 
 
 def inter_onset_intervals(notes: list[Note]) -> np.ndarray:

@@ -10,7 +10,8 @@ leaves nothing behind.
 
 Each file goes whole to one split, chosen by `split_of` on its path, so augmented copies never
 leak across. Training files are encoded once per (transposition, tempo factor); validation files
-once, unchanged. Unreadable or truncated files are counted, reported and skipped.
+once, unchanged. Unusable files (unreadable, truncated, a tempo of 0, too long: any MidiError) are
+counted, named on stderr and skipped.
 """
 
 from __future__ import annotations
@@ -49,12 +50,14 @@ def prepare(
     val_fraction: float = 0.1,
     shard_tokens: int = DEFAULT_SHARD_TOKENS,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict:
     """Tokenize every MIDI file under `folder` into `<out_dir>/train` and `<out_dir>/val`.
 
     Args:
         folder: searched recursively for .mid / .midi files.
-        out_dir: output folder; must be absent or empty.
+        out_dir: output folder; must be absent or empty unless `overwrite`, in which case the old
+            folder is replaced once the new one is complete (a failed run leaves it as it was).
         tokenizer: a MidiTokenizer (default config if None); stored in both index files.
         transpositions: semitones for training copies (drums stay); a transposition that would
             move a pitch out of 0..127 is skipped for that file and counted.
@@ -69,12 +72,14 @@ def prepare(
         (for loss per note). Raises DataError when nothing usable is found.
     """
     tokenizer = tokenizer or MidiTokenizer()
+    if overwrite and Path(folder).resolve().is_relative_to(Path(out_dir).resolve()):
+        raise DataError(f"{out_dir} holds the MIDI folder {folder}: overwriting it would delete the input")
     files = find_midi_files(folder)
     if not files:
         raise DataError(f"no .mid or .midi files under {folder}")
     augmentations = {"train": [(t, f) for t in transpositions for f in tempo_factors], "val": [(0, 1.0)]}
     metadata = {"tokenizer": tokenizer.to_dict(), "vocab_size": tokenizer.vocab_size}
-    with folder_written_whole(out_dir) as tmp_dir:
+    with folder_written_whole(out_dir, overwrite) as tmp_dir:
         stats = _tokenize(files, tmp_dir, tokenizer, augmentations, val_fraction, shard_tokens, metadata, progress)
         if stats["docs"] == 0:
             raise DataError(f"no usable MIDI file under {folder}; skipped: {stats['skipped']}")
@@ -92,24 +97,19 @@ def _tokenize(files, out_dir, tokenizer, augmentations, val_fraction, shard_toke
     with ExitStack() as stack:
         writers = {s: stack.enter_context(ShardWriter(out_dir, s, shard_tokens, metadata)) for s in ("train", "val")}
         for path, key in tqdm(files, desc="tokenizing", unit="file", disable=not progress):
-            try:
-                midi = read_midi(path)
+            split = split_of(key, val_fraction)
+            try:  # the whole file, so that a file failing late (in any copy) adds nothing
+                copies, out_of_range = _encode_copies(path, tokenizer, augmentations[split])
             except MidiError as exc:
                 skipped["unreadable"] += 1
                 unreadable[key] = str(exc)
                 tqdm.write(f"warning: {exc}; skipped", file=sys.stderr)
                 continue
-            piece = midi_to_notes(midi, tokenizer.config.sustain)
-            if not piece:
+            if copies is None:
                 skipped["empty"] += 1
                 continue
-            pitches = {n.pitch for n in piece if n.instrument != DRUMS}  # drums are never transposed
-            split = split_of(key, val_fraction)
-            for transpose, tempo_factor in augmentations[split]:
-                if any(not 0 <= p + transpose <= 127 for p in pitches):
-                    skipped["transpositions"] += 1
-                    continue
-                ids = tokenizer.encode(midi, transpose=transpose, tempo_factor=tempo_factor)
+            skipped["transpositions"] += out_of_range
+            for ids in copies:
                 writers[split].add(ids)
                 notes[split] += tokenizer.count_notes(ids)
         for name, writer in writers.items():
@@ -128,3 +128,23 @@ def _tokenize(files, out_dir, tokenizer, augmentations, val_fraction, shard_toke
         "skipped": skipped,
         "unreadable": unreadable,
     }
+
+
+def _encode_copies(path, tokenizer, augmentations) -> tuple[list[list[int]] | None, int]:
+    """The token ids of one file's copies, one per (transposition, tempo factor), and how many
+    transpositions were left out for moving a pitch out of 0..127; (None, 0) for a file without notes.
+
+    Raises MidiError for a file that is not usable MIDI.
+    """
+    midi = read_midi(path)
+    piece = midi_to_notes(midi, tokenizer.config.sustain)
+    if not piece:
+        return None, 0
+    pitches = {n.pitch for n in piece if n.instrument != DRUMS}  # drums are never transposed
+    copies, out_of_range = [], 0
+    for transpose, tempo_factor in augmentations:
+        if any(not 0 <= p + transpose <= 127 for p in pitches):
+            out_of_range += 1
+            continue
+        copies.append(tokenizer.encode(midi, transpose=transpose, tempo_factor=tempo_factor))
+    return copies, out_of_range

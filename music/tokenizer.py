@@ -22,9 +22,17 @@ tokenized: a key released while the pedal is down sounds until the pedal is lift
 struck again, and that sounding end is the note's end (`sustain=False` keeps the key-up time).
 Dropped: pitch bend, other controllers, key and time signatures, track names, lyrics.
 
-Round trip: decode(encode(f)) holds every note of f with its instrument and pitch, its onset and
-offset within one time step, and its velocity in the same bin. Overlapping notes of the same
-instrument and key survive exactly thanks to `skip`.
+Time limits (a few bytes of MIDI can hold hours of time, which would be millions of time
+shifts): a silence longer than `max_silence` (4 s; 4 beats when beat-relative) is shortened to
+it, whether before the first note, between notes or after the last; a stretch in which a note
+sounds is never shortened. A piece still longer than `max_length` (an hour) is refused (MidiError).
+Files with a tempo of 0 are refused too.
+
+Round trip: decode(encode(f)) holds every note of `shorten_silences(f)` with its instrument and
+pitch, its onset and offset within one time step, and its velocity in the same bin. Overlapping
+notes of the same instrument and key survive exactly thanks to `skip`; a note shorter than a step
+comes back one step long, and the decoded file rounds ticks toward the inside of each note, so
+that this stays within one step too.
 """
 
 from __future__ import annotations
@@ -81,10 +89,14 @@ class TokenizerConfig:
     velocity_bins: int = 16
     tempo_bins: int = 64  # 4.5 % apart between 20 and 320 BPM
     sustain: bool = True  # apply the sustain pedal to note ends
+    # time limits, in seconds (beats when beat_relative): a few bytes of MIDI can hold hours of time
+    max_silence: float = 4.0  # longer stretches without a sounding note are shortened to this
+    max_length: float = 3600.0  # a longer piece (after shortening silences) is refused
 
     def __post_init__(self):
-        if not self.time_step_ms > 0:
-            raise ValueError(f"time_step_ms must be positive, got {self.time_step_ms}")
+        for name in ("time_step_ms", "max_silence", "max_length"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("steps_per_beat", "max_shift_steps", "tempo_bins"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -192,17 +204,33 @@ class MidiTokenizer:
         # beat-relative time is tempo-free: the tempo factor only changes the tempo tokens
         time_of = _tick_clock(tempos, midi.ticks_per_beat, self.config.beat_relative, tempo_factor)
 
+        # silences are shortened before anything is quantized: the count of time shifts stays bounded
+        shorten = _silence_shortener([(time_of(start), time_of(end)) for _, _, start, end, _ in notes],
+                                     self.config.max_silence)
+
+        def shortened_time(tick):
+            return shorten(time_of(tick))
+
         quantized = []  # (instrument, pitch, start_step, end_step, velocity)
         for inst, pitch, start, end, velocity in notes:
             if inst != DRUMS:
                 pitch += transpose
                 if not 0 <= pitch <= 127:
                     raise ValueError(f"transposing by {transpose} moves a pitch out of 0..127")
-            quantized.append((inst, pitch, *self._quantize_note(time_of(start), time_of(end)), velocity))
+            quantized.append((inst, pitch, *self._quantize_note(shortened_time(start), shortened_time(end)), velocity))
         tempo_at = {}
         for tick, tempo in tempos:
-            tempo_at[self._quantize(time_of(tick))] = self.tempo_bin(60e6 / tempo * tempo_factor)
+            tempo_at[self._quantize(shortened_time(tick))] = self.tempo_bin(60e6 / tempo * tempo_factor)
+        self._check_length(max([end for *_, end, _ in quantized] + list(tempo_at)), midi.filename or "MidiFile")
         return self._events_to_ids(quantized, tempo_at)
+
+    def _check_length(self, last_step: int, name: str) -> None:
+        """Raise MidiError when a piece ending at `last_step` is longer than `max_length`."""
+        cfg = self.config
+        if last_step * self._step > cfg.max_length:
+            unit = "beats" if cfg.beat_relative else "s"
+            raise MidiError(f"{name}: {last_step * self._step:.0f} {unit} of music (silences shortened to "
+                            f"{cfg.max_silence:g} {unit}) is longer than the {cfg.max_length:g} {unit} a piece may last")
 
     def _quantize(self, t: float) -> int:
         # the same monotone rounding for onsets and offsets, so abutting notes stay abutting
@@ -327,8 +355,8 @@ class MidiTokenizer:
         if self.config.beat_relative:
             ticks_per_step = tpb // self.config.steps_per_beat
 
-            def tick_of(step):
-                return step * ticks_per_step
+            def tick_of(step, rounding=round):
+                return step * ticks_per_step  # exact: no rounding needed
 
             tempo_ticks = [(tick_of(step), tempo) for (step, _), tempo in zip(tempo_steps, tempos)]
         else:
@@ -338,13 +366,15 @@ class MidiTokenizer:
                 tempo_map.append(tempo_map.tick(step * self._step), tempo)
             tempo_ticks = list(zip(tempo_map.ticks, tempo_map.tempos))
 
-            def tick_of(step):
-                return tempo_map.tick(step * self._step)
+            def tick_of(step, rounding=round):
+                return tempo_map.tick(step * self._step, rounding)
 
+        # a note's ticks are rounded toward its inside, never outward: a note that encoding had to
+        # lengthen to one step (a shorter one) then stays within one step of the original
         tick_notes = []
         for inst, pitch, start, end, velocity in notes:
-            start_tick = tick_of(start)
-            tick_notes.append((inst, pitch, start_tick, max(tick_of(end), start_tick + 1), velocity))
+            start_tick = tick_of(start, _round_up)
+            tick_notes.append((inst, pitch, start_tick, max(tick_of(end, _round_down), start_tick + 1), velocity))
         return _notes_to_midi(tick_notes, tempo_ticks, tpb)
 
     # -- helpers for training and evaluation ----------------------------------------------------
@@ -400,9 +430,10 @@ class MidiTokenizer:
 
 
 def read_midi(source) -> mido.MidiFile:
-    """A `mido.MidiFile` from a path or a MidiFile, checked to be of type 0 or 1 with a metrical clock.
+    """A `mido.MidiFile` from a path or a MidiFile, checked to be of type 0 or 1 with a metrical clock
+    and no tempo of 0.
 
-    Raises MidiError naming the file and the problem for a missing, unreadable or truncated file.
+    Raises MidiError naming the file and the problem for a missing, unreadable, truncated or unusable file.
     """
     if isinstance(source, mido.MidiFile):
         midi, name = source, source.filename or "MidiFile"
@@ -421,6 +452,10 @@ def read_midi(source) -> mido.MidiFile:
         raise MidiError(f"{name}: MIDI type {midi.type} is not supported (only types 0 and 1)")
     if not 0 < midi.ticks_per_beat < 0x8000:
         raise MidiError(f"{name}: time division {midi.ticks_per_beat} is SMPTE or invalid; need ticks per beat")
+    for track_index, track in enumerate(midi.tracks):
+        if any(message.type == "set_tempo" and message.tempo == 0 for message in track):
+            raise MidiError(f"{name}: tempo 0 in track {track_index} (a quarter note of 0 microseconds): "
+                            f"no time can be computed")
     return midi
 
 
@@ -586,10 +621,20 @@ class _TempoMap:
         i = bisect_right(self.ticks, tick) - 1
         return self.starts[i] + (tick - self.ticks[i]) * self.tempos[i] / (1e6 * self.ticks_per_beat)
 
-    def tick(self, seconds: float) -> int:
-        """The nearest tick to a time in seconds."""
+    def tick(self, seconds: float, rounding=round) -> int:
+        """The tick of a time in seconds: the nearest one, or as `rounding` (a function float -> int) says."""
         i = max(0, bisect_right(self.starts, seconds) - 1)
-        return self.ticks[i] + round((seconds - self.starts[i]) * 1e6 * self.ticks_per_beat / self.tempos[i])
+        return self.ticks[i] + rounding((seconds - self.starts[i]) * 1e6 * self.ticks_per_beat / self.tempos[i])
+
+
+def _round_up(ticks: float) -> int:
+    """The next tick up, unless `ticks` is a whole tick up to float error."""
+    return math.ceil(ticks - 1e-6)
+
+
+def _round_down(ticks: float) -> int:
+    """The next tick down, unless `ticks` is a whole tick up to float error."""
+    return math.floor(ticks + 1e-6)
 
 
 # -- writing MIDI ----------------------------------------------------------------------------------
@@ -659,6 +704,40 @@ def _to_track(events: list[tuple]) -> mido.MidiTrack:
         track.append(message(kind, time=tick - now, **values))
         now = tick
     return track
+
+
+def shorten_silences(notes: list[Note], longest: float) -> list[Note]:
+    """The notes with every silence longer than `longest` shortened to `longest`, as `encode` does
+    (with `TokenizerConfig.max_silence`): a silence is a stretch where no note sounds, from time 0
+    to the first onset or between notes. Times in any unit (seconds, or beats)."""
+    shorten = _silence_shortener([(n.start, n.end) for n in notes], longest)
+    return [Note(n.instrument, n.pitch, shorten(n.start), shorten(n.end), n.velocity) for n in notes]
+
+
+def _silence_shortener(spans: list[tuple[float, float]], longest: float):
+    """A function time -> time that shortens every silent stretch longer than `longest` to
+    `longest`: a stretch where none of the (start, end) spans sounds, from time 0 to the first
+    start, between spans, or after the last end. Times inside a cut stretch go to its new end."""
+    cuts = []  # (silence start, silence end, steps removed before it), in time order
+    removed, sounding_until = 0, 0
+    for start, end in sorted(spans):
+        if start - sounding_until > longest:
+            cuts.append((sounding_until, start, removed))
+            removed += start - sounding_until - longest
+        sounding_until = max(sounding_until, end)
+    cuts.append((sounding_until, math.inf, removed))
+    cut_starts = [cut[0] for cut in cuts]
+
+    def shorten(time: float) -> float:
+        i = bisect_right(cut_starts, time) - 1
+        if i < 0:
+            return time
+        silence_start, silence_end, removed_before = cuts[i]
+        if time < silence_end:
+            return min(time, silence_start + longest) - removed_before
+        return time - removed_before - (silence_end - silence_start - longest)
+
+    return shorten
 
 
 def _chain(value: int, largest: int, ids: range) -> list[int]:

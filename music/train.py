@@ -58,7 +58,7 @@ def train_music(config, data_dir, out_dir, *, max_steps=None, resume=False, seed
             raise ValueError(f"{data_dir} was tokenized differently from the run {init}: prepare it with the same options")
     else:
         torch.manual_seed(train_cfg.seed)  # the new model's weights follow the run's seed
-        model = RWKV(run_config.model_config(vocab_size=tokenizer.vocab_size))
+        model = RWKV(run_config.model_config(vocab_size=tokenizer.vocab_size), progress=progress)
     saved = run.file(TOKENIZER_FILE)
     if resume and saved.exists() and MidiTokenizer.load(saved).to_dict() != tokenizer.to_dict():
         raise ValueError(f"cannot resume: {data_dir} was tokenized differently from the run in {out_dir}")

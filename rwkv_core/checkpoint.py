@@ -1,10 +1,13 @@
 """Loading and saving checkpoints in the official BlinkDL layout (a flat state dict).
 
-Loading never unpickles arbitrary objects: `.pth` goes through `torch.load(weights_only=True)`
-and `.safetensors` through safetensors. Every problem becomes one `CheckpointError` that names
-the file and, where it applies, the key and the expected shape.
+Loading never unpickles arbitrary objects: every PyTorch file (`.pth`, a run's `checkpoint.pt`,
+DeepSpeed's shards) goes through `read_torch_file`, which is `torch.load(weights_only=True)`, and
+`.safetensors` through safetensors. Every problem becomes one `CheckpointError` that names the
+file and, where it applies, the key and the expected shape.
 """
+import contextlib
 import json
+import pickle
 import re
 from pathlib import Path
 
@@ -19,13 +22,72 @@ class CheckpointError(ValueError):
     """A checkpoint file that cannot be used, with the reason."""
 
 
-def read_state_dict(path) -> tuple[dict, dict]:
-    """Read a flat {name: tensor} dict and its metadata ({} for .pth) from .pth or .safetensors."""
-    path = Path(path)
+REFUSED = "it contains pickled code or objects other than tensors, which are refused"
+DAMAGED = "truncated, corrupt or not a PyTorch file"
+# what the weights-only unpickler says when a file asks for more than tensors and plain containers
+_REFUSAL_MARKERS = ("Unsupported global", "Trying to call reduce", "Can only build", "Can only create new object",
+                    "is blocked", "Unsupported class")
+
+
+def one_line(e: BaseException, limit: int = 200) -> str:
+    """An exception's message on one line, cut at `limit` characters (its type's name when it has none)."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def torch_load_problem(e: BaseException) -> str | None:
+    """What a failed `torch.load(weights_only=True)` says about the file, in a few words (never
+    torch's advice to load it with weights_only=False); None when `e` is not such a failure."""
+    if isinstance(e, pickle.UnpicklingError):
+        return REFUSED if any(marker in str(e) for marker in _REFUSAL_MARKERS) else DAMAGED
+    if isinstance(e, EOFError) or "PytorchStreamReader" in str(e):  # a cut pickle, a broken zip archive
+        return DAMAGED
+    return None
+
+
+def _require_file(path: Path) -> None:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: the file is empty")
+
+
+def read_torch_file(path, map_location="cpu", allowed_classes=()):
+    """`torch.load(path, weights_only=True)`: tensors and plain containers only, so no code of the
+    file's choosing runs. Every failure is one CheckpointError naming the file.
+
+    `allowed_classes`: plain data classes the file may also hold (rebuilt from their fields, like a
+    dataclass; never functions or anything that runs code when unpickled)."""
+    path = Path(path)
+    _require_file(path)
+    allowed = torch.serialization.safe_globals(list(allowed_classes)) if allowed_classes else contextlib.nullcontext()
+    try:
+        with allowed:
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot be read ({e.strerror or one_line(e)})") from None
+    except Exception as e:  # anything else the loader raises is about the file's content
+        raise CheckpointError(f"{path}: not a loadable PyTorch checkpoint: {torch_load_problem(e) or DAMAGED}") from None
+
+
+@contextlib.contextmanager
+def restoring_from(path):
+    """Turn what goes wrong while restoring state read from `path` (a missing entry, a tensor of
+    another shape, another kind of object) into one CheckpointError naming the file."""
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except KeyError as e:
+        raise CheckpointError(f"{path}: cannot resume from it: it has no {e.args[0]!r} entry") from None
+    except (TypeError, ValueError, RuntimeError, IndexError, AttributeError, AssertionError) as e:
+        raise CheckpointError(f"{path}: cannot resume from it: {one_line(e)}") from None
+
+
+def read_state_dict(path) -> tuple[dict, dict]:
+    """Read a flat {name: tensor} dict and its metadata ({} for .pth) from .pth or .safetensors."""
+    path = Path(path)
+    _require_file(path)
     if path.suffix == ".safetensors":
         from safetensors import safe_open
         try:
@@ -33,13 +95,7 @@ def read_state_dict(path) -> tuple[dict, dict]:
                 return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
         except Exception as e:  # safetensors raises its own error types for corrupt files
             raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "weights_only" in str(e) or "Unsupported global" in str(e) or "GLOBAL" in str(e):
-            reason = "it contains pickled code or objects other than tensors, which are refused"
-        raise CheckpointError(f"{path}: not a loadable PyTorch checkpoint: {reason}") from None
+    sd = read_torch_file(path)
     if not isinstance(sd, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                            for k, v in sd.items()):
         raise CheckpointError(f"{path}: expected a flat {{name: tensor}} state dict (official layout)")

@@ -22,11 +22,12 @@ import hashlib
 import json
 import shutil
 import struct
-import uuid
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .files import remove_stale_temporaries, temporary_beside
 
 SEPARATOR = 0
 DEFAULT_SHARD_TOKENS = 100_000_000  # 200 MB per shard file
@@ -68,7 +69,7 @@ def split_of(key: str, val_fraction: float) -> str:
     """
     if not 0.0 <= val_fraction <= 1.0:
         raise DataError(f"val_fraction must be in [0, 1], got {val_fraction}")
-    digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
+    digest = hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=8).digest()  # file names need not be UTF-8
     u = int.from_bytes(digest, "big") / 2**64  # uniform in [0, 1)
     return "val" if u < val_fraction else "train"
 
@@ -78,7 +79,7 @@ def temp_dir_beside(final: Path) -> Path:
 
     Same parent, so the rename is atomic; plain mkdir, so the permissions follow the umask.
     """
-    tmp = final.parent / f".{final.name}.{uuid.uuid4().hex[:12]}.tmp"
+    tmp = temporary_beside(final)
     tmp.mkdir(parents=True)
     return tmp
 
@@ -96,7 +97,8 @@ def folder_written_whole(final, overwrite: bool = False):
     """
     final = Path(final)
     if final.exists() and not (final.is_dir() and (overwrite or not any(final.iterdir()))):
-        raise DataError(f"{final} exists and is not an empty folder" + ("" if overwrite else " (overwrite to replace it)"))
+        raise DataError(f"{final} exists and is not an empty folder" + ("" if overwrite else " (--overwrite replaces it)"))
+    remove_stale_temporaries(final.parent, final.name)  # what a killed writer of `final` left
     tmp = temp_dir_beside(final)
     try:
         yield tmp
@@ -147,6 +149,7 @@ class ShardWriter:
         self.final_dir = Path(out_dir) / split
         if self.final_dir.exists():
             raise DataError(f"{self.final_dir} already exists; remove it or write to another folder")
+        remove_stale_temporaries(self.final_dir.parent, split)  # what a killed writer of this split left
         self.tmp_dir = temp_dir_beside(self.final_dir)
         self.shards = []  # one {"file", "tokens", "docs"} per finished shard
         self.tokens = 0

@@ -4,18 +4,41 @@
 block succeeds; a reader sees the old file or the new one, never a torn one. The new file gets
 the permissions an ordinary `open(path, "w")` would give (0666 less the umask), not the 0600 of a
 temporary file.
+
+Temporaries are named `.NAME.<random>.tmp` beside their target NAME (files here, folders in
+`data.folder_written_whole`). A process killed mid-write leaves one behind; whoever next owns the
+folder removes them with `remove_stale_temporaries` (a run when it starts, a data writer before
+it writes its output).
 """
 import contextlib
 import json
 import os
-import tempfile
+import re
+import shutil
+import stat
+import uuid
 from pathlib import Path
 
 
-def _umask() -> int:
-    mask = os.umask(0)  # the only portable way to read it is to set it
-    os.umask(mask)
-    return mask
+def temporary_beside(path) -> Path:
+    """A fresh hidden name next to `path` for a temporary file or folder that will replace it."""
+    path = Path(path)
+    return path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
+
+
+def remove_stale_temporaries(folder, name: str | None = None) -> None:
+    """Remove the temporaries (`temporary_beside`) that killed writers left in `folder`: those for
+    the target `name`, or for any target. Nothing else is touched; a missing folder is fine."""
+    target = re.escape(name) if name is not None else r".+"
+    pattern = re.compile(rf"\.{target}\.[0-9a-z_]+\.tmp")
+    if not Path(folder).is_dir():
+        return
+    for entry in Path(folder).iterdir():
+        if pattern.fullmatch(entry.name):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -27,21 +50,26 @@ def atomic_path(path):
     path = Path(path)
     if not path.parent.is_dir():
         raise FileNotFoundError(f"{path}: the folder {path.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = temporary_beside(path)
+    # created with 0666 less the umask, as open(path, "w") would; the mode is set again at the end,
+    # since some writers (safetensors) replace the file with one of their own (0600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    mode = stat.S_IMODE(os.fstat(fd).st_mode)
     os.close(fd)
     try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
+        yield tmp
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
 
 
 def write_text_atomic(path, text: str) -> None:
+    """Write `text` (UTF-8) to `path` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
 
 
 def write_json_atomic(path, obj) -> None:
+    """Write `obj` as indented JSON to `path` atomically."""
     write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")

@@ -6,11 +6,21 @@ checkpoint layout. Equations: ../shared/reference/rwkv-math.md §1 (restated in 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from eaglefinch.kernels import wkv
 
 from .config import RWKVConfig
 from .state import RWKVState
+
+PROGRESS_DELAY_S = 2.0  # RWKV(cfg, progress=True) shows a bar only when initialising takes longer than this
+
+
+def uninitialised(module_cls, *args, **kwargs):
+    """`module_cls(*args, **kwargs)` (nn.Linear, nn.Embedding) with its weight allocated but not set:
+    PyTorch's default init would be overwritten by `RWKV.init_weights`, and on a large model it
+    costs seconds. Built on the current default device (meta while a checkpoint is read)."""
+    return nn.utils.skip_init(module_cls, *args, device=torch.get_default_device(), **kwargs)
 
 
 def token_shift(x, prev):
@@ -56,11 +66,11 @@ class TimeMix(nn.Module):
         r0, _ = _layer_ratios(layer_id, cfg.n_layer)
         n = torch.arange(A, dtype=torch.float32)
         self.time_faaaa = nn.Parameter((r0 * (1 - n / (A - 1)) + 0.1 * ((n + 1) % 3 - 1)).view(H, N))
-        self.receptance = nn.Linear(C, A, bias=False)
-        self.key = nn.Linear(C, A, bias=False)
-        self.value = nn.Linear(C, A, bias=False)
-        self.gate = nn.Linear(C, A, bias=False)
-        self.output = nn.Linear(A, C, bias=False)
+        self.receptance = uninitialised(nn.Linear, C, A, bias=False)
+        self.key = uninitialised(nn.Linear, C, A, bias=False)
+        self.value = uninitialised(nn.Linear, C, A, bias=False)
+        self.gate = uninitialised(nn.Linear, C, A, bias=False)
+        self.output = uninitialised(nn.Linear, A, C, bias=False)
         self.ln_x = nn.GroupNorm(H, A, eps=64e-5)  # = GroupNorm(y / 8) with eps 1e-5 of the v5.2 code
         if cfg.tuned_state:
             self.time_state = nn.Parameter(torch.zeros(H, N, N))  # official layout [head, value, key]
@@ -154,9 +164,9 @@ class ChannelMix(nn.Module):
     def __init__(self, cfg: RWKVConfig, layer_id: int):
         super().__init__()
         C, Fd = cfg.n_embd, cfg.dim_ffn
-        self.key = nn.Linear(C, Fd, bias=False)
-        self.receptance = nn.Linear(C, C, bias=False)
-        self.value = nn.Linear(Fd, C, bias=False)
+        self.key = uninitialised(nn.Linear, C, Fd, bias=False)
+        self.receptance = uninitialised(nn.Linear, C, C, bias=False)
+        self.value = uninitialised(nn.Linear, Fd, C, bias=False)
         _, r1 = _layer_ratios(layer_id, cfg.n_layer)
         self._init_mix(ddd=(torch.arange(C, dtype=torch.float32) / C).view(1, 1, C) ** r1)
 
@@ -210,25 +220,31 @@ class RWKV(nn.Module):
     logits, and both accept input embeddings in place of ids (for image or music front-ends).
     """
 
-    def __init__(self, cfg: RWKVConfig):
+    def __init__(self, cfg: RWKVConfig, progress: bool = False):
+        """A model with the official initialisation; `progress` shows a bar when that takes more than
+        a moment (a 1.6B model: a minute or more on a CPU, mostly the orthogonal matrices)."""
         super().__init__()
         self.cfg = cfg
-        self.emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.emb = uninitialised(nn.Embedding, cfg.vocab_size, cfg.n_embd)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
         self.ln_out = nn.LayerNorm(cfg.n_embd)
-        self.head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.head = uninitialised(nn.Linear, cfg.n_embd, cfg.vocab_size, bias=False)
         self.grad_checkpointing = False
-        self.init_weights()
+        self.init_weights(progress)
 
     @torch.no_grad()
-    def init_weights(self):
-        """Official initialisation of the matrices (rwkv-math.md §2.3); time_* are set by the modules."""
+    def init_weights(self, progress: bool = False):
+        """Official initialisation of the matrices (rwkv-math.md §2.3); time_* are set by the modules.
+        Every nn.Linear and nn.Embedding is set here (they are built without PyTorch's default init)."""
         cfg = self.cfg
         if self.head.weight.is_meta:
             return
+        bar = tqdm(total=cfg.n_layer + 1, desc="initialising the model", unit="layer", disable=not progress,
+                   delay=PROGRESS_DELAY_S, leave=False, dynamic_ncols=True)
         self.emb.weight.uniform_(-1e-4, 1e-4)
         V, C = cfg.vocab_size, cfg.n_embd
         nn.init.orthogonal_(self.head.weight, gain=0.5 * (V / C) ** 0.5 if V > C else 0.5)
+        bar.update(1)
         for i, block in enumerate(self.blocks):
             att, ffn = block.att, block.ffn
             att.ln_x.weight.copy_(torch.full_like(att.ln_x.weight, ((1 + i) / cfg.n_layer) ** 0.7))
@@ -238,6 +254,8 @@ class RWKV(nn.Module):
                 nn.init.orthogonal_(m.weight, gain=0.1)
             for m in (att.receptance, att.value, ffn.key):
                 nn.init.orthogonal_(m.weight, gain=1.0)
+            bar.update(1)
+        bar.close()
 
     def initial_state(self, batch_size: int, device=None) -> RWKVState:
         """The state a fresh sequence starts from (zeros, or the tuned WKV state of state-tuned models)."""

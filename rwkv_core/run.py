@@ -118,18 +118,34 @@ class Run:
     def save_config(self, config: RunConfig) -> None:
         write_json_atomic(self.file(self.CONFIG), config.to_dict())
 
-    def append_metrics(self, record: dict) -> None:
-        with open(self.metrics, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-
     def read_metrics(self) -> list[dict]:
         return read_metrics(self.metrics)
 
-    def keep_metrics_until(self, step: int) -> None:
-        """Forget what was logged after `step` (a resumed run logs those steps again)."""
-        if self.metrics.exists():
-            kept = [r for r in self.read_metrics() if r["step"] <= step]
-            write_json_lines(self.metrics, kept)
+
+class MetricsLog:
+    """The metrics.jsonl of a run in training, in step with its checkpoints.
+
+    Records wait in memory until the next checkpoint (`flush`), so the file never holds steps the
+    checkpoint does not: a resumed run logs those steps again. A new run replaces the folder's file
+    at its first checkpoint only, so a run interrupted before it leaves the folder as it was (a
+    fine-tune into the run itself included)."""
+
+    def __init__(self, run: Run, resume: bool, step: int):
+        self.run, self.pending, self.replace = run, [], not resume
+        if resume and run.metrics.exists():  # forget what was logged after the checkpoint
+            write_json_lines(run.metrics, [r for r in run.read_metrics() if r["step"] <= step])
+
+    def add(self, record: dict) -> None:
+        self.pending.append(record)
+
+    def flush(self) -> None:
+        if self.replace:
+            write_json_lines(self.run.metrics, self.pending)
+            self.replace = False
+        elif self.pending:
+            with open(self.run.metrics, "a", encoding="utf-8") as f:
+                f.write("".join(json.dumps(r) + "\n" for r in self.pending))
+        self.pending = []
 
 
 def read_metrics(path) -> list[dict]:

@@ -24,10 +24,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .checkpoint import save_model
+from .checkpoint import CheckpointError, read_torch_file, restoring_from, save_model
 from .config import TrainConfig
-from .files import atomic_path, write_text_atomic
-from .run import Run
+from .files import atomic_path, remove_stale_temporaries, write_text_atomic
+from .run import MetricsLog, Run
 
 
 def load_splits(data_dir, ctx_len):
@@ -170,6 +170,9 @@ def train(task, cfg: TrainConfig, train_data, out_dir, *, val_data=None, resume=
     run = Run(out_dir)
     run.folder.mkdir(parents=True, exist_ok=True)
     proc = DeepSpeedProcess(deepspeed_config, cfg) if deepspeed_config is not None else LocalProcess(cfg)
+    if proc.is_main:  # what a run killed mid-write left: the folder is this run's alone
+        remove_stale_temporaries(run.folder)
+        remove_stale_temporaries(run.deepspeed)
     torch.manual_seed(cfg.seed)
     data_rng = torch.Generator().manual_seed(rank_seed(cfg.seed, proc.rank))
     prepare_for_mode(task, cfg.train_mode)
@@ -178,13 +181,8 @@ def train(task, cfg: TrainConfig, train_data, out_dir, *, val_data=None, resume=
     optimizer = torch.optim.AdamW(param_groups(task, cfg), lr=cfg.lr_init, betas=(cfg.beta1, cfg.beta2),
                                   eps=cfg.adam_eps)
     forward = proc.setup(task, optimizer)
-    step = 0
-    if resume:
-        step = proc.load(run, data_rng)
-        if proc.is_main:
-            run.keep_metrics_until(step)
-    elif proc.is_main and run.metrics.exists():
-        run.metrics.unlink()
+    step = proc.load(run, data_rng) if resume else 0
+    metrics = MetricsLog(run, resume, step) if proc.is_main else None
     extra = {"train_config": dataclasses.asdict(cfg), **proc.extra, **(extra or {})}
     loss = float("nan")
     bar = tqdm(total=cfg.max_steps, initial=step, disable=not progress or not proc.is_main, unit="step",
@@ -205,19 +203,23 @@ def train(task, cfg: TrainConfig, train_data, out_dir, *, val_data=None, resume=
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_s:,.0f}")
         if proc.is_main and (step % cfg.log_every == 0 or step == 1 or step == cfg.max_steps):
-            run.append_metrics({"step": step, "loss": loss, "lr": lr, "tokens_per_s": tokens_per_s})
+            metrics.add({"step": step, "loss": loss, "lr": lr, "tokens_per_s": tokens_per_s})
         # the checkpoint comes before validation: a failing validation never costs the interval's work
         if step % cfg.save_every == 0 or step == cfg.max_steps:
             proc.save(run, task, step, data_rng, extra)
+            if proc.is_main:
+                metrics.flush()
         if val_data is not None and (step % cfg.val_every == 0 or step == cfg.max_steps):
             # every rank evaluates the same batches: under ZeRO-3 a forward pass is a collective
             val_loss = evaluate(task, val_data, cfg, proc.device, proc.autocast)
             if proc.is_main:
-                run.append_metrics({"step": step, "val_loss": val_loss})
+                metrics.add({"step": step, "val_loss": val_loss})
                 bar.write(f"step {step}: val_loss {val_loss:.4f}")
     bar.close()
-    if proc.is_main and run.metrics.exists():
-        plot_losses(run)
+    if proc.is_main:
+        metrics.flush()   # the last validation, after the last checkpoint
+        if run.metrics.exists():
+            plot_losses(run)
     return loss
 
 
@@ -226,6 +228,14 @@ def rank_seed(seed: int, rank: int) -> int:
     every other rank a stream of its own. A CPU generator keeps only the low 32 bits of its seed, so
     the ranks are spread by an odd multiplier modulo 2**32 (distinct for every rank)."""
     return (seed + rank * 0x9E3779B9) % 2**32
+
+
+def read_resume_state(path) -> dict:
+    """The dict a process saved at `path` for --resume, read weights-only (`read_torch_file`)."""
+    state = read_torch_file(path)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: cannot resume from it: it holds a {type(state).__name__}, not the trainer's dict")
+    return state
 
 
 def is_main_process() -> bool:
@@ -276,12 +286,13 @@ class LocalProcess:
     def load(self, run: Run, data_rng) -> int:
         if not run.checkpoint.exists():
             raise FileNotFoundError(f"cannot resume: {run.checkpoint} does not exist")
-        state = torch.load(run.checkpoint, map_location="cpu", weights_only=True)
-        self.task.load_state_dict(state["task"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        data_rng.set_state(state["data_rng"])
-        torch.set_rng_state(state["torch_rng"])
-        return state["step"]
+        state = read_resume_state(run.checkpoint)
+        with restoring_from(run.checkpoint):
+            self.task.load_state_dict(state["task"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            data_rng.set_state(state["data_rng"])
+            torch.set_rng_state(state["torch_rng"])
+            return int(state["step"])
 
 
 def complete_deepspeed_config(ds_config, cfg: TrainConfig, world_size: int, on_gpu: bool) -> dict:
@@ -347,6 +358,7 @@ class DeepSpeedProcess:
         # DeepSpeed broadcasts rank 0's weights, so every rank starts from the same model; ZeRO then
         # steps our AdamW on its own flat fp32 copies, group by group (each keeps its lr_scale)
         self.engine, *_ = deepspeed.initialize(model=task, optimizer=optimizer, config=self.ds_config)
+        self.engine.checkpoint_engine = weights_only_checkpoint_engine(self.engine)
         return self.engine
 
     def backward(self, loss):
@@ -387,16 +399,53 @@ class DeepSpeedProcess:
 
     def load(self, run: Run, data_rng) -> int:
         """Restore weights, optimizer, step and this rank's RNG states from the tag `latest` names."""
-        latest = run.deepspeed / "latest"
-        if not latest.exists():
-            raise FileNotFoundError(f"cannot resume: {latest} does not exist")
-        tag = latest.read_text().strip()
-        saved_ranks = len(list((run.deepspeed / tag).glob("rng_rank*.pt")))
+        folder = latest_deepspeed_checkpoint(run)
+        tag = folder.name
+        saved_ranks = len(list(folder.glob("rng_rank*.pt")))
         if saved_ranks != self.world_size:  # each rank needs its own sampler state
-            raise ValueError(f"cannot resume: {run.deepspeed / tag} was written by {saved_ranks} processes, "
+            raise ValueError(f"cannot resume: {folder} was written by {saved_ranks} processes, "
                              f"this run has {self.world_size}; launch the same number")
-        _, client_state = self.engine.load_checkpoint(run.deepspeed, tag=tag)
-        rng = torch.load(run.deepspeed / tag / f"rng_rank{self.rank}.pt", weights_only=True)
-        data_rng.set_state(rng["data_rng"])
-        torch.set_rng_state(rng["torch_rng"])
-        return client_state["step"]
+        with restoring_from(folder):  # DeepSpeed reads its shards through `weights_only_checkpoint_engine`
+            _, client_state = self.engine.load_checkpoint(run.deepspeed, tag=tag)
+            step = int(client_state["step"])
+        rng_file = folder / f"rng_rank{self.rank}.pt"
+        rng = read_resume_state(rng_file)
+        with restoring_from(rng_file):
+            data_rng.set_state(rng["data_rng"])
+            torch.set_rng_state(rng["torch_rng"])
+        return step
+
+
+def latest_deepspeed_checkpoint(run: Run) -> Path:
+    """The tag folder that `deepspeed/latest` names; only a folder beside it is accepted."""
+    latest = run.deepspeed / "latest"
+    if not latest.exists():
+        raise FileNotFoundError(f"cannot resume: {latest} does not exist")
+    tag = latest.read_text(encoding="utf-8", errors="replace").strip()
+    if tag not in {p.name for p in run.deepspeed.iterdir() if p.is_dir()}:
+        raise CheckpointError(f"{latest}: names {tag[:100]!r}, which is not a checkpoint folder beside it")
+    return run.deepspeed / tag
+
+
+def weights_only_checkpoint_engine(engine):
+    """DeepSpeed's own checkpoint engine for `engine` (torch.save), except that it loads weights-only.
+
+    DeepSpeed's loads its shards with weights_only=False: a crafted run folder would run code on
+    --resume. Besides tensors and plain containers, its shards hold only four plain data classes
+    of its own (the loss scalers, the ZeRO stage, ZeRO-1/2's fragment addresses), which are allowed
+    by name; anything else is refused with one line naming the file."""
+    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    if type(engine.checkpoint_engine) is not TorchCheckpointEngine:
+        raise ValueError("DeepSpeed config: remove the checkpoint writer settings (\"checkpoint\": {\"writer\": ...}, "
+                         "datastates); the trainer saves with DeepSpeed's torch engine and loads weights-only")
+    data_classes = (LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address)
+
+    class WeightsOnlyCheckpointEngine(TorchCheckpointEngine):
+        def load(self, path, map_location=None):
+            return read_torch_file(path, map_location=map_location, allowed_classes=data_classes)
+
+    return WeightsOnlyCheckpointEngine(engine._config)

@@ -43,20 +43,25 @@ PLOT_BUCKETS = 48        # log-spaced position buckets of the smoothed curve
 
 def _id_map(tokenizer, model_vocab: int, data_name: str):
     """A function turning (x, y) batches of the ids stored in the shards (World ids) into model ids:
-    the identity for the full World vocabulary, a lookup for a trimmed one."""
-    if tokenizer.vocab_size != model_vocab:
-        raise ValueError(f"the model has {model_vocab} outputs but the tokenizer {tokenizer.vocab_size} ids; "
-                         f"a trimmed-vocabulary run needs its vocab_subset.json")
-    if not isinstance(tokenizer, SubsetTokenizer):
-        return lambda x, y: (x, y)
-    table = torch.full((MAX_TOKEN_ID + 1,), -1, dtype=torch.long)  # -1 where the model has no id
-    table[torch.tensor(tokenizer.ids)] = torch.arange(len(tokenizer.ids))
+    the identity for the World vocabulary, a lookup for a trimmed one. A batch with an id the model
+    has no output for raises DataError."""
+    if isinstance(tokenizer, SubsetTokenizer):
+        if tokenizer.vocab_size != model_vocab:
+            raise ValueError(f"the model has {model_vocab} outputs but its vocab_subset.json {tokenizer.vocab_size} ids")
+        table = torch.full((MAX_TOKEN_ID + 1,), -1, dtype=torch.long)  # -1 where the model has no id
+        table[torch.tensor(tokenizer.ids)] = torch.arange(len(tokenizer.ids))
+        outside = (f"{data_name} has tokens outside the model's trimmed vocabulary; evaluate on data whose tokens "
+                   f"the run was trained with (e.g. its own val split)")
+    else:
+        table = None
+        outside = (f"{data_name} has token ids beyond the model's {model_vocab} outputs; a trimmed-vocabulary run "
+                   f"needs its vocab_subset.json, other models data prepared for their vocabulary")
 
     def map_ids(x, y):
-        x, y = table[x], table[y]
-        if (x < 0).any() or (y < 0).any():
-            raise DataError(f"{data_name} has tokens outside the model's trimmed vocabulary; evaluate on data "
-                            f"whose tokens the run was trained with (e.g. its own val split)")
+        if table is not None:
+            x, y = table[x], table[y]
+        if min(x.min(), y.min()) < 0 or max(x.max(), y.max()) >= model_vocab:
+            raise DataError(outside)
         return x, y
 
     return map_ids

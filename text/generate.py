@@ -8,13 +8,14 @@ from .tokenizer import StreamDecoder, WorldTokenizer
 
 
 def generate_text(model, prompts, max_new_tokens, sampler=SamplerConfig(), *, tokenizer=None, stop=(),
-                  stop_ids=(0,), seed=None, state=None, on_text=None):
+                  stop_ids=(0,), seed=None, state=None, on_text=None, progress=False):
     """Continue each prompt; returns (list of generated texts, state after them).
 
     Generation of a sequence ends at a token in `stop_ids` (0 = end of text), at the first
     occurrence of a string in `stop` (cut off, not returned), or after `max_new_tokens`.
     `on_text(row, text)` is called with each newly completed piece of text as it is generated;
     text that might be the start of a stop string is held back until that is decided.
+    `progress` shows a bar while prompts longer than one chunk (1024 tokens) are read.
     """
     tokenizer = tokenizer or WorldTokenizer()
     ids = [tokenizer.encode(p) for p in prompts]
@@ -28,7 +29,7 @@ def generate_text(model, prompts, max_new_tokens, sampler=SamplerConfig(), *, to
     if tokenizer.id_limit < V:  # the padding rows of the head are not tokens: never sample them
         banned = tuple(sampler.banned_tokens) + tuple(range(tokenizer.id_limit, V))
         sampler = dataclasses.replace(sampler, banned_tokens=banned)
-    gen = Generation(model, ids, max_new_tokens, sampler, state=state, stop_ids=stop_ids, seed=seed)
+    gen = Generation(model, ids, max_new_tokens, sampler, state=state, stop_ids=stop_ids, seed=seed, progress=progress)
     decoders = [StreamDecoder(tokenizer) for _ in prompts]
     texts = [""] * len(prompts)
     emitted = [0] * len(prompts)

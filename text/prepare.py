@@ -4,7 +4,9 @@
 
 Inputs are `.txt` files (one document per file; a file longer than max_doc_chars is cut at
 paragraph breaks), `.jsonl` files (one document per line, in the "text" field) and folders of them
-(searched recursively in sorted order; other files are ignored). Files are read in pieces and
+(searched recursively in sorted order; other files are ignored). `extensions` takes other text
+files (source code, Markdown, ...): every suffix but `.jsonl` is read like `.txt`, and "*" takes
+every file (in folders, hidden files and folders such as .git are then left out). Files are read in pieces and
 documents go straight to the shard writers, so the corpus never has to fit in RAM.
 
 Bad data is skipped with one warning line each and counted in the returned stats: empty files,
@@ -15,6 +17,7 @@ output folder is left behind: everything is written to a temporary folder rename
 """
 import codecs
 import json
+import os
 import sys
 from contextlib import ExitStack
 from pathlib import Path
@@ -23,33 +26,44 @@ from tqdm import tqdm
 
 from eaglefinch.rwkv_core.data import DEFAULT_SHARD_TOKENS, DataError, ShardWriter, folder_written_whole, split_of
 
-SUFFIXES = (".txt", ".jsonl")
+SUFFIXES = (".txt", ".jsonl")   # what prepare takes by default
+EVERY_FILE = "*"
 DEFAULT_MAX_DOC_CHARS = 1_000_000
 SKIP_REASONS = ("empty_file", "binary_file", "invalid_utf8", "bad_jsonl_line", "empty_doc")
 _READ_BYTES = 1 << 20
 
 
-def find_files(inputs) -> list[tuple[Path, str]]:
+def find_files(inputs, extensions=SUFFIXES) -> list[tuple[Path, str]]:
     """Expand input files and folders to (path, key) pairs, checking them all before any work.
 
-    The key names a file independently of where the corpus lives ("corpus/sub/a.txt" for a file
-    found in folder "corpus"); it seeds the train/val split.
+    `extensions`: the suffixes taken (".md" or "md"), or "*" for every file. The key names a file
+    independently of where the corpus lives ("corpus/sub/a.txt" for a file found in folder
+    "corpus"); it seeds the train/val split.
     """
+    wanted = tuple(e if e == EVERY_FILE or e.startswith(".") else f".{e}" for e in extensions)
+    every = EVERY_FILE in wanted
     files = []
     for item in inputs:
         path = Path(item)
         if not path.exists():
             raise DataError(f"input path does not exist: {path}")
         if path.is_dir():
-            found = sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file() and p.suffix in SUFFIXES)
-            files += [(path / rel, f"{path.resolve().name}/{rel}") for rel in found]
-        elif path.suffix in SUFFIXES:
-            files.append((path, path.name))
+            found = sorted(p.relative_to(path) for p in path.rglob("*") if p.is_file() and (every or p.suffix in wanted))
+            if every:  # .git and the like are not part of a corpus
+                found = [rel for rel in found if not any(part.startswith(".") for part in rel.parts)]
+            files += [(path / rel, printable(f"{path.resolve().name}/{rel.as_posix()}")) for rel in found]
+        elif every or path.suffix in wanted:
+            files.append((path, printable(path.name)))
         else:
-            raise DataError(f"unsupported input file {path}: expected {' or '.join(SUFFIXES)} or a folder")
+            raise DataError(f"unsupported input file {path}: expected {' or '.join(wanted)} or a folder")
     if not files:
-        raise DataError(f"no {' or '.join(SUFFIXES)} files found in {[str(i) for i in inputs]}")
+        raise DataError(f"no {' or '.join(wanted)} files found in {[str(i) for i in inputs]}")
     return files
+
+
+def printable(name: str) -> str:
+    """A file name as text: bytes that are not UTF-8 (they arrive as surrogates) become \\x escapes."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 def check_file(path: Path) -> str | None:
@@ -117,6 +131,7 @@ def prepare(
     metadata: dict | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    extensions=None,
 ) -> dict:
     """Tokenise `inputs` into `<out_dir>/train` and `<out_dir>/val` (read them with TokenDataset).
 
@@ -124,6 +139,8 @@ def prepare(
 
     Args:
         inputs: paths of .txt / .jsonl files and folders of them.
+        extensions: the file suffixes taken (default .txt and .jsonl); .jsonl is read as JSON lines,
+            any other suffix as plain text; "*" takes every file.
         out_dir: output folder; it must be absent or empty unless overwrite=True, in which case
             the old folder is replaced only once the new one is complete.
         tokenizer: any object with `encode(str) -> list[int]`, ids in [1, 65535].
@@ -138,7 +155,7 @@ def prepare(
         stats: {"files", "docs", "tokens", "splits": {"train"|"val": {"docs", "tokens"}},
         "skipped": {reason: count}}, also written to `<out_dir>/stats.json`.
     """
-    files = find_files(inputs)
+    files = find_files(inputs, extensions or SUFFIXES)
     if not 0 <= val_fraction <= 1:
         raise DataError(f"val_fraction must be in [0, 1], got {val_fraction}")
     with folder_written_whole(out_dir, overwrite) as tmp_dir:
@@ -181,7 +198,7 @@ def _tokenize(files, out_dir, tokenizer, val_fraction, shard_tokens, max_doc_cha
             used_files += 1
             with open(path, "rb") as f:
                 seen = 0  # bytes of this file already counted by the progress bar
-                if path.suffix == ".txt":
+                if path.suffix != ".jsonl":
                     for text in txt_documents(f, max_doc_chars):
                         add(text, key, path)
                         bar.update(f.tell() - seen)

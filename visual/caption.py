@@ -6,14 +6,14 @@ Odd blocks reverse the image span only inside the prompt, which is read whole, s
 the same as recomputing the full sequence at every step (tested).
 """
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence, Union
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 from PIL import Image
 
 from eaglefinch.rwkv_core.generate import Generation
 from eaglefinch.rwkv_core.sampling import SamplerConfig
-from eaglefinch.visual.images import ImageError, iter_folder_images, load_image
+from eaglefinch.visual.images import DEFAULT_MAX_PIXELS, ImageError, ImageOrError, iter_folder_images, read_or_error
 from eaglefinch.visual.model import VisualRWKV
 from eaglefinch.visual.prompt import IMAGE_PLACEHOLDER, TURN_END, encode_conversation
 
@@ -60,25 +60,24 @@ def answer(vlm: VisualRWKV, tokenizer, images: Sequence[Image.Image], prompt: st
     return [tokenizer.decode(tokens).split(TURN_END)[0].strip() for tokens in ids]
 
 
-def iter_images(paths: Sequence) -> Iterator[tuple[Path, Union[Image.Image, ImageError]]]:
+def iter_images(paths: Sequence, max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[tuple[Path, ImageOrError]]:
     """(path, RGB image) or (path, ImageError) for each file, and for every file of each folder."""
     for path in map(Path, paths):
         if path.is_dir():
-            yield from iter_folder_images(path)
-            continue
-        try:
-            yield path, load_image(path)
-        except ImageError as error:
-            yield path, error
+            yield from iter_folder_images(path, max_pixels=max_pixels)
+        else:
+            yield path, read_or_error(path, max_pixels)
 
 
 def caption_files(vlm: VisualRWKV, tokenizer, paths: Sequence, prompt: str = DEFAULT_PROMPT,
-                  batch_size: int = 16, on_result: Optional[Callable] = None, **kwargs):
+                  batch_size: int = 16, on_result: Optional[Callable] = None,
+                  max_pixels: int = DEFAULT_MAX_PIXELS, **kwargs):
     """Caption image files (or every file of the folders given); bad files are reported, not fatal.
 
     Images are read as the batches go, so a large folder never sits in memory. Returns
     (results, errors): results [(path, caption)], errors [(path, ImageError)], in input order.
     `on_result(path, caption)` is called as each batch finishes (progress, streaming output).
+    Images of more than `max_pixels` pixels are bad files too.
     """
     results, errors, pending = [], [], []
 
@@ -90,7 +89,7 @@ def caption_files(vlm: VisualRWKV, tokenizer, paths: Sequence, prompt: str = DEF
                 on_result(path, text)
         pending.clear()
 
-    for path, image in iter_images(paths):
+    for path, image in iter_images(paths, max_pixels):
         if isinstance(image, ImageError):
             errors.append((path, image))
             continue

@@ -22,7 +22,7 @@ from PIL import Image
 from eaglefinch.rwkv_core.files import atomic_path
 from eaglefinch.rwkv_core.train import TrainConfig, lr_at
 from eaglefinch.visual.encoder import DEFAULT_MODEL, quiet_logging, register_model_configs
-from eaglefinch.visual.images import load_image, to_rgb
+from eaglefinch.visual.images import DEFAULT_MAX_PIXELS, load_image, to_rgb
 
 ImageSource = Union[str, Path, Image.Image]
 
@@ -37,10 +37,11 @@ class ClipRun:
     preprocess: Callable  # eval transform, PIL RGB -> [3, H, W]
     losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    max_pixels: int = DEFAULT_MAX_PIXELS  # the images' size limit (a decompression-bomb guard)
 
 
-def _rgb(source: ImageSource) -> Image.Image:
-    return to_rgb(source) if isinstance(source, Image.Image) else load_image(source)
+def _rgb(source: ImageSource, max_pixels: int) -> Image.Image:
+    return to_rgb(source) if isinstance(source, Image.Image) else load_image(source, max_pixels)
 
 
 def _distinct_caption_batches(captions: Sequence[str], batch_size: int, rng: random.Random):
@@ -76,6 +77,7 @@ def train_clip(
     seed: int = 0,
     log_every: int = 0,
     log: Callable[[str], None] = print,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> ClipRun:
     """Train a randomly initialised open_clip `model_name` on (image, caption) pairs for `steps` steps.
 
@@ -110,14 +112,14 @@ def train_clip(
     captions = [caption for _, caption in pairs]
     batches = _distinct_caption_batches(captions, batch_size, random.Random(seed))
     schedule = TrainConfig(max_steps=steps, lr_init=lr, lr_final=lr / 10, warmup_steps=max(1, steps // 10))
-    run = ClipRun(model_name, model, tokenizer, preprocess)
+    run = ClipRun(model_name, model, tokenizer, preprocess, max_pixels=max_pixels)
     model.train()
     start = time.perf_counter()
     for step in range(steps):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, schedule) * group["lr_scale"]
         batch = next(batches)
-        images = torch.stack([preprocess_train(_rgb(pairs[i][0])) for i in batch])  # [B, 3, H, W]
+        images = torch.stack([preprocess_train(_rgb(pairs[i][0], max_pixels)) for i in batch])  # [B, 3, H, W]
         texts = tokenizer([captions[i] for i in batch])  # [B, context_length]
         out = model(images, texts)
         loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
@@ -148,7 +150,7 @@ def retrieval_accuracy(run: ClipRun, pairs: Sequence[tuple[ImageSource, str]], c
     correct = 0
     for i in range(0, len(pairs), 256):
         chunk = pairs[i:i + 256]
-        images = torch.stack([run.preprocess(_rgb(source)) for source, _ in chunk])
+        images = torch.stack([run.preprocess(_rgb(source, run.max_pixels)) for source, _ in chunk])
         best = (run.model.encode_image(images, normalize=True) @ text.T).argmax(dim=1)
         correct += sum(int(b) == index[caption] for b, (_, caption) in zip(best.tolist(), chunk))
     return correct / len(pairs)

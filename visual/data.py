@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 
 from eaglefinch.rwkv_core.files import atomic_path
 from eaglefinch.rwkv_core.data import DataError
-from eaglefinch.visual.images import load_image
+from eaglefinch.visual.images import DEFAULT_MAX_PIXELS, load_image
 from eaglefinch.visual.prompt import IMAGE_PLACEHOLDER, TokenLayout, VisualBatch, collate, encode_conversation
 
 DEFAULT_CAPTION_PROMPT = "<image>\nDescribe the image."
@@ -114,9 +114,14 @@ def _parse_conversation(conversation, where: str) -> tuple[tuple[str, str], ...]
 
 
 def write_jsonl(path, records: Sequence[dict]) -> None:
-    """Write records as UTF-8 JSONL; the file appears complete or not at all."""
+    """Write records as UTF-8 JSONL; the file appears complete or not at all.
+
+    A file name that is not UTF-8 reaches us with lone surrogates ("\\udcff" for the byte 0xff);
+    they are written as the JSON escape \\udcff, so `read_records` gives the very name back.
+    """
     with atomic_path(path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
+        # a lone surrogate can only sit inside a JSON string, where what backslashreplace writes (\udcff) is its escape
+        with open(tmp, "w", encoding="utf-8", errors="backslashreplace") as f:
             for record in records:
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
 
@@ -126,7 +131,7 @@ class VisualDataset(Dataset):
 
     preprocess: the encoder's eval transform (PIL image -> [3, H, W] float tensor)
     encode:     the language model's tokenizer, str -> list of ids
-    A missing or broken image raises `ImageError` naming the file.
+    A missing or broken image, or one of more than `max_pixels` pixels, raises `ImageError` naming the file.
     """
 
     def __init__(
@@ -136,19 +141,21 @@ class VisualDataset(Dataset):
         encode: Callable[[str], list[int]],
         n_image_tokens: int,
         image_position: str = "inline",
+        max_pixels: int = DEFAULT_MAX_PIXELS,
     ):
         self.records = list(records)
         self.preprocess = preprocess
         self.encode = encode
         self.n_image_tokens = n_image_tokens
         self.image_position = image_position
+        self.max_pixels = max_pixels
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, i: int) -> tuple[Optional[torch.Tensor], TokenLayout]:
         record = self.records[i]
-        image = self.preprocess(load_image(record.image)) if record.image is not None else None
+        image = self.preprocess(load_image(record.image, self.max_pixels)) if record.image is not None else None
         layout = encode_conversation(record.turns, self.encode, self.n_image_tokens, self.image_position)
         return image, layout
 

@@ -20,6 +20,7 @@ def visual_demo():
     from eaglefinch.visual.clip_train import save_clip, train_clip
     from eaglefinch.visual.data import read_records
     from eaglefinch.visual.evaluate import accuracy, evaluate_captions, save_grid
+    from eaglefinch.visual.images import warn_skipped
     from eaglefinch.visual.shapes import write_shapes_dataset
     from eaglefinch.visual.run import VisualRun
     from eaglefinch.visual.train import train_visual
@@ -40,7 +41,8 @@ def visual_demo():
                         val=data / "heldout.jsonl", clip=clip)
     print(f"trained a tiny VisualRWKV in {time.time() - t0:.0f} s: final train loss {loss:.3f}; curve: {run / 'loss.png'}")
     vlm, tokenizer = VisualRun.open(run).load()
-    results = evaluate_captions(vlm, tokenizer, read_records(data / "heldout.jsonl"))
+    results, errors = evaluate_captions(vlm, tokenizer, read_records(data / "heldout.jsonl"))
+    warn_skipped(errors)
     grid = save_grid(results[:16], run / "captions.png", title="held-out images, greedy captions")
     for r in results[:5]:
         print(f"  {r.image.name}: {r.predicted!r}" + ("" if r.exact else f" (expected {r.expected!r})"))

@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from eaglefinch.rwkv_core.checkpoint import one_line, torch_load_problem
+
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 DEFAULT_MODEL = "EagleFinch-ViT-Tiny"
 
@@ -126,7 +128,9 @@ def _create(model_name: str, weights: Optional[str]):
     except Exception as e:
         if weights is None:
             raise
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        # open_clip reads a weights file with torch.load(weights_only=True): say what it found in
+        # a few words, not torch's advice to turn weights_only off
+        reason = torch_load_problem(e) or one_line(e)
         if not Path(weights).is_file():
             raise RuntimeError(
                 f"could not fetch the {weights!r} weights of {model_name!r} (is the model hub reachable? "

@@ -5,11 +5,13 @@ and other colour spaces go through Pillow's conversion, transparent images (RGBA
 with a transparent colour) are composited on white, and EXIF rotation is applied. Files that
 cannot be decoded, are not images, are truncated, or hold more than `max_pixels` pixels (a guard
 against decompression bombs, checked from the header before any pixel is decoded) raise
-`ImageError` naming the file and the reason.
+`ImageError` naming the file and the reason (a name that is not UTF-8 shown with \\x escapes).
 """
+import os
+import sys
 import warnings
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Iterator, Optional, Sequence, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -22,9 +24,16 @@ class ImageError(ValueError):
     """An image file is missing, unreadable, not an image, or too large."""
 
 
+def printable(path) -> str:
+    """The path as text any UTF-8 stream can write: the bytes of a name that is not UTF-8 (which
+    Python holds as lone surrogates) show as \\xff escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def load_image(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Read an image file as a fully decoded RGB PIL image of the same width and height."""
     path = Path(path)
+    name = printable(path)
     try:
         with warnings.catch_warnings():
             # our own limit below decides; Pillow's warning would only repeat it
@@ -32,22 +41,22 @@ def load_image(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
             with Image.open(path) as image:
                 if image.width * image.height > max_pixels:
                     raise ImageError(
-                        f"{path}: {image.width}x{image.height} = {image.width * image.height:,} pixels is over "
-                        f"the limit of {max_pixels:,} (possible decompression bomb); raise max_pixels to allow it"
+                        f"{name}: {image.width}x{image.height} = {image.width * image.height:,} pixels is over "
+                        f"the limit of {max_pixels:,} (possible decompression bomb); --max-pixels (max_pixels=) raises the limit"
                     )
                 image.load()
                 return to_rgb(ImageOps.exif_transpose(image))
     except ImageError:
         raise
     except FileNotFoundError:
-        raise ImageError(f"{path}: no such file") from None
+        raise ImageError(f"{name}: no such file") from None
     except UnidentifiedImageError:
-        raise ImageError(f"{path}: not an image (or a format Pillow cannot read)") from None
+        raise ImageError(f"{name}: not an image (or a format Pillow cannot read)") from None
     except Image.DecompressionBombError as e:
-        raise ImageError(f"{path}: too many pixels (possible decompression bomb): {e}") from None
+        raise ImageError(f"{name}: too many pixels (possible decompression bomb): {e}") from None
     except (OSError, SyntaxError, ValueError) as e:
         # Pillow reports truncated or corrupt data as OSError / SyntaxError / ValueError
-        raise ImageError(f"{path}: cannot read image: {e}") from None
+        raise ImageError(f"{name}: cannot read image: {e}") from None
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -70,6 +79,32 @@ def to_rgb(image: Image.Image) -> Image.Image:
 ImageOrError = Union[Image.Image, ImageError]
 
 
+def read_or_error(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageOrError:
+    """The RGB image, or the ImageError that says why the file cannot be read (for callers that
+    skip bad files and report them)."""
+    try:
+        return load_image(path, max_pixels)
+    except ImageError as error:
+        return error
+
+
+def image_error(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Optional[ImageError]:
+    """None if the file decodes as an image within the limit, else its ImageError (the pixels are
+    not kept: for checking many files up front)."""
+    result = read_or_error(path, max_pixels)
+    return result if isinstance(result, ImageError) else None
+
+
+def warn_skipped(errors: Sequence[tuple[Path, ImageError]], shown: int = 10) -> None:
+    """One warning line on stderr for each of the first `shown` unreadable images, then how many more."""
+    from tqdm import tqdm  # writes around a progress bar, if one is showing
+
+    for _, error in errors[:shown]:
+        tqdm.write(f"warning: {error}; skipped", file=sys.stderr)
+    if len(errors) > shown:
+        tqdm.write(f"warning: and {len(errors) - shown} more unreadable image(s), skipped", file=sys.stderr)
+
+
 def iter_folder_images(folder, recursive: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[tuple[Path, ImageOrError]]:
     """Yield (path, RGB image) or (path, ImageError) for every file in the folder, sorted by path.
 
@@ -78,10 +113,7 @@ def iter_folder_images(folder, recursive: bool = False, max_pixels: int = DEFAUL
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise ImageError(f"{folder}: not a folder")
+        raise ImageError(f"{printable(folder)}: not a folder")
     paths = folder.rglob("*") if recursive else folder.iterdir()
     for path in sorted(p for p in paths if p.is_file() and not p.name.startswith(".")):
-        try:
-            yield path, load_image(path, max_pixels)
-        except ImageError as error:
-            yield path, error
+        yield path, read_or_error(path, max_pixels)

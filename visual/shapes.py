@@ -36,6 +36,7 @@ PLACES = {
 }
 COLOUR_JITTER = 25  # per channel, so colour names cover a range of shades, not one exact RGB
 ALL_ATTRIBUTES = tuple(itertools.product(SHAPES, COLOURS, PLACES, COUNT_WORDS))  # 180 combinations
+MIN_SIZE = 64  # image side in pixels: from here up, three shapes fit in a grid cell
 
 
 @dataclass(frozen=True)
@@ -76,8 +77,8 @@ def questions(scene: Scene) -> list[tuple[str, str]]:
 
 def sample_scene(rng: random.Random, shape: str, colour: str, place: str, count: int, size: int = 64) -> Scene:
     """Place `count` non-overlapping shapes at random inside the region's grid cell."""
-    if size < 64:
-        raise ValueError(f"image size must be at least 64 pixels so three shapes fit in a cell, got {size}")
+    if size < MIN_SIZE:
+        raise ValueError(f"image size must be at least {MIN_SIZE} pixels so three shapes fit in a cell, got {size}")
     (row, col), _ = PLACES[place]
     cell = size // 3
     x0, y0 = col * cell, row * cell

@@ -7,6 +7,8 @@ visual.json (model.safetensors also holds the projector and encoder), and vocab_
 vocabulary.
 """
 import dataclasses
+import sys
+from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 import torch
@@ -20,9 +22,12 @@ from eaglefinch.text.subset import SubsetTokenizer, ids_in
 from eaglefinch.text.tokenizer import WorldTokenizer
 from eaglefinch.visual.data import VisualDataset, VisualRecord, collate_visual, read_records
 from eaglefinch.visual.encoder import VisionEncoder
+from eaglefinch.visual.images import DEFAULT_MAX_PIXELS, image_error, warn_skipped
 from eaglefinch.visual.model import VisualConfig, VisualRWKV
 from eaglefinch.visual.prompt import VisualBatch, encode_conversation, per_sample_loss
 from eaglefinch.visual.run import VisualRun
+
+CHECK_CHUNK = 4096  # images decoded per round of the up-front check
 
 
 class VisualTask(Task):
@@ -84,29 +89,54 @@ def vocabulary_of(records: Sequence[VisualRecord], world: WorldTokenizer, n_imag
                   for record in records)
 
 
-def check_images(records: Sequence[VisualRecord], where) -> None:
-    """Fail before training, not at step 5000, if an image file is missing."""
-    missing = [r.image for r in records if r.image is not None and not r.image.is_file()]
-    if missing:
-        raise DataError(f"{where}: {len(missing)} image file(s) missing, e.g. {missing[0]}")
+def drop_unreadable_images(records: Sequence[VisualRecord], where, max_pixels: int = DEFAULT_MAX_PIXELS,
+                           progress: bool = True) -> list[VisualRecord]:
+    """The records whose image decodes (and the text-only ones): every distinct image is read once,
+    up front, so a bad file cannot stop training at whichever step first draws it.
+
+    Unreadable images are skipped and counted, as `visual caption` and `visual eval` do: a warning
+    names the first few and gives the count. Data none of whose images can be read (most likely a
+    wrong image folder) is refused with one DataError naming the count and the first bad file.
+    """
+    from tqdm import tqdm
+
+    paths = list(dict.fromkeys(r.image for r in records if r.image is not None))  # distinct, in order
+    main = is_main_process()  # under DeepSpeed every rank checks (all keep the same records), rank 0 reports
+    problems = []
+    # the bar shows once the check takes more than a second: on large datasets
+    with ThreadPoolExecutor() as pool, tqdm(total=len(paths), desc="checking images", unit="image", delay=1,
+                                            disable=not (progress and main)) as bar:
+        # Pillow decodes outside the GIL; chunks keep the pending work small on millions of images
+        for start in range(0, len(paths), CHECK_CHUNK):
+            chunk = paths[start:start + CHECK_CHUNK]
+            problems += pool.map(lambda path: image_error(path, max_pixels), chunk)
+            bar.update(len(chunk))
+    bad = [(path, error) for path, error in zip(paths, problems) if error is not None]
+    if bad and len(bad) == len(paths):
+        raise DataError(f"{where}: none of its {len(paths)} images can be read, e.g. {bad[0][1]}")
+    if bad and main:
+        warn_skipped(bad)
+        tqdm.write(f"warning: {where}: {len(bad)} of {len(paths)} images unreadable, skipped", file=sys.stderr)
+    unreadable = {path for path, _ in bad}
+    return [r for r in records if r.image not in unreadable]
 
 
 def train_visual(config, data, out_dir, *, val=None, stage: int = 2, clip=None, random_encoder=False,
-                 init=None, max_steps=None, resume=False, seed=None, progress=True, deepspeed_config=None) -> float:
+                 init=None, max_steps=None, resume=False, seed=None, progress=True, deepspeed_config=None,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> float:
     """Train a VisualRWKV on a JSONL of captions or LLaVA conversations; returns the last loss.
 
     clip:   open_clip weights for the encoder (e.g. from `eaglefinch visual clip-train`)
     init:   a visual run folder (continue, e.g. stage 2 from stage 1: its encoder and projector
             are reused), or a language model (a text run folder, .safetensors or .pth) to build on
     random_encoder: an untrained encoder (set "freeze_encoder": false so it learns)
+    max_pixels: larger images are unreadable (a decompression-bomb guard)
+    Records whose image cannot be read are skipped with a warning (`drop_unreadable_images`).
     """
     run_config = RunConfig.load(config, "visual")
     train_cfg = run_config.train.with_overrides(max_steps, seed)
-    records = read_records(data)
-    check_images(records, data)
-    val_records = read_records(val) if val else None
-    if val_records:
-        check_images(val_records, val)
+    records = drop_unreadable_images(read_records(data), data, max_pixels, progress)
+    val_records = drop_unreadable_images(read_records(val), val, max_pixels, progress) if val else None
     init_run = Run.open(init) if init is not None else None
     torch.manual_seed(train_cfg.seed)  # a new model's (and encoder's) weights follow the run's seed
 
@@ -129,16 +159,16 @@ def train_visual(config, data, out_dir, *, val=None, stage: int = 2, clip=None, 
             world = WorldTokenizer()
             tokenizer = SubsetTokenizer(world, vocabulary_of(records + (val_records or []), world, encoder.n_tokens,
                                                              vcfg.image_position))
-            model = RWKV(run_config.model_config(vocab_size=tokenizer.vocab_size))
+            model = RWKV(run_config.model_config(vocab_size=tokenizer.vocab_size), progress=progress)
         else:
-            model, tokenizer = RWKV(run_config.model_config()), WorldTokenizer()
+            model, tokenizer = RWKV(run_config.model_config(), progress=progress), WorldTokenizer()
         vlm = VisualRWKV(model, encoder, vcfg)
     vlm.set_stage(stage)
     vlm.train()
 
     def batches(recs):
         return VisualBatches(VisualDataset(recs, vlm.encoder.preprocess, tokenizer.encode, vlm.n_image_tokens,
-                                           vlm.cfg.image_position))
+                                           vlm.cfg.image_position, max_pixels))
 
     run = Run(out_dir)
     run.folder.mkdir(parents=True, exist_ok=True)

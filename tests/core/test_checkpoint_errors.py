@@ -101,3 +101,16 @@ def test_safetensors_round_trip_keeps_config(tmp_path):
     assert loaded.cfg == model.cfg
     for (k, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a, b), k
+
+
+@pytest.mark.parametrize("error, line", [(EOFError(), "EOFError"),
+                                         (RuntimeError("Error(s) in loading:\n\tsize mismatch for x"),
+                                          "Error(s) in loading: size mismatch for x")])
+def test_cli_prints_any_error_on_one_line(monkeypatch, capsys, error, line):
+    """A message that is empty or spans lines still gives one line that says something."""
+    def failing(args):
+        raise error
+
+    monkeypatch.setattr("eaglefinch.text.cli.cmd_train", failing)
+    assert main(["text", "train", "--config", "c", "--data", "d", "--out", "o"]) == 1
+    assert capsys.readouterr().err == f"eaglefinch: error: {line}\n"

@@ -15,6 +15,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -24,10 +25,12 @@ import deepspeed  # noqa: F401  the test extra: its absence fails the suite, nev
 import pytest
 import torch
 
-from eaglefinch.rwkv_core import RWKV, load_model, save_model
+from eaglefinch.rwkv_core import RWKV, CheckpointError, load_model, save_model
 from eaglefinch.rwkv_core.data import Batch, TokenDataset
-from eaglefinch.rwkv_core.run import read_metrics
-from eaglefinch.rwkv_core.train import NextTokenTask, TrainConfig, complete_deepspeed_config, rank_seed, train
+from eaglefinch.rwkv_core.run import Run, read_metrics
+from eaglefinch.rwkv_core.train import (NextTokenTask, TrainConfig, complete_deepspeed_config, latest_deepspeed_checkpoint,
+                                        rank_seed, train)
+from tests.core.test_checkpoint_errors import RunsCode
 from tests.core.test_train import patterned_docs, tiny_model, write_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,6 +85,11 @@ def worker(kind, data_dir, out):
     for stage in (1, 2, 3):
         train(NextTokenTask(start_model()), CFG, train_data, out / f"zero{stage}", val_data=val_data, progress=False,
               deepspeed_config=DS_CONFIGS / f"zero{stage}.json")
+    for stage in (2, 3):  # stopped after 3 steps, resumed from other weights (the checkpoint's replace them)
+        for cfg, model, resume in ((dataclasses.replace(CFG, max_steps=3), start_model(), False),
+                                   (CFG, start_model(seed=5), True)):
+            train(NextTokenTask(model), cfg, train_data, out / f"zero{stage}_resumed", val_data=val_data,
+                  resume=resume, progress=False, deepspeed_config=DS_CONFIGS / f"zero{stage}.json")
     # the text glue, fine-tuning from a file: stopped after 3 steps, resumed (the init is then overwritten)
     config = out / "text.json"
     config.write_text(json.dumps(TEXT_CONFIG))
@@ -99,12 +107,16 @@ def free_port():
         return s.getsockname()[1]
 
 
+def rank_env(rank, world_size, port):
+    """What the launcher gives each process (the CPU only, one thread each)."""
+    return dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
+                MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+
+
 def start(kind, data_dir, out, rank, world_size, port):
-    env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
-               MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
     log = open(out / f"{kind}{rank}.log", "w")
     return subprocess.Popen([sys.executable, "-m", "tests.core.test_deepspeed", kind, str(data_dir), str(out)],
-                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log
+                            cwd=ROOT, env=rank_env(rank, world_size, port), stdout=log, stderr=subprocess.STDOUT), log
 
 
 @pytest.fixture(scope="module")
@@ -158,16 +170,68 @@ def test_checkpoint_is_one_complete_tag_named_by_latest(runs, stage):
     assert (runs / f"zero{stage}" / "loss.png").exists()
 
 
-def test_resume_through_the_text_cli_glue_is_bit_identical(runs):
-    full, resumed = read_metrics(runs / "zero1" / "metrics.jsonl"), read_metrics(runs / "resumed" / "metrics.jsonl")
-    assert [r["step"] for r in full] == [r["step"] for r in resumed]
-    for a, b in zip(full, resumed):
+def assert_resume_is_bit_identical(full, resumed):
+    a, b = read_metrics(full / "metrics.jsonl"), read_metrics(resumed / "metrics.jsonl")
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for ra, rb in zip(a, b):
         for key in ("loss", "val_loss", "lr"):
-            assert a.get(key) == b.get(key), (a, b)
-    a = load_model(runs / "zero1" / "model.safetensors").state_dict()
-    b = load_model(runs / "resumed" / "model.safetensors").state_dict()
+            assert ra.get(key) == rb.get(key), (ra, rb)
+    a = load_model(full / "model.safetensors").state_dict()
+    b = load_model(resumed / "model.safetensors").state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_through_the_text_cli_glue_is_bit_identical(runs):
+    assert_resume_is_bit_identical(runs / "zero1", runs / "resumed")
     assert (runs / "resumed" / "config.json").exists()
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_resume_is_bit_identical_under_zero_2_and_3(runs, stage):
+    """What DeepSpeed's shards hold (loss scaler, ZeRO stage, fragment addresses) comes back through
+    the weights-only loading."""
+    assert_resume_is_bit_identical(runs / f"zero{stage}", runs / f"zero{stage}_resumed")
+
+
+def plant_payload(path, marker):
+    """Add to a checkpoint file of ours an object whose unpickling would create `marker`."""
+    state = torch.load(path, weights_only=False)  # our own file, written by the fixture
+    state["payload"] = RunsCode(marker)
+    torch.save(state, path)
+
+
+def test_resume_refuses_a_pickle_payload_in_any_checkpoint_file(runs, tmp_path):
+    """`--deepspeed ... --resume` on a crafted run folder: the payload never runs, one line names the file.
+    One copy of the run per planted file, resumed side by side."""
+    resumes = []
+    for name in ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt", "rng_rank0.pt"):
+        run = Path(shutil.copytree(runs / "resumed", tmp_path / name / "run"))
+        target = run / "deepspeed" / "step6" / name
+        plant_payload(target, tmp_path / name / "PWNED")
+        command = [sys.executable, "-m", "eaglefinch", "text", "train", "--config", str(runs / "text.json"),
+                   "--data", str(runs / "data"), "--out", str(run), "--init", str(runs / "other.safetensors"),
+                   "--resume", "--deepspeed", "deepspeed/zero1"]
+        resumes.append((name, target, subprocess.Popen(command, cwd=ROOT, env=rank_env(0, 1, free_port()), text=True,
+                                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)))
+    for name, target, proc in resumes:
+        _, stderr = proc.communicate(timeout=300)
+        assert not (tmp_path / name / "PWNED").exists(), f"the pickle's code in {name} ran"
+        errors = [line for line in stderr.splitlines() if line.startswith("eaglefinch: error:")]
+        assert proc.returncode == 1 and errors == [
+            f"eaglefinch: error: {target}: not a loadable PyTorch checkpoint: it contains pickled code or objects "
+            f"other than tensors, which are refused"], stderr[-3000:]
+        assert "Traceback" not in stderr and "weights_only" not in stderr
+
+
+@pytest.mark.parametrize("tag", ["../../elsewhere", "step9", "", "\udcff"])
+def test_latest_names_only_a_checkpoint_folder_of_the_run(tmp_path, tag):
+    run = Run(tmp_path)
+    (run.deepspeed / "step3").mkdir(parents=True)
+    (run.deepspeed / "latest").write_text("step3")
+    assert latest_deepspeed_checkpoint(run) == run.deepspeed / "step3"
+    (run.deepspeed / "latest").write_bytes(tag.encode("utf-8", "surrogateescape"))
+    with pytest.raises(CheckpointError, match=r"deepspeed/latest: names .*, which is not a checkpoint folder beside it"):
+        latest_deepspeed_checkpoint(run)
 
 
 def test_two_ranks_equal_one_process_with_the_global_batch(runs):

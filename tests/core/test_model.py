@@ -191,3 +191,34 @@ def test_per_sample_reverse_span_reverses_only_each_span_and_is_its_own_inverse(
         order = list(range(start)) + list(range(end - 1, start - 1, -1)) + list(range(end, T))
         assert torch.equal(y[b], x[b, order])
     assert torch.equal(gather_positions(y, index), x)  # one index flips and flips back
+
+
+def test_the_model_is_initialised_once(monkeypatch):
+    """PyTorch's default init of every nn.Linear and nn.Embedding would be overwritten by the official
+    one (init_weights): it is skipped. Memory left uninitialised would show: deterministic mode
+    fills it with NaN."""
+    def not_wanted(tensor, *args, **kwargs):
+        assert tensor.is_meta, "a default initialisation ran"  # on the meta device it costs nothing
+    monkeypatch.setattr(torch.nn.init, "kaiming_uniform_", not_wanted)
+    monkeypatch.setattr(torch.nn.init, "normal_", not_wanted)
+    monkeypatch.setattr(torch.utils.deterministic, "fill_uninitialized_memory", True)
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        for arch in ("eagle", "finch"):
+            torch.manual_seed(0)
+            model = RWKV(RWKVConfig(arch=arch, n_layer=2, n_embd=64, head_size=16, vocab_size=300))
+            assert all(torch.isfinite(p).all() for p in model.parameters())
+            torch.manual_seed(0)
+            again = RWKV(RWKVConfig(arch=arch, n_layer=2, n_embd=64, head_size=16, vocab_size=300))
+            assert all(torch.equal(a, b) for a, b in zip(model.parameters(), again.parameters()))
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def test_building_shows_progress_when_asked(capsys, monkeypatch):
+    monkeypatch.setattr("eaglefinch.rwkv_core.model.PROGRESS_DELAY_S", 0)
+    RWKV(RWKVConfig(n_layer=3, n_embd=64, head_size=16, vocab_size=300), progress=True)
+    assert "initialising" in capsys.readouterr().err
+    RWKV(RWKVConfig(n_layer=3, n_embd=64, head_size=16, vocab_size=300))
+    assert capsys.readouterr().err == ""

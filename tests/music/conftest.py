@@ -74,7 +74,62 @@ class MidiKit:
     def pedal(tick, down, channel=0):
         return tick, mido.Message("control_change", control=64, value=127 if down else 0, channel=channel)
 
+    @staticmethod
+    def scale(notes: int, seconds_per_note: float = 0.25, first_pitch: int = 48):
+        """A one-track piano piece at 120 BPM: `notes` notes going up and down two octaves, one after another."""
+        ticks = round(seconds_per_note * 960)
+        events = []
+        for i in range(notes):
+            pitch = first_pitch + abs(i % 48 - 24)
+            events += [MidiKit.on(i * ticks, pitch), MidiKit.off((i + 1) * ticks, pitch)]
+        return MidiKit.build([events])
+
 
 @pytest.fixture(scope="session")
 def kit() -> type[MidiKit]:
     return MidiKit
+
+
+
+TINY_MODEL = {"n_layer": 1, "n_embd": 32, "head_size": 16, "mix_lora_dim": 4, "decay_lora_dim": 8, "ctx_len": 64}
+
+
+def write_music_run(folder: Path, favourite_tokens=None) -> Path:
+    """A music run folder without training: a tiny model, the default tokenizer and a config.json
+    with ctx_len 64. The model has random weights or, given `favourite_tokens`, is rigged so that
+    its next token is always one of those ids, each as likely (its last LayerNorm puts out a
+    constant vector, and only the head rows of those ids see it). Opens with `MusicRun.open`."""
+    import torch
+
+    from eaglefinch.music.tokenizer import MidiTokenizer
+    from eaglefinch.rwkv_core import RWKV, RWKVConfig, RunConfig, save_model
+    from eaglefinch.rwkv_core.config import TrainConfig
+    from eaglefinch.rwkv_core.run import Run
+
+    tokenizer = MidiTokenizer()
+    torch.manual_seed(0)
+    model = RWKV(RWKVConfig(**TINY_MODEL, vocab_size=tokenizer.vocab_size))
+    if favourite_tokens is not None:
+        with torch.no_grad():
+            model.ln_out.weight.zero_()
+            model.ln_out.bias.zero_()
+            model.ln_out.bias[0] = 1.0
+            model.head.weight.zero_()
+            model.head.weight[list(favourite_tokens), 0] = 30.0
+    folder.mkdir(parents=True)
+    save_model(model, folder / "model.safetensors")
+    tokenizer.save(folder / "tokenizer.json")
+    Run(folder).save_config(RunConfig("music", model=TINY_MODEL, train=TrainConfig(ctx_len=64)))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def make_music_run():
+    """`write_music_run(folder, favourite_tokens=None)`: an untrained (or rigged) tiny music run."""
+    return write_music_run
+
+
+@pytest.fixture(scope="session")
+def untrained_run(tmp_path_factory) -> Path:
+    """A music run folder with an untrained tiny model (see `write_music_run`)."""
+    return write_music_run(tmp_path_factory.mktemp("untrained") / "run")

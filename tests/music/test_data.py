@@ -22,7 +22,7 @@ from eaglefinch.music.tokenizer import DRUMS, MidiTokenizer, Note, match_notes, 
 from eaglefinch.rwkv_core.data import DataError, TokenDataset, split_of
 
 TOKENIZER = MidiTokenizer()
-TOLERANCE = 0.008 + 0.5e-3  # one step, plus half a tick of the decoded file
+TOLERANCE = 0.008 + 1e-9  # onsets and offsets come back within one time step
 
 
 def piano_and_drums(kit, top_pitch=72):
@@ -75,14 +75,15 @@ def test_prepare_counts_skips_and_writes_shards(tmp_path, kit):
     (folder / "random.mid").write_bytes(os.urandom(1000))
     (folder / "text.mid").write_text("MIDI? no.\n")
     (folder / "cut.mid").write_bytes((folder / "a.mid").read_bytes()[:60])
+    kit.build([[(0, mido.MetaMessage("set_tempo", tempo=0)), kit.on(0, 60), kit.off(480, 60)]]).save(folder / "tempo0.mid")
     (folder / "notes.txt").write_text("not a MIDI file name, not counted\n")
 
     stats = prepare(folder, out, TOKENIZER, transpositions=(-1, 0, 4), tempo_factors=(1.0, 1.5), val_fraction=0.3, progress=False)
 
-    assert stats["files"] == 8
-    assert stats["skipped"] == {"unreadable": 3, "empty": 1, "transpositions": 2}
-    assert sorted(stats["unreadable"]) == ["midi/cut.mid", "midi/random.mid", "midi/text.mid"]
-    assert "truncated" in stats["unreadable"]["midi/cut.mid"]
+    assert stats["files"] == 9
+    assert stats["skipped"] == {"unreadable": 4, "empty": 1, "transpositions": 2}
+    assert sorted(stats["unreadable"]) == ["midi/cut.mid", "midi/random.mid", "midi/tempo0.mid", "midi/text.mid"]
+    assert "truncated" in stats["unreadable"]["midi/cut.mid"] and "tempo 0" in stats["unreadable"]["midi/tempo0.mid"]
     # the split hashes each file's key; with these names both splits get files
     split = {name: split_of(f"midi/{name}", 0.3) for name in ("a.mid", "b.mid", "sub/high.midi", "drums.mid")}
     assert split == {"a.mid": "train", "b.mid": "val", "sub/high.midi": "train", "drums.mid": "val"}
@@ -196,3 +197,26 @@ def test_set_comparison():
     assert moved["ioi_median_generated"] == pytest.approx(0.5)
     with pytest.raises(ValueError, match="no pitched notes"):
         compare_note_sets([[Note(DRUMS, 36, 0, 1, 90)]], [scale()])
+
+
+def test_prepare_replaces_a_folder_only_with_overwrite(tmp_path, kit, capsys):
+    from eaglefinch.cli import main
+
+    (tmp_path / "midi").mkdir()
+    piano_and_drums(kit).save(tmp_path / "midi" / "a.mid")
+    out = tmp_path / "data"
+    out.mkdir()
+    (out / "old.txt").write_text("an earlier data set")
+    args = ["music", "prepare", str(tmp_path / "midi"), "--out", str(out), "--transpose", "0", "--tempo", "1.0",
+            "--val-fraction", "0"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "overwrite" in err and str(out) in err, err
+    assert sorted(p.name for p in out.iterdir()) == ["old.txt"]
+    assert main(args + ["--overwrite"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["stats.json", "train"]
+    # never over the input
+    for target in (tmp_path / "midi", tmp_path):
+        assert main(args[:3] + ["--out", str(target), "--overwrite"]) == 1
+        assert "would delete the input" in capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "midi").iterdir()] == ["a.mid"]

@@ -149,16 +149,24 @@ def test_generate_writes_valid_midi_and_a_pianoroll(trained, capsys):
     assert not missing and max(n.end for n in actual) <= max(n.end for n in prompt_out) + 4 + step + 0.002
 
 
-BAD_MIDI = ("random bytes", "truncated", "text file")
+BAD_MIDI = ("random bytes", "truncated", "text file", "tempo 0")
 
 
 def write_bad_midi(case: str, path: Path, real: Path) -> Path:
-    """An invalid .mid file: random bytes, the first half of the real file `real`, or a text file."""
+    """An invalid .mid file: random bytes, the first half of the real file `real`, a text file, or
+    `real` with every tempo set to 0 microseconds per quarter note (FF 51 03 00 00 00)."""
     if case == "random bytes":
         path.write_bytes(np.random.default_rng(0).bytes(500))
     elif case == "truncated":
         data = real.read_bytes()
         path.write_bytes(data[:len(data) // 2])
+    elif case == "tempo 0":
+        midi = mido.MidiFile(real)
+        tempos = [message for track in midi.tracks for message in track if message.type == "set_tempo"]
+        assert tempos
+        for message in tempos:
+            message.tempo = 0
+        midi.save(path)
     else:
         path.write_text("X:1\nT:not MIDI at all\nK:C\nCDEF|\n")
     return path
@@ -187,11 +195,16 @@ def test_bad_input_gives_one_error_line_and_no_file(trained, case, capsys, tmp_p
         checkpoint.mkdir()
         (checkpoint / "model.safetensors").write_bytes((run / "model.safetensors").read_bytes())
     out = tmp_path / "out" / "song.mid"
+    out.parent.mkdir()
     args = ["music", "generate", "--checkpoint", str(checkpoint), "--out", str(out), "--seconds", "2"]
     if case in BAD_MIDI:
         args += ["--prompt-midi", str(write_bad_midi(case, tmp_path / "prompt.mid", real_chorales(trained)[0]))]
-    assert_one_error_line(main(args), capsys.readouterr().err)
-    assert not out.parent.exists() or not any(out.parent.iterdir())
+    code = main(args)
+    err = capsys.readouterr().err
+    assert_one_error_line(code, err)
+    if case in BAD_MIDI:
+        assert "prompt.mid" in err, err  # the line names the file
+    assert not any(out.parent.iterdir())
 
 
 def test_prepare_skips_bad_files_and_refuses_a_folder_without_a_good_one(trained, capsys, tmp_path):
@@ -208,10 +221,13 @@ def test_prepare_skips_bad_files_and_refuses_a_folder_without_a_good_one(trained
     args = ["music", "prepare", "--transpose", "0", "--tempo", "1.0", "--val-fraction", "0"]
     assert main(args + [str(good), "--out", str(tmp_path / "data")]) == 0
     stats = json.loads((tmp_path / "data" / "stats.json").read_text())
-    assert stats["files"] == 5 and stats["docs"] == 2 and stats["skipped"]["unreadable"] == 3
-    assert sorted(stats["unreadable"]) == ["good/bad0.mid", "good/bad1.mid", "good/bad2.mid"]
+    bad_names = [f"good/bad{i}.mid" for i in range(len(BAD_MIDI))]
+    assert stats["files"] == 2 + len(BAD_MIDI) and stats["docs"] == 2
+    assert stats["skipped"]["unreadable"] == len(BAD_MIDI) and sorted(stats["unreadable"]) == bad_names
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["stats.json", "train"]  # no empty val split
-    assert "skipped {'unreadable': 3" in capsys.readouterr().out
+    printed, warnings = capsys.readouterr()
+    assert f"skipped {{'unreadable': {len(BAD_MIDI)}" in printed
+    assert all(f"bad{i}.mid" in warnings for i in range(len(BAD_MIDI)))  # each bad file is named
 
     for folder, reason in ((bad, "no usable MIDI file"), (empty, "no .mid or .midi files")):
         out = tmp_path / f"data-{folder.name}"

@@ -1,5 +1,6 @@
 """prepare() on small corpora with bad data in them, and the chatterbot demo corpus, read back token by token."""
 import collections
+import os
 import io
 import json
 import re
@@ -192,3 +193,54 @@ def test_write_default_corpus_then_prepare(tmp_path):
     prepared = prepare([tmp_path / "corpus"], tmp_path / "data", ByteTokenizer(), progress=False)
     assert prepared["docs"] == len(texts)
     assert sorted(read_docs(tmp_path / "data", "train") + read_docs(tmp_path / "data", "val")) == sorted(t for _, t in texts)
+
+
+# ---- any text files: --ext
+
+
+@pytest.fixture
+def source_tree(tmp_path):
+    root = tmp_path / "project"
+    (root / "pkg").mkdir(parents=True)
+    (root / "README.md").write_text("# Project\n\nSome words.\n", encoding="utf-8")
+    (root / "pkg" / "main.py").write_text("print('hi')\n", encoding="utf-8")
+    (root / "pkg" / "compiled.py").write_bytes(b"\x00\x01binary with a .py name")
+    (root / "Makefile").write_text("all:\n\ttrue\n", encoding="utf-8")
+    (root / ".git").mkdir()
+    (root / ".git" / "HEAD").write_text("ref: refs/heads/main\n", encoding="utf-8")
+    (root / "notes.txt").write_text("notes\n", encoding="utf-8")
+    return root
+
+
+def test_other_suffixes_are_read_as_text_and_binary_files_skipped(tmp_path, source_tree, capsys):
+    stats = prepare([source_tree], tmp_path / "data", ByteTokenizer(), val_fraction=0.0, progress=False,
+                    extensions=[".md", "py"])
+    assert read_docs(tmp_path / "data", "train") == ["# Project\n\nSome words.\n", "print('hi')\n"]
+    assert stats["files"] == 2 and stats["skipped"]["binary_file"] == 1
+    assert "compiled.py: binary file, skipped" in capsys.readouterr().err
+    with pytest.raises(DataError, match="unsupported input file .*notes.txt: expected .md or .py"):
+        prepare([source_tree / "notes.txt"], tmp_path / "other", ByteTokenizer(), extensions=[".md", ".py"])
+
+
+def test_every_file_but_hidden_ones_with_a_star(tmp_path, source_tree):
+    stats = prepare([source_tree], tmp_path / "data", ByteTokenizer(), val_fraction=0.0, progress=False,
+                    extensions=["*"])
+    assert sorted(read_docs(tmp_path / "data", "train")) == sorted(
+        ["# Project\n\nSome words.\n", "print('hi')\n", "all:\n\ttrue\n", "notes\n"])
+    assert stats["skipped"]["binary_file"] == 1
+
+
+def test_prepare_command_takes_ext(tmp_path, source_tree):
+    from eaglefinch.cli import main
+    assert main(["text", "prepare", str(source_tree), "--out", str(tmp_path / "data"), "--ext", ".md", ".py",
+                 "--val-fraction", "0"]) == 0
+    assert json.loads((tmp_path / "data" / "stats.json").read_text())["files"] == 2
+
+
+def test_a_file_name_that_is_not_utf8(tmp_path):
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    name = os.fsdecode(b"caf\xe9.txt")  # a Latin-1 file name: not UTF-8, so it arrives with a surrogate
+    (folder / name).write_text("text in a file with a Latin-1 name\n", encoding="utf-8")
+    stats = prepare([folder], tmp_path / "data", ByteTokenizer(), val_fraction=0.0, progress=False)
+    assert stats["docs"] == 1

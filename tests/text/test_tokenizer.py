@@ -1,5 +1,5 @@
-"""World tokenizer: the vocabulary file, ids against the official rwkv package, round trips,
-streaming decode and errors."""
+"""World tokenizer: the vocabulary file, ids of both encoders (pyrwkv-tokenizer and ours, the
+reference) against the official rwkv package, round trips, streaming decode and errors."""
 import hashlib
 import random
 from pathlib import Path
@@ -20,6 +20,20 @@ VOCAB_SHA256 = "8324476023347dec2964625ccb2075c864d250a9c6d9a74f36daba628de8c008
 @pytest.fixture(scope="module")
 def tok():
     return WorldTokenizer()
+
+
+@pytest.fixture(scope="module")
+def fast():
+    """The compiled encoder: a dependency wherever its wheel installs, so the tests need it."""
+    tokenizer = WorldTokenizer(backend="pyrwkv")
+    assert tokenizer.backend == WorldTokenizer().backend == "pyrwkv"  # the default where installed
+    return tokenizer
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """Ours: the fallback, and the reference the compiled one is held to."""
+    return WorldTokenizer(backend="python")
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +97,7 @@ def random_mixed_string(rng: random.Random, vocab_words: list) -> str:
     return "".join(out)
 
 
-def test_ids_match_official_on_random_mixed_text(tok, official):
+def test_ids_match_official_on_random_mixed_text(fast, reference, official):
     vocab_words = []
     for token in official.idx2token.values():
         try:
@@ -93,26 +107,35 @@ def test_ids_match_official_on_random_mixed_text(tok, official):
     rng = random.Random(20230424)
     strings = [random_mixed_string(rng, vocab_words) for _ in range(10_000)]
     for s in strings:
-        assert tok.encode(s) == official.encode(s), repr(s)
+        assert reference.encode(s) == fast.encode(s) == official.encode(s), repr(s)
     joined = "".join(strings)
-    assert tok.encode(joined) == official.encode(joined)
+    assert reference.encode(joined) == fast.encode(joined) == official.encode(joined)
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.text())  # st.text() never draws lone surrogates, which UTF-8 cannot encode
-def test_roundtrip_and_official_ids(tok, official, s):
+def test_roundtrip_and_official_ids(tok, fast, reference, official, s):
     ids = tok.encode(s)
-    assert ids == official.encode(s)
+    assert ids == official.encode(s) == fast.encode(s) == reference.encode(s)
     assert all(1 <= i <= 65529 for i in ids)
     assert tok.decode(ids) == s
     assert tok.decode_bytes(ids) == s.encode("utf-8")
 
 
-def test_lone_surrogate_is_a_clear_error(tok):
+@pytest.mark.parametrize("backend", ["pyrwkv", "python"])
+def test_lone_surrogate_is_a_clear_error(backend):
+    tok = WorldTokenizer(backend=backend)
     with pytest.raises(TokenizerError, match="surrogate.*index 1|index 1.*surrogate"):
         tok.encode("a\ud800b")
     with pytest.raises(TypeError):
         tok.encode(b"bytes")
+
+
+def test_other_vocabularies_use_our_encoder(tmp_path):
+    path = write_vocab(tmp_path / "vocab.txt", [b"hello"])
+    assert WorldTokenizer(path).backend == "python"
+    with pytest.raises(TokenizerError, match="shipped vocabulary"):
+        WorldTokenizer(path, backend="pyrwkv")
 
 
 def test_decode_accepts_eot_arrays_and_iterators(tok):
@@ -194,6 +217,7 @@ def test_dense_small_vocab_matches_brute_force(tmp_path, monkeypatch, optional):
     words |= {b"\xe4\xbd", b"x\xe4", "é".encode()}  # tokens that are not whole characters
     path = write_vocab(tmp_path / "vocab.txt", sorted(words, key=len))
     tok, official = WorldTokenizer(path), TRIE_TOKENIZER(str(path))
+    assert tok.backend == "python"
     vocab = set(words) | {bytes([b]) for b in range(256)}
     for _ in range(300):
         s = "".join(rng.choice(alphabet + " xé你") for _ in range(rng.randint(0, 60)))

@@ -7,6 +7,7 @@ import torch
 from eaglefinch.visual import shapes
 from eaglefinch.visual.clip_train import _distinct_caption_batches, retrieval_accuracy, save_clip, train_clip
 from eaglefinch.visual.encoder import VisionEncoder
+from tests.core.test_checkpoint_errors import RunsCode
 
 
 def test_batches_never_repeat_a_caption_and_cover_everything():
@@ -56,6 +57,21 @@ def test_saved_weights_load_into_the_vision_encoder(trained):
     for name, value in run.model.visual.state_dict().items():
         assert torch.equal(encoder.tower.state_dict()[name], value), name
     assert torch.load(path, weights_only=True)["model_name"] == run.model_name
+
+
+def test_a_code_carrying_or_damaged_clip_file_gives_one_line(trained, tmp_path):
+    """What `visual train --clip FILE` prints: the file and the problem, never torch's advice to load
+    it with weights_only=False; the pickle's code never runs."""
+    _, run, path = trained
+    evil, cut = tmp_path / "evil.pt", tmp_path / "cut.pt"
+    torch.save({"state_dict": run.model.state_dict(), "x": RunsCode(tmp_path / "PWNED")}, evil)
+    cut.write_bytes(path.read_bytes()[:1000])
+    for bad, problem in ((evil, "it contains pickled code or objects other than tensors, which are refused"),
+                         (cut, "truncated, corrupt or not a PyTorch file")):
+        with pytest.raises(ValueError) as e:
+            VisionEncoder(pretrained=str(bad))
+        assert str(e.value) == f"cannot load {bad} into 'EagleFinch-ViT-Tiny': {problem}"
+    assert not (tmp_path / "PWNED").exists()
 
 
 def test_bad_arguments():
