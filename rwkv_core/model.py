@@ -23,9 +23,20 @@ def uninitialised(module_cls, *args, **kwargs):
     return nn.utils.skip_init(module_cls, *args, device=torch.get_default_device(), **kwargs)
 
 
-def token_shift(x, prev):
-    """The previous token's input for every position: [B, T, C] from x [B, T, C] and prev [B, C]."""
-    return torch.cat([prev[:, None], x[:, :-1]], dim=1)
+def token_shift(x, prev, cu_seqlens=None):
+    """The previous token's input for every position: [B, T, C] from x [B, T, C] and prev [B, C].
+
+    Packed sequences (x [1, T, C], `cu_seqlens` [S + 1] offsets): each sequence starts from its own
+    prev [S, C], never from the end of the sequence before it."""
+    if cu_seqlens is None:
+        return torch.cat([prev[:, None], x[:, :-1]], dim=1)
+    shifted = torch.cat([x[:, :1], x[:, :-1]], dim=1)
+    return shifted.index_copy(1, cu_seqlens[:-1], prev[None].to(x.dtype))
+
+
+def last_positions(x, cu_seqlens=None):
+    """Each sequence's last position: [B, C] from x [B, T, C], or [S, C] from packed x [1, T, C]."""
+    return x[:, -1] if cu_seqlens is None else x[0, cu_seqlens[1:] - 1]
 
 
 def reversal_index(span, B, T, device=None):
@@ -45,6 +56,17 @@ def reversal_index(span, B, T, device=None):
 def gather_positions(x, index):
     """x [B, T, C] read at positions index [B, T]."""
     return x.gather(1, index.unsqueeze(-1).expand_as(x))
+
+
+def check_cu_seqlens(cu_seqlens, B, T):
+    """The number of packed sequences S of offsets [S + 1]; refuses what is not B = 1, 0 < ... < T."""
+    if B != 1 or cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
+        raise ValueError("cu_seqlens needs B = 1 and offsets [0, ..., T] of at least one sequence")
+    lengths = cu_seqlens[1:] - cu_seqlens[:-1]
+    if int(cu_seqlens[0]) != 0 or int(cu_seqlens[-1]) != T or not bool((lengths > 0).all()):
+        raise ValueError(f"cu_seqlens must rise from 0 to T = {T} with every sequence non-empty, "
+                         f"got {cu_seqlens.tolist()}")
+    return cu_seqlens.numel() - 1
 
 
 def _layer_ratios(layer_id, n_layer):
@@ -81,18 +103,24 @@ class TimeMix(nn.Module):
             return self.time_state.float().transpose(1, 2).expand(batch_size, -1, -1, -1)
         return torch.zeros(batch_size, self.n_head, self.head_size, self.head_size, device=device)
 
-    def forward(self, x, shift, wkv_state):
+    def forward(self, x, shift, wkv_state, cu_seqlens=None):
         """x: [B, T, C] (ln1 output); shift: [B, C]; wkv_state: [B, H, N, N] fp32.
+        Packed sequences: x [1, T, C] with `cu_seqlens`, shift and wkv_state for each sequence.
 
         Returns (out [B, T, C], new shift [B, C], new wkv state)."""
         B, T, _ = x.shape
         H, N = self.n_head, self.head_size
-        r, k, v, g, w_log = self.mix(x, token_shift(x, shift))
+        r, k, v, g, w_log = self.mix(x, token_shift(x, shift, cu_seqlens))
         y, wkv_state = wkv(r.view(B, T, H, N), k.view(B, T, H, N), v.view(B, T, H, N),
-                           w_log, self.time_faaaa.float(), wkv_state)
+                           w_log, self.time_faaaa.float(), wkv_state, cu_seqlens=cu_seqlens)
+        return self.readout(y, g), last_positions(x, cu_seqlens), wkv_state
+
+    def readout(self, y, g):
+        """The WKV output y [B, T, H, N] -> per-head GroupNorm (fp32) -> SiLU gate g -> output: [B, T, C]."""
+        B, T, H, N = y.shape
         y = F.group_norm(y.reshape(B * T, H * N).float(), H, self.ln_x.weight.float(),
                          self.ln_x.bias.float(), self.ln_x.eps).view(B, T, H * N)
-        return self.output(y.to(x.dtype) * g), x[:, -1], wkv_state
+        return self.output(y.to(g.dtype) * g)
 
 
 class TimeMixEagle(TimeMix):
@@ -170,10 +198,12 @@ class ChannelMix(nn.Module):
         _, r1 = _layer_ratios(layer_id, cfg.n_layer)
         self._init_mix(ddd=(torch.arange(C, dtype=torch.float32) / C).view(1, 1, C) ** r1)
 
-    def forward(self, x, shift):
-        xk, xr = self.mix(x, token_shift(x, shift))
-        k = torch.relu(self.key(xk)).square()
-        return torch.sigmoid(self.receptance(xr)) * self.value(k), x[:, -1]
+    def forward(self, x, shift, cu_seqlens=None):
+        return self.readout(*self.mix(x, token_shift(x, shift, cu_seqlens))), last_positions(x, cu_seqlens)
+
+    def readout(self, xk, xr):
+        """sigmoid(receptance(xr)) * value(relu(key(xk))^2)."""
+        return torch.sigmoid(self.receptance(xr)) * self.value(torch.relu(self.key(xk)).square())
 
 
 class ChannelMixEagle(ChannelMix):
@@ -205,10 +235,10 @@ class Block(nn.Module):
         self.att = (TimeMixFinch if finch else TimeMixEagle)(cfg, layer_id)
         self.ffn = (ChannelMixFinch if finch else ChannelMixEagle)(cfg, layer_id)
 
-    def forward(self, x, att_shift, wkv_state, ffn_shift):
-        dx, att_shift, wkv_state = self.att(self.ln1(x), att_shift, wkv_state)
+    def forward(self, x, att_shift, wkv_state, ffn_shift, cu_seqlens=None):
+        dx, att_shift, wkv_state = self.att(self.ln1(x), att_shift, wkv_state, cu_seqlens)
         x = x + dx
-        dx, ffn_shift = self.ffn(self.ln2(x), ffn_shift)
+        dx, ffn_shift = self.ffn(self.ln2(x), ffn_shift, cu_seqlens)
         return x + dx, att_shift, wkv_state, ffn_shift
 
 
@@ -266,9 +296,12 @@ class RWKV(nn.Module):
         wkv_state = torch.stack([b.att.initial_wkv(batch_size, device) for b in self.blocks])
         return RWKVState(shift, wkv_state, shift.clone())
 
-    def forward_hidden(self, idx=None, state=None, *, embeds=None, reverse_span=None):
+    def forward_hidden(self, idx=None, state=None, *, embeds=None, reverse_span=None, cu_seqlens=None):
         """Returns (hidden [B, T, C] after ln_out, new state). Give `idx` [B, T] or `embeds` [B, T, C].
 
+        cu_seqlens: S packed sequences of different lengths in one row (B = 1, no padding): int
+        tensor [S + 1] of offsets [0, ..., T], each sequence non-empty; `state` and the new state are
+        for the S sequences. Each sequence is computed exactly as if it were run alone.
         reverse_span: (start, end) positions that odd-numbered blocks read backwards (flipped before
         the block, flipped back after): VisualRWKV's bidirectional scan of the image tokens. One
         pair for the whole batch, or a list of one pair per sample."""
@@ -278,10 +311,15 @@ class RWKV(nn.Module):
         B, T, C = x.shape
         if T == 0:
             raise ValueError("empty input: T must be at least 1")
+        S = B
+        if cu_seqlens is not None:
+            S = check_cu_seqlens(cu_seqlens, B, T)
+            if reverse_span is not None:
+                raise ValueError("reverse_span and cu_seqlens cannot be combined")
         if state is None:
-            state = self.initial_state(B, x.device)
-        elif state.batch_size != B:
-            raise ValueError(f"state is for batch {state.batch_size}, input has batch {B}")
+            state = self.initial_state(S, x.device)
+        elif state.batch_size != S:
+            raise ValueError(f"state is for batch {state.batch_size}, input has {S} sequences")
         x = self.blocks[0].ln0(x)
         if reverse_span is not None:  # built once per call, used before and after every odd block
             flip_index = reversal_index(reverse_span, B, T, x.device)
@@ -290,7 +328,7 @@ class RWKV(nn.Module):
             flip = reverse_span is not None and i % 2 == 1
             if flip:
                 x = gather_positions(x, flip_index)
-            args = (x, state.att_shift[i], state.wkv[i], state.ffn_shift[i])
+            args = (x, state.att_shift[i], state.wkv[i], state.ffn_shift[i], cu_seqlens)
             if self.grad_checkpointing and torch.is_grad_enabled():
                 out = torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)
             else:
@@ -300,9 +338,10 @@ class RWKV(nn.Module):
         new_state = RWKVState(torch.stack(att_shift), torch.stack(wkv_state), torch.stack(ffn_shift))
         return self.ln_out(x), new_state
 
-    def forward(self, idx=None, state=None, *, embeds=None, reverse_span=None):
+    def forward(self, idx=None, state=None, *, embeds=None, reverse_span=None, cu_seqlens=None):
         """Returns (logits [B, T, V], new state). The state given is never modified."""
-        hidden, state = self.forward_hidden(idx, state, embeds=embeds, reverse_span=reverse_span)
+        hidden, state = self.forward_hidden(idx, state, embeds=embeds, reverse_span=reverse_span,
+                                            cu_seqlens=cu_seqlens)
         return self.head(hidden), state
 
     def add_tuned_state(self) -> None:
