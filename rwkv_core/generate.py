@@ -1,45 +1,35 @@
-"""The generation loop shared by every domain: prefill prompts, then sample with the state carried.
+"""The generation loop shared by every domain: prompts in, sampled token ids out, on the engine.
 
 Works on token ids only; stop strings and decoding belong to the domain (see text/generate.py).
 """
-import torch
-from tqdm import tqdm
+import weakref
 
-from .sampling import Penalties, SamplerConfig, sample_logits
+import torch
+
+from .engine import Engine
+from .sampling import BatchSampler, SamplerConfig
 from .state import RWKVState
 
+_shared_engines = weakref.WeakKeyDictionary()  # model -> (Engine, the weights it was made for)
 
-@torch.no_grad()
-def prefill(model, prompts, state=None, chunk_len=1024, progress=False):
-    """Feed prompts of different lengths, each with its own state, in chunks of `chunk_len` tokens.
 
-    Args:
-        prompts: list of B lists of token ids (each non-empty).
-        state: an RWKVState for B sequences to continue from, or None for fresh sequences.
-        progress: show a progress bar (tokens read) when the prompts are longer than one chunk.
+def _weights_signature(model):
+    return tuple((p.data_ptr(), p.dtype, p.device) for p in model.parameters())
 
-    Returns:
-        (logits of each prompt's last token [B, V] fp32, state after the prompts).
-    """
-    if not prompts or any(len(p) == 0 for p in prompts):
-        raise ValueError("every prompt needs at least one token")
-    if state is not None and state.batch_size != len(prompts):
-        raise ValueError(f"state is for {state.batch_size} sequences, got {len(prompts)} prompts")
-    device = next(model.parameters()).device
-    total = sum(len(p) for p in prompts)
-    bar = tqdm(total=total, unit="tok", desc="reading the prompt", disable=not progress or total <= chunk_len,
-               dynamic_ncols=True, leave=False)
-    last_logits, states = [], []
-    for i, prompt in enumerate(prompts):  # one at a time: no padding, so every state is exact
-        s = None if state is None else state[i]
-        for start in range(0, len(prompt), chunk_len):
-            idx = torch.tensor([prompt[start:start + chunk_len]], device=device)
-            logits, s = model(idx, s)
-            bar.update(idx.shape[1])
-        last_logits.append(logits[:, -1].float())
-        states.append(s)
-    bar.close()
-    return torch.cat(last_logits), RWKVState.cat(states)
+
+def engine_for(model, n: int) -> Engine:
+    """An engine of `model` with at least n free slots: the model's shared one (made once, and made
+    again when the weights move or change dtype, or when it is too small), or a new one while the
+    shared one is busy."""
+    entry = _shared_engines.get(model)
+    signature = _weights_signature(model)
+    if entry is not None and entry[1] == signature and entry[0].free_slots >= n:
+        return entry[0]
+    if entry is not None and entry[1] == signature and entry[0].free_slots < entry[0].max_batch:
+        return Engine(model, max_batch=n)  # the shared one is in use: this one is private
+    engine = Engine(model, max_batch=max(n, entry[0].max_batch if entry else 1))
+    _shared_engines[model] = (engine, signature)
+    return engine
 
 
 class Generation:
@@ -47,62 +37,94 @@ class Generation:
 
     Each step yields a list with one entry per sequence: the new token id, or None once that
     sequence has finished (it sampled one of `stop_ids`, or the caller called `finish(row)`).
-    Every sampled token, the stopping one included, is fed to the model, so `state` (valid
-    after iteration) continues each sequence right after its last token: a chat turn can go on
-    from it. `tokens[row]` holds what each sequence generated, the stop id excluded.
-    A fixed `seed` reproduces the output.
+    Every sampled token, the stopping one included, is fed to the model, so `state` (after
+    iteration) continues each sequence right after its last token: a chat turn can go on from it.
+    `tokens[row]` holds what each sequence generated, the stop id excluded.
 
+    sampler: one SamplerConfig for every sequence, or a list of one per sequence.
+    seed: an int (sequence `row` samples with seed + row, so a prompt samples the same alone with
+    seed s as at row i of a batch with seed s - i), a list of one seed per sequence, or None
+    (random). Sequences never affect each other's samples.
     `prefilled=(logits [B, V], state)` starts from prompts the caller has already fed (for example
     with image embeddings spliced in); `prompts` and `state` are then None. `progress` shows a bar
-    while long prompts are read.
+    while long prompts are read. `engine` runs it (default: the model's shared engine).
     """
 
     def __init__(self, model, prompts, max_new_tokens, sampler=SamplerConfig(), *, state=None,
-                 stop_ids=(), seed=None, uncounted_ids=(), chunk_len=1024, prefilled=None, progress=False):
-        self.model, self.sampler, self.max_new_tokens = model, sampler, max_new_tokens
+                 stop_ids=(), seed=None, uncounted_ids=(), prefilled=None, progress=False, engine=None):
+        self.max_new_tokens = max_new_tokens
         self.stop_ids = set(stop_ids)
+        if prefilled is not None and (prompts is not None or state is not None):
+            raise ValueError("give either prompts (and a state) or prefilled=(logits, state), not both")
+        B = len(prompts) if prefilled is None else prefilled[0].shape[0]
+        if B == 0:
+            raise ValueError("no prompts given")
+        if state is not None and state.batch_size != B:
+            raise ValueError(f"state is for {state.batch_size} sequences, got {B} prompts")
+        self.engine = engine or engine_for(model, B)
+        self.slots = self.engine.allocate(B, prefilled[1] if prefilled is not None else state)
+        self._state = None
         if prefilled is not None:
-            if prompts is not None or state is not None:
-                raise ValueError("give either prompts (and a state) or prefilled=(logits, state), not both")
-            self.logits, self.state = prefilled[0].float(), prefilled[1]
+            self.logits = prefilled[0].float().to(self.engine.device)
         else:
-            self.logits, self.state = prefill(model, prompts, state, chunk_len, progress)
-        B, V = self.logits.shape
+            try:
+                self.logits = self.engine.prefill(self.slots, prompts, progress)
+            except BaseException:
+                self._release()
+                raise
         self.tokens = [[] for _ in range(B)]
         self.finished = [False] * B
-        self._final_states = [None] * B
-        self.penalties = Penalties(sampler, B, V, device=self.logits.device, uncounted_ids=uncounted_ids)
-        self.generator = torch.Generator(device=self.logits.device)
-        self.generator.manual_seed(seed if seed is not None else torch.seed())
+        samplers = list(sampler) if isinstance(sampler, (list, tuple)) else [sampler] * B
+        seeds = list(seed) if isinstance(seed, (list, tuple)) else [
+            (torch.seed() if seed is None else seed) + row for row in range(B)]
+        if len(samplers) != B or len(seeds) != B:
+            raise ValueError(f"give one sampler and one seed per sequence ({B}), or one for all")
+        self.sampler = BatchSampler(B, self.logits.shape[-1], device=self.engine.device, uncounted_ids=uncounted_ids)
+        for row in range(B):
+            self.sampler.configure(row, samplers[row], seeds[row] % 2 ** 64)
 
     def finish(self, row):
         """Stop sequence `row` here (its state is kept as it is now)."""
-        if not self.finished[row]:
-            self.finished[row] = True
-            self._final_states[row] = self.state[row]
+        self.finished[row] = True
+
+    @property
+    def state(self) -> RWKVState:
+        """The state of every sequence: after its last token (its stop id included) once finished."""
+        return self._state if self._state is not None else self.engine.read_state(self.slots)
+
+    def __del__(self):  # a generation dropped before its end gives its slots back
+        try:
+            self._release()
+        except Exception:
+            pass
+
+    def _release(self):
+        if self._state is None:
+            self._state = self.engine.read_state(self.slots)
+            self.engine.release(self.slots)
 
     @torch.no_grad()
     def __iter__(self):
-        device = self.logits.device
-        for _ in range(self.max_new_tokens):
-            if all(self.finished):
-                break
-            ids = sample_logits(self.penalties.apply(self.logits), self.sampler, self.generator)
-            self.penalties.update(ids)
-            logits, self.state = self.model(ids.view(-1, 1).to(device), self.state)
-            self.logits = logits[:, -1].float()
-            step = []
-            for row, token in enumerate(ids.tolist()):
-                if self.finished[row]:
-                    step.append(None)
-                    continue
-                if token in self.stop_ids:
-                    self.finish(row)
-                    step.append(None)
-                    continue
-                self.tokens[row].append(token)
-                step.append(token)
-            yield step
-        for row in range(len(self.finished)):
-            self.finish(row)
-        self.state = RWKVState.cat(self._final_states)
+        active = [row for row in range(len(self.tokens)) if not self.finished[row]]
+        logits = self.logits
+        try:
+            for _ in range(self.max_new_tokens):
+                if not active:
+                    break
+                rows = torch.tensor(active, device=self.engine.device)
+                ids = self.sampler.sample(logits, rows)
+                logits = self.engine.decode([self.slots[r] for r in active], ids)
+                step = [None] * len(self.tokens)
+                for row, token in zip(active, ids.tolist()):
+                    if token in self.stop_ids:
+                        self.finish(row)
+                    else:
+                        self.tokens[row].append(token)
+                        step[row] = token
+                yield step
+                keep = [j for j, row in enumerate(active) if not self.finished[row]]  # finish() may run in the yield
+                if len(keep) < len(active):
+                    active = [active[j] for j in keep]
+                    logits = logits[keep]
+        finally:
+            self._release()

@@ -2,7 +2,7 @@
 import torch
 
 from eaglefinch.rwkv_core import RWKV, RWKVConfig, RWKVState
-from eaglefinch.rwkv_core.generate import Generation, prefill
+from eaglefinch.rwkv_core.generate import Generation
 from eaglefinch.rwkv_core.sampling import SamplerConfig
 
 GREEDY = SamplerConfig(temperature=0.0)
@@ -18,17 +18,6 @@ def model():
     return m.eval()
 
 
-def test_prefill_of_different_lengths_equals_separate_runs():
-    m = model()
-    prompts = [[1, 2, 3, 4, 5], [7], [9, 8, 7]]
-    logits, state = prefill(m, prompts, chunk_len=2)
-    for i, p in enumerate(prompts):
-        with torch.no_grad():
-            ref, ref_state = m(torch.tensor([p]))
-        assert torch.allclose(logits[i], ref[0, -1], atol=1e-5)
-        assert torch.allclose(state.wkv[:, i], ref_state.wkv[:, 0], rtol=1e-5, atol=1e-4)
-
-
 def test_batched_generation_equals_one_at_a_time_and_seed_reproduces():
     m = model()
     prompts = [[1, 2, 3], [4], [5, 6]]
@@ -38,6 +27,10 @@ def test_batched_generation_equals_one_at_a_time_and_seed_reproduces():
     b = Generation(m, prompts, 12, sampler, seed=3)
     list(b)
     assert a.tokens == b.tokens
+    for i, p in enumerate(prompts):   # row i of seed 3 samples what the prompt alone samples with seed 3 + i
+        alone = Generation(m, [p], 12, sampler, seed=3 + i)
+        list(alone)
+        assert alone.tokens[0] == a.tokens[i]
     greedy = Generation(m, prompts, 12, GREEDY)
     list(greedy)
     for i, p in enumerate(prompts):
@@ -77,3 +70,26 @@ def test_chat_turns_and_saved_state_continue_like_one_pass(tmp_path):
     list(whole)
     assert g2.tokens[0] == whole.tokens[0] == reloaded.tokens[0]
     assert torch.allclose(g2.state.wkv, whole.state.wkv, rtol=1e-5, atol=1e-4)
+
+
+def test_each_sequence_can_have_its_own_sampler_and_seed():
+    m = model()
+    prompts = [[1, 2, 3], [1, 2, 3]]
+    g = Generation(m, prompts, 10, [GREEDY, SamplerConfig(temperature=1.0)], seed=[5, 5])
+    list(g)
+    greedy = Generation(m, [prompts[0]], 10, GREEDY)
+    list(greedy)
+    hot = Generation(m, [prompts[1]], 10, SamplerConfig(temperature=1.0), seed=5)
+    list(hot)
+    assert g.tokens == [greedy.tokens[0], hot.tokens[0]]
+
+
+def test_an_abandoned_generation_gives_its_slots_back():
+    m = model()
+    g = Generation(m, [[1], [2]], 50, GREEDY)
+    it = iter(g)
+    next(it)
+    engine = g.engine
+    it.close()
+    assert engine.free_slots == engine.max_batch
+    assert g.state.batch_size == 2

@@ -1,0 +1,269 @@
+"""The inference engine: many sequences at once, each in a slot of a preallocated state pool.
+
+    engine = Engine(model, max_batch=64)
+    slots = engine.allocate(2)                      # fresh sequences (the model's initial state)
+    logits = engine.prefill(slots, [prompt_a, prompt_b])   # packed, no padding: [2, V] fp32
+    logits = engine.decode(slots, next_ids)        # one token per slot, states updated in place
+    state = engine.read_state(slots)               # an RWKVState copy: save, fork, cache
+    engine.release(slots)
+
+It knows token ids, embeddings and states only; sampling, stop rules and text belong to the caller
+(`rwkv_core.generate.Generation` is the loop every domain uses).
+
+Decode runs one token of each given slot through every layer: the model's own mixing and readout
+modules (so there is one definition of the math), the in-place WKV decode kernel on the pool's slots,
+and the shift states written in place. On CUDA the layer step is compiled (torch.compile fuses the
+small per-token operations) and the whole step is captured as a CUDA graph per batch-size bucket, so
+a step costs one launch. On the CPU the same step runs eagerly. Its slow obvious twin is
+`model(idx, state)` token by token (tests/core/test_engine.py).
+"""
+import torch
+from tqdm import tqdm
+
+from eaglefinch.kernels import wkv_decode_ as _wkv_decode_
+
+from .state import RWKVState
+
+
+class StatePool:
+    """Recurrent states of `size` sequences, preallocated on one device: one slot per sequence.
+
+    att_shift, ffn_shift: [L, size, C] in the model's dtype; wkv: [L, size, H, N, N] fp32.
+    Slots are updated in place by the engine; `read` and `write` copy to and from an RWKVState.
+    """
+
+    def __init__(self, model, size: int):
+        self.model = model
+        fresh = model.initial_state(size)
+        self.att_shift = fresh.att_shift.contiguous()
+        self.wkv = fresh.wkv.contiguous()
+        self.ffn_shift = fresh.ffn_shift.contiguous()
+
+    @property
+    def size(self) -> int:
+        return self.wkv.shape[1]
+
+    def bytes_per_slot(self) -> int:
+        return sum(t[:, 0].numel() * t.element_size() for t in (self.att_shift, self.wkv, self.ffn_shift))
+
+    def read(self, slots) -> RWKVState:
+        index = self._index(slots)
+        return RWKVState(self.att_shift[:, index], self.wkv[:, index], self.ffn_shift[:, index])
+
+    def write(self, slots, state: RWKVState) -> None:
+        index = self._index(slots)
+        if state.batch_size != len(index):
+            raise ValueError(f"state is for {state.batch_size} sequences, got {len(index)} slots")
+        for pool, part in ((self.att_shift, state.att_shift), (self.wkv, state.wkv), (self.ffn_shift, state.ffn_shift)):
+            if pool[:, 0].shape != part[:, 0].shape:
+                raise ValueError(f"state shape {tuple(part.shape)} does not fit this model's pool "
+                                 f"{tuple(pool.shape)}")
+            pool.index_copy_(1, index, part.to(pool.device, pool.dtype))
+
+    def reset(self, slots) -> None:
+        """Start these slots over from the model's initial state (zeros, or the tuned state)."""
+        self.write(slots, self.model.initial_state(len(slots), self.wkv.device))
+
+    def _index(self, slots):
+        return torch.as_tensor(slots, dtype=torch.long, device=self.wkv.device).view(-1)
+
+
+def batch_buckets(max_batch: int) -> list[int]:
+    """The batch sizes that get a CUDA graph: 1, 2, 4, 8, 16, then multiples of 16, then max_batch.
+    A step of n sequences runs in the smallest bucket >= n, padded with scratch slots."""
+    buckets = [b for b in (1, 2, 4, 8) if b < max_batch]
+    buckets += list(range(16, max_batch, 16))
+    return buckets + [max_batch]
+
+
+@torch.compiler.disable  # a Triton kernel that writes the pool in place: called as is, between compiled parts
+def wkv_decode_(*args):
+    return _wkv_decode_(*args)
+
+
+def decode_layer(block, x, att_shift, wkv_state, ffn_shift, slots):
+    """One token of each sequence through one block, its states updated in place.
+
+    x: [B, C] residual stream; att_shift, ffn_shift: [slots, C] and wkv_state: [slots, H, N, N] of
+    this layer in the pool; slots: [B] distinct int64 slot of each sequence. Returns the new x."""
+    att, ffn = block.att, block.ffn
+    B = x.shape[0]
+    H, N = att.n_head, att.head_size
+    xa = block.ln1(x)
+    r, k, v, g, w_log = att.mix(xa[:, None], att_shift[slots][:, None])
+    att_shift.index_copy_(0, slots, xa)
+    if w_log.dim() == 4:  # Finch: per token; Eagle: static [H, N]
+        w_log = w_log.view(B, 1, H, N)
+    y = wkv_decode_(r.view(B, 1, H, N), k.view(B, 1, H, N), v.view(B, 1, H, N), w_log,
+                    att.time_faaaa.float(), wkv_state, slots)
+    x = x + att.readout(y, g)[:, 0]
+    xf = block.ln2(x)
+    xk, xr = ffn.mix(xf[:, None], ffn_shift[slots][:, None])
+    ffn_shift.index_copy_(0, slots, xf)
+    return x + ffn.readout(xk, xr)[:, 0]
+
+
+class Engine:
+    """Prefill and decode for up to `max_batch` sequences of one model, states kept on its device.
+
+    Args:
+        model: an RWKV model (its weights' dtype and device are the engine's: bf16 or fp16 on a GPU,
+            fp32 on the CPU).
+        max_batch: sequences held at once (slots). Each costs `pool.bytes_per_slot()` of memory
+            (Finch-1.6B: 13 MB).
+        cuda_graphs: capture the decode step as CUDA graphs (default: on CUDA).
+        compile: torch.compile the layer step (default: on CUDA).
+        prefill_tokens: tokens per prefill forward (prompts are packed, and long ones split, so a
+            chunk never holds more); bounds the activation memory of prefill. Default: 4096 on
+            CUDA, 1024 on the CPU (where larger forwards gain nothing).
+    """
+
+    def __init__(self, model, max_batch: int = 16, *, cuda_graphs=None, compile=None, prefill_tokens=None):
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+        self.model = model
+        self.device = model.emb.weight.device
+        on_cuda = self.device.type == "cuda"
+        self.cuda_graphs = on_cuda if cuda_graphs is None else cuda_graphs
+        self.compile = on_cuda if compile is None else compile
+        self.max_batch = max_batch
+        self.prefill_tokens = prefill_tokens or (4096 if on_cuda else 1024)
+        self.buckets = batch_buckets(max_batch)
+        # scratch slots pad a step up to its bucket; they are never handed out
+        n_scratch = max(b - a - 1 for a, b in zip([0] + self.buckets, self.buckets))
+        self.scratch = list(range(max_batch, max_batch + n_scratch))
+        self.pool = StatePool(model, max_batch + n_scratch)
+        self._free = list(range(max_batch))
+        self._layer = torch.compile(decode_layer) if self.compile else decode_layer
+        self._graphs = {}
+        if self.cuda_graphs:
+            self._capture_graphs()
+
+    # ---- slots -------------------------------------------------------------------------------
+    @property
+    def free_slots(self) -> int:
+        return len(self._free)
+
+    def allocate(self, n: int = 1, state: RWKVState | None = None) -> list[int]:
+        """Take n free slots, set to the model's initial state (or to `state`, for n sequences)."""
+        if n > len(self._free):
+            raise RuntimeError(f"the engine holds {self.max_batch} sequences and {self.max_batch - len(self._free)} "
+                               f"are in use: cannot add {n} (make the engine with a larger max_batch)")
+        slots, self._free = self._free[:n], self._free[n:]
+        if state is None:
+            self.pool.reset(slots)
+        else:
+            self.pool.write(slots, state)
+        return slots
+
+    def release(self, slots) -> None:
+        """Give slots back (their states are dropped)."""
+        for s in slots:
+            if s in self._free or not 0 <= s < self.max_batch:
+                raise ValueError(f"slot {s} is not in use")
+            self._free.append(s)
+
+    def read_state(self, slots) -> RWKVState:
+        """A copy of the slots' states (to save, fork or cache a sequence)."""
+        return self.pool.read(slots)
+
+    def write_state(self, slots, state: RWKVState) -> None:
+        """Set the slots' states (continue a saved or forked sequence)."""
+        self.pool.write(slots, state)
+
+    # ---- prefill -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def prefill(self, slots, prompts, progress=False) -> torch.Tensor:
+        """Feed each slot its prompt (continuing from the slot's state); returns each prompt's last
+        logits [n, V] fp32. Prompts are packed without padding into forwards of at most
+        `prefill_tokens` tokens; a longer prompt is split across forwards with its state carried."""
+        if len(slots) != len(prompts):
+            raise ValueError(f"{len(slots)} slots for {len(prompts)} prompts")
+        if not prompts or any(len(p) == 0 for p in prompts):
+            raise ValueError("every prompt needs at least one token")
+        self._check_slots(slots)
+        pos = [0] * len(prompts)
+        last_hidden = [None] * len(prompts)
+        total = sum(len(p) for p in prompts)
+        bar = tqdm(total=total, unit="tok", desc="reading the prompt", disable=not progress or total <= self.prefill_tokens,
+                   dynamic_ncols=True, leave=False)
+        while any(pos[i] < len(p) for i, p in enumerate(prompts)):
+            rows, pieces, budget = [], [], self.prefill_tokens
+            for i, p in enumerate(prompts):
+                if pos[i] < len(p) and budget > 0:
+                    piece = p[pos[i]:pos[i] + budget]
+                    rows.append(i)
+                    pieces.append(piece)
+                    budget -= len(piece)
+            hidden = self._prefill_packed([slots[i] for i in rows], pieces)
+            for j, i in enumerate(rows):
+                pos[i] += len(pieces[j])
+                if pos[i] == len(prompts[i]):
+                    last_hidden[i] = hidden[j]
+            bar.update(sum(len(p) for p in pieces))
+        bar.close()
+        return self.model.head(torch.stack(last_hidden)).float()
+
+    def _prefill_packed(self, slots, pieces):
+        """One packed forward of the pieces, from and back into the slots; the last hidden of each [S, C]."""
+        lengths = torch.tensor([0] + [len(p) for p in pieces])
+        cu_seqlens = lengths.cumsum(0).to(self.device)
+        idx = torch.tensor([t for p in pieces for t in p], device=self.device)[None]
+        hidden, state = self.model.forward_hidden(idx, self.pool.read(slots), cu_seqlens=cu_seqlens)
+        self.pool.write(slots, state)
+        return hidden[0, cu_seqlens[1:] - 1]
+
+    # ---- decode ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def decode(self, slots, ids) -> torch.Tensor:
+        """Feed one token to each slot (states advance in place); returns next-token logits [n, V] fp32.
+
+        slots: distinct slots in use; ids: [n] int tensor on any device, or a list of ints."""
+        n = len(slots)
+        if n == 0:
+            raise ValueError("decode needs at least one slot")
+        self._check_slots(slots)
+        ids = torch.as_tensor(ids, dtype=torch.long, device=self.device).view(-1)
+        if ids.numel() != n:
+            raise ValueError(f"{ids.numel()} token ids for {n} slots")
+        bucket = next(b for b in self.buckets if b >= n)
+        if not self._graphs:  # eager (CPU, or graphs off): no padding needed
+            return self._step(ids, torch.tensor(slots, device=self.device)).float()
+        graph, static_ids, static_slots, static_logits = self._graphs[bucket]
+        static_ids[:n].copy_(ids)
+        static_ids[n:].zero_()
+        static_slots.copy_(torch.tensor(list(slots) + self.scratch[:bucket - n]))
+        graph.replay()
+        return static_logits[:n].clone()
+
+    def _step(self, ids, slots):
+        """Logits [B, V] (fp32) after one token of each slot; the states advance in place."""
+        model, pool = self.model, self.pool
+        x = model.blocks[0].ln0(model.emb(ids))
+        for i, block in enumerate(model.blocks):
+            x = self._layer(block, x, pool.att_shift[i], pool.wkv[i], pool.ffn_shift[i], slots)
+        return model.head(model.ln_out(x)).float()
+
+    def _capture_graphs(self):
+        """Compile (once) and capture one CUDA graph per bucket. Runs while the pool is unused: the
+        warm-up steps write to slots that `allocate` resets before handing them out."""
+        for bucket in self.buckets:
+            ids = torch.zeros(bucket, dtype=torch.long, device=self.device)
+            slots = torch.arange(bucket, device=self.device)
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side), torch.no_grad():
+                for _ in range(2):
+                    self._step(ids, slots)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph), torch.no_grad():
+                logits = self._step(ids, slots)
+            self._graphs[bucket] = (graph, ids, slots, logits)
+
+    def _check_slots(self, slots):
+        if len(set(slots)) != len(slots):
+            raise ValueError(f"slots must be distinct, got {list(slots)}")
+        for s in slots:
+            if s in self._free or not 0 <= s < self.max_batch:
+                raise ValueError(f"slot {s} is not allocated")

@@ -1,0 +1,92 @@
+"""The engine on the GPU (skipped without CUDA), compiled and captured as CUDA graphs, against the plain
+model token by token: fp32 greedy tokens equal for 256 steps (Eagle and Finch, sequences joining and
+leaving a running batch); bf16 logits within a stated tolerance of the fp32 model; a sequence's
+output independent of its batch companions. Run on the device: python -m pytest -q tests/gpu"""
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    pytest.skip("needs CUDA", allow_module_level=True)
+
+from eaglefinch.rwkv_core import RWKV                                   # noqa: E402
+from eaglefinch.rwkv_core.checkpoint import infer_config                # noqa: E402
+from eaglefinch.rwkv_core.engine import Engine                          # noqa: E402
+
+from ..core.official_ckpt import random_official_state_dict             # noqa: E402
+from ..core.test_engine import check_joining_batch, reference_greedy    # noqa: E402
+
+# every engine here compiles the layer step for its own model (dtype, arch): more than dynamo's default
+# of 8 versions of one function per process
+torch._dynamo.config.cache_size_limit = 64
+
+BF16_LOGIT_TOL = 0.03   # max |bf16 - fp32| / max |fp32| over a step's logits (the fp32 plain model)
+
+
+def gpu_model(arch, dtype, tuned=False, seed=0):
+    sd = random_official_state_dict(arch, n_layer=4, n_embd=256, vocab_size=1000, head_size=64, mix_lora=32,
+                                    decay_lora=64, decay="typical", tuned_state=tuned, seed=seed)
+    model = RWKV(infer_config(sd))
+    model.load_state_dict(sd)
+    return model.to("cuda", dtype).eval()
+
+
+@pytest.mark.parametrize("arch,tuned", [("eagle", False), ("finch", False), ("finch", True)])
+def test_graphed_engine_greedy_equals_plain_model_fp32(arch, tuned):
+    model = gpu_model(arch, torch.float32, tuned)
+    engine_kinds = []
+
+    def make(m, n):
+        engine = Engine(m, max_batch=n, prefill_tokens=16)
+        assert engine.cuda_graphs and engine.compile
+        engine_kinds.append(engine)
+        return engine
+    check_joining_batch(model, make, rtol=1e-3, atol=1e-3)
+    assert engine_kinds[0]._graphs, "decode did not run as CUDA graphs"
+
+
+@pytest.mark.parametrize("arch", ["eagle", "finch"])
+def test_bf16_engine_logits_within_tolerance_of_fp32(arch):
+    ref_model = gpu_model(arch, torch.float32)
+    model = gpu_model(arch, torch.bfloat16)
+    prompt = list(range(3, 40))
+    tokens, ref_logits = reference_greedy(ref_model, prompt, 64, "cuda")
+    engine = Engine(model, max_batch=4)
+    slot = engine.allocate(1)
+    logits = engine.prefill(slot, [prompt])
+    errs = []
+    for t, token in enumerate(tokens):   # teacher-forced: the fp32 model's tokens
+        errs.append(((logits[0] - ref_logits[t]).abs().max() / ref_logits[t].abs().max()).item())
+        logits = engine.decode(slot, [token])
+    print(f"{arch}: bf16 engine vs fp32 model, max relative logit error over 64 steps {max(errs):.4f}")
+    assert max(errs) <= BF16_LOGIT_TOL
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, BF16_LOGIT_TOL)])
+def test_a_sequence_does_not_depend_on_its_batch_companions(dtype, tol):
+    """The same prompt and tokens alone (bucket 1) and at row 13 of a batch of 20 (bucket 32, padded
+    with scratch slots): the same logits, to fp32 precision or within the bf16 tolerance (the batch
+    changes the matrix kernels' blocking, so 16-bit results round differently)."""
+    model = gpu_model("finch", dtype, seed=5)
+    engine = Engine(model, max_batch=32)
+    prompt = [5, 6, 7, 8]
+    solo = engine.allocate(1)
+    logits = engine.prefill(solo, [prompt])
+    tokens, alone = [], []
+    for _ in range(48):
+        alone.append(logits[0])
+        tokens.append(int(logits[0].argmax()))
+        logits = engine.decode(solo, tokens[-1:])
+    engine.release(solo)
+    slots = engine.allocate(20)
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(0, 1000, (int(n),), generator=g).tolist() for n in torch.randint(1, 30, (20,), generator=g)]
+    prompts[13] = prompt
+    logits = engine.prefill(slots, prompts)
+    errs = []
+    for t in range(48):
+        errs.append(((logits[13] - alone[t]).abs().max() / alone[t].abs().max()).item())
+        ids = logits.argmax(-1)
+        ids[13] = tokens[t]
+        logits = engine.decode(slots, ids)
+    print(f"{dtype}: alone vs in a batch of 20, max relative logit difference {max(errs):.2e}")
+    assert max(errs) <= tol
