@@ -20,8 +20,9 @@ a step costs one launch. On the CPU the same step runs eagerly. Its slow obvious
 import torch
 from tqdm import tqdm
 
-from eaglefinch.kernels import wkv_decode_ as _wkv_decode_
+from eaglefinch.kernels import wkv_decode_
 
+from .model import last_positions
 from .state import RWKVState
 
 
@@ -76,9 +77,10 @@ def batch_buckets(max_batch: int) -> list[int]:
     return buckets + [max_batch]
 
 
-@torch.compiler.disable  # a Triton kernel that writes the pool in place: called as is, between compiled parts
-def wkv_decode_(*args):
-    return _wkv_decode_(*args)
+def prefill_layer(block, x, att_shift, wkv_state, ffn_shift, cu_seqlens):
+    """A packed chunk of prompts through one block: the model's own forward, compiled per layer call
+    (the WKV op in the middle runs as is)."""
+    return block(x, att_shift, wkv_state, ffn_shift, cu_seqlens)
 
 
 def decode_layer(block, x, att_shift, wkv_state, ffn_shift, slots):
@@ -134,7 +136,9 @@ class Engine:
         self.scratch = list(range(max_batch, max_batch + n_scratch))
         self.pool = StatePool(model, max_batch + n_scratch)
         self._free = list(range(max_batch))
-        self._layer = torch.compile(decode_layer) if self.compile else decode_layer
+        # one compiled version of each layer function serves every layer (the weights are inputs)
+        self._decode_layer = torch.compile(decode_layer) if self.compile else decode_layer
+        self._prefill_layer = torch.compile(prefill_layer, dynamic=True) if self.compile else prefill_layer
         self._graphs = {}
         if self.cuda_graphs:
             self._capture_graphs()
@@ -205,13 +209,20 @@ class Engine:
         return self.model.head(torch.stack(last_hidden)).float()
 
     def _prefill_packed(self, slots, pieces):
-        """One packed forward of the pieces, from and back into the slots; the last hidden of each [S, C]."""
-        lengths = torch.tensor([0] + [len(p) for p in pieces])
-        cu_seqlens = lengths.cumsum(0).to(self.device)
+        """One packed forward of the pieces, from and back into the slots; the last hidden of each [S, C].
+        The model's forward_hidden with cu_seqlens, layer by layer through the compiled block."""
+        model, pool = self.model, self.pool
+        cu_seqlens = torch.tensor([0] + [len(p) for p in pieces]).cumsum(0).to(self.device)
         idx = torch.tensor([t for p in pieces for t in p], device=self.device)[None]
-        hidden, state = self.model.forward_hidden(idx, self.pool.read(slots), cu_seqlens=cu_seqlens)
-        self.pool.write(slots, state)
-        return hidden[0, cu_seqlens[1:] - 1]
+        index = pool._index(slots)
+        x = model.blocks[0].ln0(model.emb(idx))
+        for i, block in enumerate(model.blocks):
+            x, att_shift, wkv_state, ffn_shift = self._prefill_layer(
+                block, x, pool.att_shift[i, index], pool.wkv[i, index], pool.ffn_shift[i, index], cu_seqlens)
+            pool.att_shift[i].index_copy_(0, index, att_shift)
+            pool.wkv[i].index_copy_(0, index, wkv_state)
+            pool.ffn_shift[i].index_copy_(0, index, ffn_shift)
+        return model.ln_out(last_positions(x, cu_seqlens))
 
     # ---- decode ------------------------------------------------------------------------------
     @torch.no_grad()
@@ -241,7 +252,7 @@ class Engine:
         model, pool = self.model, self.pool
         x = model.blocks[0].ln0(model.emb(ids))
         for i, block in enumerate(model.blocks):
-            x = self._layer(block, x, pool.att_shift[i], pool.wkv[i], pool.ffn_shift[i], slots)
+            x = self._decode_layer(block, x, pool.att_shift[i], pool.wkv[i], pool.ffn_shift[i], slots)
         return model.head(model.ln_out(x)).float()
 
     def _capture_graphs(self):

@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from eaglefinch.kernels import wkv
+from eaglefinch.kernels import host_offsets, wkv
 
 from .config import RWKVConfig
 from .state import RWKVState
@@ -62,10 +62,11 @@ def check_cu_seqlens(cu_seqlens, B, T):
     """The number of packed sequences S of offsets [S + 1]; refuses what is not B = 1, 0 < ... < T."""
     if B != 1 or cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
         raise ValueError("cu_seqlens needs B = 1 and offsets [0, ..., T] of at least one sequence")
-    lengths = cu_seqlens[1:] - cu_seqlens[:-1]
-    if int(cu_seqlens[0]) != 0 or int(cu_seqlens[-1]) != T or not bool((lengths > 0).all()):
+    offsets = host_offsets(cu_seqlens)   # the host copy the WKV op reuses in every layer: one sync
+    lengths = offsets[1:] - offsets[:-1]
+    if int(offsets[0]) != 0 or int(offsets[-1]) != T or not bool((lengths > 0).all()):
         raise ValueError(f"cu_seqlens must rise from 0 to T = {T} with every sequence non-empty, "
-                         f"got {cu_seqlens.tolist()}")
+                         f"got {offsets.tolist()}")
     return cu_seqlens.numel() - 1
 
 

@@ -284,7 +284,7 @@ class BatchSampler:
         self.device = self.counts.device
         # host copies of the settings: the flags that pick the work in `sample` must not read the device
         self._configs: list[SamplerConfig | None] = [None] * self.max_rows
-        self.any_truncating = self.any_greedy = self.any_sampling = False
+        self.any_truncating = self.any_greedy = self.any_sampling = self.any_penalty = self.any_banned = False
 
     def configure(self, row: int, cfg: SamplerConfig, seed: int) -> None:
         """Give `row` its settings and seed; resets its penalty counts and step counter."""
@@ -314,6 +314,9 @@ class BatchSampler:
         self.any_truncating = any(c.top_k > 0 or c.top_p < 1 for c in configs)
         self.any_greedy = any(c.temperature == 0 for c in configs)
         self.any_sampling = any(c.temperature > 0 for c in configs)
+        # without penalties the counts change nothing (x - 0 * count = x): not kept, one pass less
+        self.any_penalty = any(c.presence_penalty != 0 or c.frequency_penalty != 0 for c in configs)
+        self.any_banned = any(len(c.banned_tokens) > 0 for c in configs)
 
     def sample(self, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """Draw one id for each of `rows` and record it (penalty counts, step += 1).
@@ -373,8 +376,12 @@ class BatchSampler:
         _require(self.configured[rows], "a row is not configured: call configure(row, cfg, seed) first")
         # Penalties.apply's products and sum in its dtypes (bit for bit: IEEE + and * commute),
         # in place on fresh tensors to spare [n, V] temporaries
-        penalties = self.counts[rows].mul_(self.frequency[rows, None]).add_(self.presence[rows, None] * self.seen[rows])
-        return (logits - penalties).double().masked_fill_(self.banned[rows], float("-inf"))
+        if self.any_penalty:
+            penalties = self.counts[rows].mul_(self.frequency[rows, None]).add_(self.presence[rows, None] * self.seen[rows])
+            scores = (logits - penalties).double()
+        else:
+            scores = logits.to(torch.float64, copy=True)
+        return scores.masked_fill_(self.banned[rows], float("-inf")) if self.any_banned else scores
 
     def _sampling_weights(self, scores: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """softmax(scores / T) with each row's top-k / top-p prefix kept and the rest zeroed, unnormalised.
@@ -397,8 +404,9 @@ class BatchSampler:
 
     def _record(self, rows: torch.Tensor, ids: torch.Tensor) -> None:
         """Count each row's new id as Penalties.update does, and advance the rows' steps."""
-        counts = self.counts[rows] * self.penalty_decay[rows, None]
-        counts.scatter_add_(-1, ids[:, None], self.increment[ids][:, None])
-        self.counts.index_copy_(0, rows, counts)
-        self.seen.index_put_((rows, ids), torch.ones_like(ids, dtype=torch.bool))
+        if self.any_penalty:
+            counts = self.counts[rows] * self.penalty_decay[rows, None]
+            counts.scatter_add_(-1, ids[:, None], self.increment[ids][:, None])
+            self.counts.index_copy_(0, rows, counts)
+            self.seen.index_put_((rows, ids), torch.ones_like(ids, dtype=torch.bool))
         self.step.index_add_(0, rows, torch.ones_like(rows))

@@ -9,7 +9,7 @@ import torch
 from .chunk_torch import wkv_chunked
 from .naive import wkv_reference
 
-__all__ = ["wkv", "wkv_decode_", "wkv_reference", "wkv_chunked", "BACKENDS"]
+__all__ = ["wkv", "wkv_decode_", "wkv_reference", "wkv_chunked", "host_offsets", "BACKENDS"]
 
 BACKENDS = ("auto", "reference", "torch", "triton")
 
@@ -25,9 +25,22 @@ def _resolve(backend, x):
     return backend
 
 
+def host_offsets(cu_seqlens):
+    """cu_seqlens on the host, copied once per tensor (kept on the tensor, with the version it was
+    copied at): a packed forward hands the same offsets to every layer, so it costs one device sync
+    per forward instead of one per layer."""
+    if cu_seqlens.device.type == "cpu":
+        return cu_seqlens
+    version, copy = getattr(cu_seqlens, "_host_copy", (None, None))
+    if version != cu_seqlens._version:
+        copy = cu_seqlens.cpu()
+        cu_seqlens._host_copy = (cu_seqlens._version, copy)
+    return copy
+
+
 def _per_sequence(fn, r, k, v, w_log, u, state, cu_seqlens):
     """Packed sequences through an unpacked backend: one call per sequence (reference/torch paths)."""
-    bounds = cu_seqlens.tolist()
+    bounds = host_offsets(cu_seqlens).tolist()
     outs, states = [], []
     for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
         w_i = w_log if w_log.dim() == 2 else w_log[:, a:b]
@@ -37,6 +50,9 @@ def _per_sequence(fn, r, k, v, w_log, u, state, cu_seqlens):
     return torch.cat(outs, dim=1), torch.cat(states, dim=0)
 
 
+# Both ops launch Triton kernels from host code (index tables, launch settings): torch.compile calls
+# them as they are, between compiled parts, instead of tracing into them.
+@torch.compiler.disable
 def wkv(r, k, v, w_log, u, state=None, backend="auto", *, cu_seqlens=None, chunk_size=None,
         launch=None):
     """The WKV recurrence of Eagle/Finch over a sequence, with an explicit state.
@@ -65,11 +81,12 @@ def wkv(r, k, v, w_log, u, state=None, backend="auto", *, cu_seqlens=None, chunk
     B, T, H, N = r.shape
     if u.shape != (H, N):
         raise ValueError(f"wkv: u must be [H, N] = [{H}, {N}], got {tuple(u.shape)}")
-    S = B
+    S, offsets = B, None
     if cu_seqlens is not None:
-        if B != 1 or cu_seqlens.dim() != 1 or int(cu_seqlens[-1]) != T or int(cu_seqlens[0]) != 0:
+        offsets = host_offsets(cu_seqlens)
+        if B != 1 or offsets.dim() != 1 or int(offsets[-1]) != T or int(offsets[0]) != 0:
             raise ValueError("wkv: cu_seqlens needs B = 1 and offsets [0, ..., T]")
-        S = cu_seqlens.numel() - 1
+        S = offsets.numel() - 1
     if state is not None and state.shape != (S, H, N, N):
         raise ValueError(f"wkv: state must be [{S}, {H}, {N}, {N}], got {tuple(state.shape)}")
     backend = _resolve(backend, r)
@@ -77,14 +94,15 @@ def wkv(r, k, v, w_log, u, state=None, backend="auto", *, cu_seqlens=None, chunk
         from .triton import DEFAULT_LAUNCH, chunk_wkv
         if T == 0:
             return wkv_chunked(r, k, v, w_log, u, state)
-        return chunk_wkv(r, k, v, w_log, u, state, cu_seqlens=cu_seqlens, chunk_size=chunk_size or 64,
-                         launch=DEFAULT_LAUNCH if launch is None else launch)
+        return chunk_wkv(r, k, v, w_log, u, state, cu_seqlens=cu_seqlens, cu_seqlens_cpu=offsets,
+                         chunk_size=chunk_size or 64, launch=DEFAULT_LAUNCH if launch is None else launch)
     fn = wkv_reference if backend == "reference" else wkv_chunked
     if cu_seqlens is not None:
         return _per_sequence(fn, r, k, v, w_log, u, state, cu_seqlens)
     return fn(r, k, v, w_log, u, state)
 
 
+@torch.compiler.disable
 def wkv_decode_(r, k, v, w_log, u, state, state_idx=None, backend="auto"):
     """Advance `state` in place by the T (usually 1) tokens of each sequence; returns out [B, T, H, N].
 

@@ -68,6 +68,14 @@ def test_engine_greedy_equals_plain_model_for_256_steps(arch, tuned):
     check_joining_batch(model, lambda m, n: Engine(m, max_batch=n, prefill_tokens=16))
 
 
+@pytest.mark.slow
+def test_compiled_engine_equals_plain_model():
+    """The GPU's compiled layer steps (prefill and decode, torch.compile; here its CPU backend) give
+    the plain model's tokens too; CUDA graphs are tested in tests/gpu."""
+    model = random_model("finch", seed=2)
+    check_joining_batch(model, lambda m, n: Engine(m, max_batch=n, prefill_tokens=16, compile=True))
+
+
 def test_prefill_packs_and_splits_prompts_exactly_and_states_round_trip():
     model = random_model("finch", seed=2)
     prompts = [[1, 2, 3, 4, 5, 6, 7], [8], [9, 10, 11]]

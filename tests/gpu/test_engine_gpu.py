@@ -19,7 +19,11 @@ from ..core.test_engine import check_joining_batch, reference_greedy    # noqa: 
 # of 8 versions of one function per process
 torch._dynamo.config.cache_size_limit = 64
 
-BF16_LOGIT_TOL = 0.03   # max |bf16 - fp32| / max |fp32| over a step's logits (the fp32 plain model)
+# bf16 against the fp32 model: max |bf16 - fp32| / max |fp32| over a step's logits. The engine may
+# round differently from the plain bf16 model (fused operations, other matmul kernels) but must be no
+# worse than it by more than twice, and never beyond BF16_LOGIT_TOL.
+BF16_LOGIT_TOL = 0.05
+BF16_VS_PLAIN = 2.0
 
 
 def gpu_model(arch, dtype, tuned=False, seed=0):
@@ -28,6 +32,10 @@ def gpu_model(arch, dtype, tuned=False, seed=0):
     model = RWKV(infer_config(sd))
     model.load_state_dict(sd)
     return model.to("cuda", dtype).eval()
+
+
+def relative_error(logits, ref):
+    return ((logits.float() - ref).abs().max() / ref.abs().max()).item()
 
 
 @pytest.mark.parametrize("arch,tuned", [("eagle", False), ("finch", False), ("finch", True)])
@@ -53,12 +61,21 @@ def test_bf16_engine_logits_within_tolerance_of_fp32(arch):
     engine = Engine(model, max_batch=4)
     slot = engine.allocate(1)
     logits = engine.prefill(slot, [prompt])
-    errs = []
+    with torch.no_grad():   # the plain bf16 model on the same tokens
+        plain, state = model(torch.tensor([prompt], device="cuda"))
+        plain = plain[0, -1]
+    engine_errs, plain_errs = [], []
     for t, token in enumerate(tokens):   # teacher-forced: the fp32 model's tokens
-        errs.append(((logits[0] - ref_logits[t]).abs().max() / ref_logits[t].abs().max()).item())
+        engine_errs.append(relative_error(logits[0], ref_logits[t]))
+        plain_errs.append(relative_error(plain, ref_logits[t]))
         logits = engine.decode(slot, [token])
-    print(f"{arch}: bf16 engine vs fp32 model, max relative logit error over 64 steps {max(errs):.4f}")
-    assert max(errs) <= BF16_LOGIT_TOL
+        with torch.no_grad():
+            plain, state = model(torch.tensor([[token]], device="cuda"), state)
+            plain = plain[0, -1]
+    print(f"{arch}: max relative logit error against the fp32 model over 64 steps: bf16 engine "
+          f"{max(engine_errs):.4f}, plain bf16 model {max(plain_errs):.4f}")
+    assert max(engine_errs) <= BF16_LOGIT_TOL
+    assert max(engine_errs) <= BF16_VS_PLAIN * max(plain_errs)
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, BF16_LOGIT_TOL)])

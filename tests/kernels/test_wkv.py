@@ -90,3 +90,19 @@ def test_given_state_is_not_modified_and_errors_are_clear():
         wkv(r, k, v, w_log, u[None], state)
     with pytest.raises(ValueError, match="unknown backend"):
         wkv(r, k, v, w_log, u, state, backend="nope")
+
+
+def test_host_offsets_copies_each_offsets_tensor_once_and_again_after_a_change(monkeypatch):
+    """A packed forward hands the same cu_seqlens to every layer: the host copy is made once (one
+    device sync per forward); an in-place change makes a fresh one."""
+    from eaglefinch.kernels import host_offsets
+    cu = torch.tensor([0, 3, 7])
+    assert host_offsets(cu) is cu   # already on the host: no copy
+    copies = []
+    monkeypatch.setattr(torch.Tensor, "cpu", lambda self: copies.append(1) or torch.tensor([0, 3, 7]))
+    on_device = torch.tensor([0, 3, 7], device="meta")   # stands for a GPU tensor: its copies are counted
+    first = host_offsets(on_device)
+    assert host_offsets(on_device) is first and len(copies) == 1
+    on_device.add_(0)   # an in-place change bumps the version
+    second = host_offsets(on_device)
+    assert second is not first and len(copies) == 2 and second.tolist() == [0, 3, 7]
