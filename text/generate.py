@@ -30,30 +30,52 @@ def generate_text(model, prompts, max_new_tokens, sampler=SamplerConfig(), *, to
         banned = tuple(sampler.banned_tokens) + tuple(range(tokenizer.id_limit, V))
         sampler = dataclasses.replace(sampler, banned_tokens=banned)
     gen = Generation(model, ids, max_new_tokens, sampler, state=state, stop_ids=stop_ids, seed=seed, progress=progress)
-    decoders = [StreamDecoder(tokenizer) for _ in prompts]
-    texts = [""] * len(prompts)
-    emitted = [0] * len(prompts)
-    hold = max((len(s) for s in stop), default=1) - 1
-
-    def emit(row, upto):
-        if on_text and upto > emitted[row]:
-            on_text(row, texts[row][emitted[row]:upto])
-        emitted[row] = max(emitted[row], upto)
-
+    streams = [TextStream(tokenizer, stop) for _ in prompts]
     for step in gen:
         for row, token in enumerate(step):
             if token is None:
                 continue
-            texts[row] += decoders[row].feed([token])
-            cut = min((i for i in (texts[row].find(s) for s in stop) if i >= 0), default=-1)
-            if cut >= 0:
-                texts[row] = texts[row][:cut]
+            piece = streams[row].feed(token)
+            if streams[row].stopped:
                 gen.finish(row)
-                emit(row, cut)
-            else:
-                emit(row, len(texts[row]) - hold)
-    for row in range(len(prompts)):
-        if not any(s in texts[row] for s in stop):
-            texts[row] += decoders[row].flush()
-        emit(row, len(texts[row]))
-    return texts, gen.state
+            if piece and on_text:
+                on_text(row, piece)
+    for row, stream in enumerate(streams):
+        piece = stream.finish()
+        if piece and on_text:
+            on_text(row, piece)
+    return [stream.text for stream in streams], gen.state
+
+
+class TextStream:
+    """One sequence's token ids in, its text out as it can be shown: characters completed across
+    tokens (UTF-8), the text cut at the first stop string (which is never shown), and text that
+    might be the start of a stop string held back until that is decided."""
+
+    def __init__(self, tokenizer, stop=()):
+        self.decoder = StreamDecoder(tokenizer)
+        self.stop = [s for s in stop if s]
+        self.hold = max((len(s) for s in self.stop), default=1) - 1
+        self.text = ""        # everything so far (after a stop: up to it)
+        self.stopped = False  # a stop string appeared
+        self._shown = 0
+
+    def feed(self, token) -> str:
+        """The new text that may be shown now (often ""); sets `stopped` at a stop string."""
+        self.text += self.decoder.feed([token])
+        cut = min((i for i in (self.text.find(s) for s in self.stop) if i >= 0), default=-1)
+        if cut >= 0:
+            self.text, self.stopped = self.text[:cut], True
+            return self._show(cut)
+        return self._show(len(self.text) - self.hold)
+
+    def finish(self) -> str:
+        """The text still held back, at the sequence's end."""
+        if not self.stopped:
+            self.text += self.decoder.flush()
+        return self._show(len(self.text))
+
+    def _show(self, upto):
+        piece = self.text[self._shown:upto] if upto > self._shown else ""
+        self._shown = max(self._shown, upto)
+        return piece
