@@ -16,6 +16,8 @@ def build_parser():
     from eaglefinch.visual.cli import add_commands as add_visual
     add_visual(domains.add_parser("visual", help="image-to-text models: shapes, prepare, clip-train, train, caption, eval",
                                   parents=[common]), common)
+    from eaglefinch.serve.cli import add_command as add_serve
+    add_serve(domains.add_parser("serve", help="an OpenAI-compatible HTTP server for a text model", parents=[common]))
     return parser
 
 

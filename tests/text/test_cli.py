@@ -19,15 +19,8 @@ TINY = dict(arch="finch", n_layer=2, n_embd=32, head_size=16, mix_lora_dim=4, de
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    model = RWKV(RWKVConfig(**TINY))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.2)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
-    save_model(model, path)
-    return path
+def checkpoint(tiny_world_checkpoint):
+    return tiny_world_checkpoint
 
 
 def test_generate_streams_and_seed_reproduces(checkpoint, capsys, tmp_path):
