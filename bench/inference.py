@@ -245,7 +245,7 @@ def gpu(args):
         res["profile_prefill_1x1024"] = profile_prefill(engine, 1, 1024)
         res["profile_prefill_16x1024"] = profile_prefill(engine, 16, 1024)
         print(json.dumps({k: v for k, v in res.items() if k.startswith("profile")}, indent=1), flush=True)
-    del engine
+    engine = None   # its pool and graphs go before the package loads
     torch.cuda.empty_cache()
 
     with tempfile.TemporaryDirectory() as tmp:
