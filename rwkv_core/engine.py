@@ -78,8 +78,8 @@ def batch_buckets(max_batch: int) -> list[int]:
 
 
 def prefill_layer(block, x, att_shift, wkv_state, ffn_shift, cu_seqlens):
-    """A packed chunk of prompts through one block: the model's own forward, compiled per layer call
-    (the WKV op in the middle runs as is)."""
+    """A packed chunk of prompts through one block: the block's own forward, as a plain function so
+    that one compiled version serves every layer (the WKV op in the middle runs as is)."""
     return block(x, att_shift, wkv_state, ffn_shift, cu_seqlens)
 
 
@@ -135,7 +135,7 @@ class Engine:
         n_scratch = max(b - a - 1 for a, b in zip([0] + self.buckets, self.buckets))
         self.scratch = list(range(max_batch, max_batch + n_scratch))
         self.pool = StatePool(model, max_batch + n_scratch)
-        self._free = list(range(max_batch))
+        self._in_use = set()
         # one compiled version of each layer function serves every layer (the weights are inputs)
         self._decode_layer = torch.compile(decode_layer) if self.compile else decode_layer
         self._prefill_layer = torch.compile(prefill_layer, dynamic=True) if self.compile else prefill_layer
@@ -146,14 +146,15 @@ class Engine:
     # ---- slots -------------------------------------------------------------------------------
     @property
     def free_slots(self) -> int:
-        return len(self._free)
+        return self.max_batch - len(self._in_use)
 
     def allocate(self, n: int = 1, state: RWKVState | None = None) -> list[int]:
-        """Take n free slots, set to the model's initial state (or to `state`, for n sequences)."""
-        if n > len(self._free):
-            raise RuntimeError(f"the engine holds {self.max_batch} sequences and {self.max_batch - len(self._free)} "
+        """Take n free slots (the lowest), set to the model's initial state (or to `state`, for n sequences)."""
+        if n > self.free_slots:
+            raise RuntimeError(f"the engine holds {self.max_batch} sequences and {len(self._in_use)} "
                                f"are in use: cannot add {n} (make the engine with a larger max_batch)")
-        slots, self._free = self._free[:n], self._free[n:]
+        slots = [s for s in range(self.max_batch) if s not in self._in_use][:n]
+        self._in_use.update(slots)
         if state is None:
             self.pool.reset(slots)
         else:
@@ -162,10 +163,8 @@ class Engine:
 
     def release(self, slots) -> None:
         """Give slots back (their states are dropped)."""
-        for s in slots:
-            if s in self._free or not 0 <= s < self.max_batch:
-                raise ValueError(f"slot {s} is not in use")
-            self._free.append(s)
+        self._check_slots(slots)
+        self._in_use.difference_update(slots)
 
     def read_state(self, slots) -> RWKVState:
         """A copy of the slots' states (to save, fork or cache a sequence)."""
@@ -209,20 +208,13 @@ class Engine:
         return self.model.head(torch.stack(last_hidden)).float()
 
     def _prefill_packed(self, slots, pieces):
-        """One packed forward of the pieces, from and back into the slots; the last hidden of each [S, C].
-        The model's forward_hidden with cu_seqlens, layer by layer through the compiled block."""
-        model, pool = self.model, self.pool
+        """One packed forward of the pieces, from and back into the slots; the last hidden of each [S, C]."""
         cu_seqlens = torch.tensor([0] + [len(p) for p in pieces]).cumsum(0).to(self.device)
         idx = torch.tensor([t for p in pieces for t in p], device=self.device)[None]
-        index = pool._index(slots)
-        x = model.blocks[0].ln0(model.emb(idx))
-        for i, block in enumerate(model.blocks):
-            x, att_shift, wkv_state, ffn_shift = self._prefill_layer(
-                block, x, pool.att_shift[i, index], pool.wkv[i, index], pool.ffn_shift[i, index], cu_seqlens)
-            pool.att_shift[i].index_copy_(0, index, att_shift)
-            pool.wkv[i].index_copy_(0, index, wkv_state)
-            pool.ffn_shift[i].index_copy_(0, index, ffn_shift)
-        return model.ln_out(last_positions(x, cu_seqlens))
+        hidden, state = self.model.forward_hidden(idx, self.pool.read(slots), cu_seqlens=cu_seqlens,
+                                                  layer=self._prefill_layer)
+        self.pool.write(slots, state)
+        return last_positions(hidden, cu_seqlens)
 
     # ---- decode ------------------------------------------------------------------------------
     @torch.no_grad()
@@ -276,5 +268,5 @@ class Engine:
         if len(set(slots)) != len(slots):
             raise ValueError(f"slots must be distinct, got {list(slots)}")
         for s in slots:
-            if s in self._free or not 0 <= s < self.max_batch:
-                raise ValueError(f"slot {s} is not allocated")
+            if s not in self._in_use:
+                raise ValueError(f"slot {s} is not in use (not allocated, or released)")

@@ -297,7 +297,8 @@ class RWKV(nn.Module):
         wkv_state = torch.stack([b.att.initial_wkv(batch_size, device) for b in self.blocks])
         return RWKVState(shift, wkv_state, shift.clone())
 
-    def forward_hidden(self, idx=None, state=None, *, embeds=None, reverse_span=None, cu_seqlens=None):
+    def forward_hidden(self, idx=None, state=None, *, embeds=None, reverse_span=None, cu_seqlens=None,
+                       layer=None):
         """Returns (hidden [B, T, C] after ln_out, new state). Give `idx` [B, T] or `embeds` [B, T, C].
 
         cu_seqlens: S packed sequences of different lengths in one row (B = 1, no padding): int
@@ -305,7 +306,9 @@ class RWKV(nn.Module):
         for the S sequences. Each sequence is computed exactly as if it were run alone.
         reverse_span: (start, end) positions that odd-numbered blocks read backwards (flipped before
         the block, flipped back after): VisualRWKV's bidirectional scan of the image tokens. One
-        pair for the whole batch, or a list of one pair per sample."""
+        pair for the whole batch, or a list of one pair per sample.
+        layer: runs each block as `layer(block, x, att_shift, wkv, ffn_shift, cu_seqlens)` (the
+        inference engine passes a compiled one); default: the block itself."""
         if (idx is None) == (embeds is None):
             raise ValueError("give exactly one of idx [B, T] and embeds [B, T, C]")
         x = self.emb(idx) if embeds is None else embeds.to(self.emb.weight.dtype)
@@ -333,7 +336,7 @@ class RWKV(nn.Module):
             if self.grad_checkpointing and torch.is_grad_enabled():
                 out = torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)
             else:
-                out = block(*args)
+                out = block(*args) if layer is None else layer(block, *args)
             x = gather_positions(out[0], flip_index) if flip else out[0]
             att_shift.append(out[1]); wkv_state.append(out[2]); ffn_shift.append(out[3])
         new_state = RWKVState(torch.stack(att_shift), torch.stack(wkv_state), torch.stack(ffn_shift))

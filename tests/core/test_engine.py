@@ -123,6 +123,9 @@ def test_slot_bookkeeping_errors():
         engine.decode([slots[1]], [1])
     with pytest.raises(ValueError, match="not in use"):
         engine.release([slots[1]])
+    with pytest.raises(ValueError, match="distinct"):   # a slot given back twice at once
+        engine.release([slots[0], slots[0]])
+    assert engine.free_slots == 1
     with pytest.raises(ValueError, match="at least one token"):
         engine.prefill([slots[0]], [[]])
 
