@@ -16,7 +16,6 @@ knows token ids only; text, stop strings and HTTP belong to the server (`eaglefi
 import dataclasses
 import queue
 import threading
-import time
 from typing import Callable
 
 import torch
@@ -52,7 +51,6 @@ class Scheduler:
         self.waiting: queue.Queue[Request] = queue.Queue()
         self.active: dict[int, Request] = {}   # slot -> request
         self.tokens_generated = 0
-        self.started = time.monotonic()
         self._wake = threading.Event()
         self._closing = False
         self.error = None

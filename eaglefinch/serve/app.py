@@ -88,6 +88,7 @@ class Server:
         self.template = template
         self.banned = tuple(range(tokenizer.id_limit, self.vocab_size))  # head rows that are not tokens
         self.prompt_tokens_read = 0
+        self.created = int(time.time())
 
     def encode(self, text: str, param: str) -> list[int]:
         ids = self.tokenizer.encode(text)
@@ -182,7 +183,7 @@ def create_app(model, tokenizer, *, model_name="eaglefinch", max_batch=16, max_p
     @app.get("/v1/models")
     async def models():
         return {"object": "list", "data": [{"id": server.model_name, "object": "model",
-                                            "created": int(server.scheduler.started), "owned_by": "eaglefinch"}]}
+                                            "created": server.created, "owned_by": "eaglefinch"}]}
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics():
@@ -243,26 +244,26 @@ def create_app(model, tokenizer, *, model_name="eaglefinch", max_batch=16, max_p
                                           "model": server.model_name, "choices": [choice]}) + "\n\n"
 
         async def events():
-            out = asyncio.Queue()
+            out = asyncio.Queue()   # SSE events, then None
 
             async def push(index, piece, reason):
                 await out.put(chunk(index, piece, reason))
-            task = asyncio.create_task(server.run(ids, body, sampler, stops, push))
-            if chat:
-                for i in range(body.n):
-                    yield chunk(i, "", None, first=True)
-            try:
-                while not (task.done() and out.empty()):
-                    getter = asyncio.create_task(out.get())
-                    await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
-                    if getter.done():
-                        yield getter.result()
-                    else:
-                        getter.cancel()
-                if task.exception() is not None:
-                    e = task.exception()
+
+            async def produce():
+                try:
+                    await server.run(ids, body, sampler, stops, push)
+                except Exception as e:   # the stream has begun: the error goes in it, as OpenAI's does
                     message = e.message if isinstance(e, APIError) else str(e)
-                    yield "data: " + json.dumps({"error": {"message": message, "type": "server_error"}}) + "\n\n"
+                    await out.put("data: " + json.dumps({"error": {"message": message, "type": "server_error"}}) + "\n\n")
+                finally:
+                    out.put_nowait(None)
+            task = asyncio.create_task(produce())
+            try:
+                if chat:
+                    for i in range(body.n):
+                        yield chunk(i, "", None, first=True)
+                while (event := await out.get()) is not None:
+                    yield event
                 yield "data: [DONE]\n\n"
             finally:
                 task.cancel()   # the client went away: its requests leave the batch
