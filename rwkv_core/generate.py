@@ -7,7 +7,7 @@ import weakref
 import torch
 
 from .engine import Engine
-from .sampling import BatchSampler, SamplerConfig
+from .sampling import BatchSampler, SamplerConfig, random_seed
 from .state import RWKVState
 
 _shared_engines = weakref.WeakKeyDictionary()  # model -> (Engine, the weights it was made for)
@@ -76,7 +76,7 @@ class Generation:
         self.finished = [False] * B
         samplers = list(sampler) if isinstance(sampler, (list, tuple)) else [sampler] * B
         seeds = list(seed) if isinstance(seed, (list, tuple)) else [
-            (torch.seed() if seed is None else seed) + row for row in range(B)]
+            (random_seed() if seed is None else seed) + row for row in range(B)]
         if len(samplers) != B or len(seeds) != B:
             raise ValueError(f"give one sampler and one seed per sequence ({B}), or one for all")
         self.sampler = BatchSampler(B, self.logits.shape[-1], device=self.engine.device, uncounted_ids=uncounted_ids)

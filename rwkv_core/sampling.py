@@ -19,6 +19,7 @@ Deliberate differences from the official RWKV sampler (ChatRWKV `PIPELINE.sample
 * top_k and top_p are both measured on the full (tempered) distribution and the kept set is their
   intersection: the first min(top_k, n_p) ranked ids, n_p being top_p's prefix length.
 """
+import secrets
 from dataclasses import dataclass
 
 import torch
@@ -169,6 +170,11 @@ class Penalties:
 # ---- batched sampling on the device: per-row settings, counter-based random numbers
 
 SEED_LIMIT = 2**64 - 1  # seeds are 64-bit, as torch.manual_seed's
+
+
+def random_seed() -> int:
+    """A fresh 64-bit seed from the OS, for a generation given none (torch's global RNG is left alone)."""
+    return secrets.randbits(64)
 
 
 def _as_int64(value: int) -> int:

@@ -19,7 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from eaglefinch.rwkv_core.sampling import SEED_LIMIT, SamplerConfig
+from eaglefinch.rwkv_core.sampling import SEED_LIMIT, SamplerConfig, random_seed
 from eaglefinch.rwkv_core.scheduler import Scheduler
 from eaglefinch.text.generate import TextStream
 
@@ -105,7 +105,7 @@ class Server:
         A client that goes away (the task is cancelled) cancels its requests."""
         loop = asyncio.get_running_loop()
         events = asyncio.Queue()
-        seed = body.seed if body.seed is not None else int.from_bytes(uuid.uuid4().bytes[:8], "little")
+        seed = body.seed if body.seed is not None else random_seed()
         requests = []
         for index in range(body.n):
             def on_token(token, reason, index=index):

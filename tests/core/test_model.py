@@ -79,7 +79,7 @@ def test_embeds_and_hidden_match_ids_and_logits():
 
 def test_state_is_never_mutated_and_api():
     model = random_model("finch")
-    idx = torch.randint(0, 300, (4, 6))
+    idx = torch.randint(0, 300, (4, 6), generator=torch.Generator().manual_seed(0))   # not the test order's
     with torch.no_grad():
         _, state = model(idx)
         before = state.clone()
@@ -92,7 +92,8 @@ def test_state_is_never_mutated_and_api():
     with torch.no_grad():
         together, _ = model(idx[:, :1], state)
         alone, _ = model(idx[2:3, :1], state[2])
-    assert torch.allclose(alone[0], together[2], atol=1e-6)
+    # fp32, batch of 4 against 1: the matrix kernels block differently (seen up to 2e-6 on logits of size ~4)
+    assert torch.allclose(alone[0], together[2], rtol=1e-5, atol=1e-6)
     re = RWKVState.cat([state[i] for i in range(4)])
     assert torch.equal(re.wkv, state.wkv) and re.batch_size == 4
     assert state[torch.tensor([3, 1])].batch_size == 2
