@@ -112,7 +112,7 @@ class Engine:
         model: an RWKV model (its weights' dtype and device are the engine's: bf16 or fp16 on a GPU,
             fp32 on the CPU).
         max_batch: sequences held at once (slots). Each costs `pool.bytes_per_slot()` of memory
-            (Finch-1.6B: 13 MB).
+            (Finch-1.6B: 12.8 MB).
         cuda_graphs: capture the decode step as CUDA graphs (default: on CUDA).
         compile: torch.compile the layer step (default: on CUDA).
         prefill_tokens: tokens per prefill forward (prompts are packed, and long ones split, so a
