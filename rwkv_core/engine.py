@@ -207,6 +207,16 @@ class Engine:
         bar.close()
         return self.model.head(torch.stack(last_hidden)).float()
 
+    @torch.no_grad()
+    def prefill_embeds(self, slot, embeds, reverse_span=None) -> torch.Tensor:
+        """Feed one slot input embeddings [T, C] instead of token ids (an image's tokens, for a
+        visual model; `reverse_span` as the model's forward takes it); returns the last logits [V] fp32."""
+        self._check_slots([slot])
+        hidden, state = self.model.forward_hidden(embeds=embeds[None], state=self.pool.read([slot]),
+                                                  reverse_span=reverse_span, layer=self._prefill_layer)
+        self.pool.write([slot], state)
+        return self.model.head(hidden[0, -1]).float()
+
     def _prefill_packed(self, slots, pieces):
         """One packed forward of the pieces, from and back into the slots; the last hidden of each [S, C]."""
         cu_seqlens = torch.tensor([0] + [len(p) for p in pieces]).cumsum(0).to(self.device)

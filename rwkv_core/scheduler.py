@@ -1,19 +1,31 @@
 """Continuous batching: one thread runs the engine for requests that come and go at any time.
 
-    scheduler = Scheduler(model, max_batch=16)
+    scheduler = Scheduler(model, max_batch=16, cache_mb=512)
     request = scheduler.submit(prompt_ids, max_tokens=100, sampler=SamplerConfig(), seed=0,
                                on_token=lambda token, finish_reason: ...)
     request.cancel()            # from any thread: it leaves the batch at the next step
     scheduler.close()
 
-Between two decode steps, waiting requests join the batch (their prompts are prefilled together,
-packed) and finished or cancelled ones leave, so a request never waits for the others to end. It
-knows token ids only; text, stop strings and HTTP belong to the server (`eaglefinch.serve`).
+Each turn of the scheduler's loop admits waiting requests into free slots, runs one prefill forward
+(at most `prefill_chunk` prompt tokens, packed across the requests being read) and then one decode
+step of every running sequence. A long prompt is therefore read a chunk per step while the other
+streams go on, a request never waits for the others to end, and finished or cancelled ones leave
+at the next step.
+
+A prompt is a list of segments (message boundaries: token-id lists, or `ImageSegment`s for the
+embeddings of an image). The state after every segment is kept in a `PrefixCache` (an LRU bounded in
+bytes), keyed by a digest of the segments so far and of the initial state; a request whose first
+segments are cached starts from their state and reads only the rest. A prefill forward never
+crosses a segment boundary, so a cached state is exactly the state the prefill would reach.
+
+It knows token ids only; text, stop strings and HTTP belong to the server (`eaglefinch.serve`).
 `on_token(token, None)` is called from the scheduler's thread for every generated token, then
 `on_token(None, reason)` once, with reason "stop" (a stop id was sampled: it is not passed on),
 "length" (max_tokens), "cancelled" or "error".
 """
+import collections
 import dataclasses
+import hashlib
 import queue
 import threading
 from typing import Callable
@@ -22,17 +34,72 @@ import torch
 
 from .engine import Engine
 from .sampling import BatchSampler, SamplerConfig
+from .state import RWKVState
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ImageSegment:
+    """An image in a prompt: its pixels (read by the scheduler's `read_image` when the prefix up to
+    it is not cached), the number of positions it takes, and a digest of its content (the cache key)."""
+    pixels: torch.Tensor
+    length: int
+    digest: str
+
+    def __len__(self):
+        return self.length
+
+
+def segment_digests(segments, start: str = "") -> list[str]:
+    """The cache key after each segment: a chain of SHA-256 digests over the segments' contents."""
+    keys, key = [], hashlib.sha256(start.encode()).hexdigest()
+    for segment in segments:
+        h = hashlib.sha256(key.encode())
+        if isinstance(segment, ImageSegment):
+            h.update(b"image:" + segment.digest.encode())
+        else:
+            h.update(b"ids:" + ",".join(map(str, segment)).encode())
+        key = h.hexdigest()
+        keys.append(key)
+    return keys
+
+
+class PrefixCache:
+    """States after prompt prefixes, least recently used first out, within `max_bytes`."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.entries: collections.OrderedDict[str, tuple[RWKVState, torch.Tensor, int]] = collections.OrderedDict()
+        self.bytes = 0
+        self.hits = self.misses = 0
+
+    def get(self, key):
+        """(state, logits after it) or None; a hit becomes the most recently used."""
+        entry = self.entries.get(key)
+        if entry is None:
+            return None
+        self.entries.move_to_end(key)
+        return entry[0], entry[1]
+
+    def put(self, key, state: RWKVState, logits: torch.Tensor) -> None:
+        size = sum(t.numel() * t.element_size() for t in (state.att_shift, state.wkv, state.ffn_shift, logits))
+        if size > self.max_bytes or key in self.entries:
+            return
+        while self.bytes + size > self.max_bytes:
+            self.bytes -= self.entries.popitem(last=False)[1][2]
+        self.entries[key] = (state, logits, size)
+        self.bytes += size
 
 
 @dataclasses.dataclass(eq=False)
 class Request:
-    prompt: list[int]
+    prompt_tokens: int
     max_tokens: int
     sampler: SamplerConfig
     seed: int
     on_token: Callable
     stop_ids: frozenset = frozenset({0})
     generated: int = 0
+    cached_tokens: int = 0   # prompt positions read from the prefix cache instead of computed
     cancelled: bool = False
 
     def cancel(self):
@@ -40,32 +107,80 @@ class Request:
         self.cancelled = True
 
 
-class Scheduler:
-    """Runs `Engine(model, max_batch)` in a background thread for requests submitted from any thread."""
+@dataclasses.dataclass(eq=False)
+class _Group:
+    """Requests with one prompt (n > 1 forks one prefill), and where the reading of it stands."""
+    requests: list
+    segments: list
+    keys: list
+    initial: RWKVState | None
+    slots: list = None
+    segment: int = 0     # the segment being read
+    offset: int = 0      # positions of it read
 
-    def __init__(self, model, max_batch: int = 16, **engine_args):
+    @property
+    def cancelled(self):
+        return all(r.cancelled for r in self.requests)
+
+
+class Scheduler:
+    """Runs `Engine(model, max_batch)` in a background thread for requests submitted from any thread.
+
+    cache_mb: memory for the prefix cache (0: off). prefill_chunk: prompt positions read per step
+    (default: the engine's prefill_tokens). read_image(pixels) -> (embeds [T, C], reverse span or
+    None): how ImageSegments become inputs (a visual model's encoder and projector).
+    """
+
+    def __init__(self, model, max_batch: int = 16, *, cache_mb: float = 0, prefill_chunk=None,
+                 read_image=None, **engine_args):
         self.engine = Engine(model, max_batch=max_batch, **engine_args)
         V, device = model.cfg.vocab_size, self.engine.device
         self.sampler = BatchSampler(max_batch, V, device=device)
         self.next_logits = torch.zeros(max_batch, V, device=device)   # of each slot in use
-        self.waiting: queue.Queue[Request] = queue.Queue()
-        self.active: dict[int, Request] = {}   # slot -> request
+        self.cache = PrefixCache(int(cache_mb * 2 ** 20))
+        self.prefill_chunk = prefill_chunk or self.engine.prefill_tokens
+        self.read_image = read_image
+        self.waiting: queue.Queue[_Group] = queue.Queue()
+        self.reading: list[_Group] = []       # admitted, prompt being read
+        self.active: dict[int, Request] = {}  # slot -> request being decoded
         self.tokens_generated = 0
+        self.prompt_tokens_computed = 0       # prompt positions run through the model
+        self.cached_tokens = 0                # prompt positions read from the cache instead
         self._wake = threading.Event()
         self._closing = False
         self.error = None
         self._thread = threading.Thread(target=self._run, name="eaglefinch-scheduler", daemon=True)
         self._thread.start()
 
-    def submit(self, prompt, max_tokens, sampler, seed, on_token, stop_ids=(0,)) -> Request:
+    def submit(self, prompt, max_tokens, sampler, seed, on_token, stop_ids=(0,), **options) -> Request:
+        """One request; see `submit_group` for the arguments."""
+        return self.submit_group(prompt, max_tokens, sampler, [seed], [on_token], stop_ids, **options)[0]
+
+    def submit_group(self, prompt, max_tokens, sampler, seeds, on_tokens, stop_ids=(0,), *, initial_state=None,
+                     initial_key="") -> list[Request]:
+        """len(seeds) requests that continue one prompt, which is read once.
+
+        prompt: token ids, or a list of segments (token-id lists and ImageSegments) at whose ends
+        states are cached. initial_state: an RWKVState of one sequence to start from instead of the
+        model's initial state, and initial_key a name for it that is part of every cache key."""
         if self._closing:
             raise RuntimeError("the scheduler is closed")
-        if not prompt:
+        segments = [prompt] if prompt and isinstance(prompt[0], int) else [s for s in prompt if len(s)]
+        if not segments or not len(segments[0]):
             raise ValueError("every prompt needs at least one token")
-        request = Request(list(prompt), int(max_tokens), sampler, int(seed), on_token, frozenset(stop_ids))
-        self.waiting.put(request)
+        if len(seeds) > self.engine.max_batch:
+            raise ValueError(f"{len(seeds)} sequences at once, but the scheduler holds {self.engine.max_batch}")
+        if initial_state is not None and not initial_key:
+            raise ValueError("an initial_state needs an initial_key (a name for it in the cache keys)")
+        if any(isinstance(s, ImageSegment) for s in segments) and self.read_image is None:
+            raise ValueError("this scheduler's model reads no images")
+        total = sum(len(s) for s in segments)
+        requests = [Request(total, int(max_tokens), sampler, int(seed), on_token, frozenset(stop_ids))
+                    for seed, on_token in zip(seeds, on_tokens)]
+        self.waiting.put(_Group(requests, [s if isinstance(s, ImageSegment) else list(s) for s in segments],
+                                segment_digests(segments, initial_key), initial_state))
         self._wake.set()
-        return request
+        return requests
 
     @property
     def queue_length(self) -> int:
@@ -82,40 +197,119 @@ class Scheduler:
         try:
             while not self._closing:
                 self._admit()
-                if not self.active:
+                if self.reading:
+                    self._read_prompts()
+                if self.active:
+                    self._step()
+                elif not self.reading:
                     self._wake.wait(0.05)
                     self._wake.clear()
-                    continue
-                self._step()
         except BaseException as e:   # a failing step ends every request with "error", never silently
             self.error = e
         finally:
+            reason = "error" if self.error else "cancelled"
             for slot in list(self.active):
-                self._finish(slot, "error" if self.error else "cancelled")
+                self._finish(slot, reason)
+            for group in self.reading:
+                self._fail(group, reason)
             while not self.waiting.empty():
-                self._tell(self.waiting.get_nowait(), None, "error" if self.error else "cancelled")
+                self._fail(self.waiting.get_nowait(), reason, release=False)
 
     def _admit(self):
-        joining = []
-        while len(joining) < self.engine.free_slots and not self.waiting.empty():
-            request = self.waiting.get_nowait()
-            if request.cancelled:
-                self._tell(request, None, "cancelled")
+        """Waiting groups into free slots, starting from the longest cached prefix of their prompt."""
+        while not self.waiting.empty() and self.engine.free_slots >= len(self.waiting.queue[0].requests):
+            group = self.waiting.get_nowait()
+            if group.cancelled:
+                self._fail(group, "cancelled", release=False)
+                continue
+            n = len(group.requests)   # every fork's slot now; the prompt is read into the first
+            group.slots = self.engine.allocate(n, None if group.initial is None else RWKVState.cat([group.initial] * n))
+            k, hit = self._longest_cached_prefix(group)
+            if hit is None:
+                self.cache.misses += 1
             else:
-                joining.append(request)
-        if not joining:
+                self.cache.hits += 1
+                self.engine.write_state(group.slots[:1], hit[0])
+                group.segment = k
+                for request in group.requests:
+                    request.cached_tokens = sum(len(s) for s in group.segments[:k])
+                self.cached_tokens += group.requests[0].cached_tokens
+            if k == len(group.segments):
+                self._start(group, hit[1])
+            else:
+                self.reading.append(group)
+
+    def _longest_cached_prefix(self, group):
+        """(k, (state, logits)) of the longest prefix of k segments in the cache, or (0, None)."""
+        for k in range(len(group.segments), 0, -1):
+            hit = self.cache.get(group.keys[k - 1])
+            if hit is not None:
+                return k, hit
+        return 0, None
+
+    def _read_prompts(self):
+        """One prefill forward: the next pieces of the prompts being read, never past a segment's end."""
+        for group in [g for g in self.reading if g.cancelled]:
+            self.reading.remove(group)
+            self._fail(group, "cancelled")
+        budget, groups, pieces = self.prefill_chunk, [], []
+        for group in self.reading:
+            segment = group.segments[group.segment]
+            if isinstance(segment, ImageSegment):   # an image is read alone, whole (its span is scanned both ways)
+                if not pieces:
+                    self._read_image(group, segment)
+                    return
+                continue
+            piece = segment[group.offset:group.offset + budget]
+            if piece:
+                groups.append(group)
+                pieces.append(piece)
+                budget -= len(piece)
+            if budget <= 0:
+                break
+        if not pieces:
             return
-        slots = self.engine.allocate(len(joining))
         try:
-            logits = self.engine.prefill(slots, [r.prompt for r in joining])
+            logits = self.engine.prefill([g.slots[0] for g in groups], pieces)
         except Exception:   # a prompt the model cannot read fails its requests, not the scheduler
-            self.engine.release(slots)
-            for request in joining:
-                self._tell(request, None, "error")
+            for group in groups:
+                self.reading.remove(group)
+                self._fail(group, "error")
             return
-        for slot, request, row in zip(slots, joining, logits):
+        for group, piece, row in zip(groups, pieces, logits):
+            self._advance(group, len(piece), row)
+
+    def _read_image(self, group, segment):
+        try:
+            embeds, reverse_span = self.read_image(segment.pixels)
+            logits = self.engine.prefill_embeds(group.slots[0], embeds, reverse_span)
+        except Exception:
+            self.reading.remove(group)
+            self._fail(group, "error")
+            return
+        self._advance(group, len(segment), logits)
+
+    def _advance(self, group, n, logits):
+        """`n` more positions of the group's prompt read; at a segment's end its state is cached."""
+        self.prompt_tokens_computed += n
+        group.offset += n
+        if group.offset < len(group.segments[group.segment]):
+            return
+        group.segment, group.offset = group.segment + 1, 0
+        if self.cache.max_bytes:
+            self.cache.put(group.keys[group.segment - 1], self.engine.read_state(group.slots[:1]), logits.clone())
+        if group.segment == len(group.segments):
+            self.reading.remove(group)
+            self._start(group, logits)
+
+    def _start(self, group, logits):
+        """The prompt is read: each request of the group decodes from its own copy of the state."""
+        if len(group.slots) > 1:
+            state = self.engine.read_state(group.slots[:1])
+            self.engine.write_state(group.slots[1:], RWKVState.cat([state] * (len(group.slots) - 1)))
+        for slot, request in zip(group.slots, group.requests):
             self.sampler.configure(slot, request.sampler, request.seed)
-            self.next_logits[slot] = row
+            self.next_logits[slot] = logits
             self.active[slot] = request
             if request.max_tokens <= 0:
                 self._finish(slot, "length")
@@ -150,6 +344,12 @@ class Scheduler:
         request = self.active.pop(slot)
         self.engine.release([slot])
         self._tell(request, None, reason)
+
+    def _fail(self, group, reason, release=True):
+        if release:
+            self.engine.release(group.slots)
+        for request in group.requests:
+            self._tell(request, None, reason)
 
     @staticmethod
     def _tell(request, token, reason):
