@@ -17,7 +17,7 @@ def build_parser():
     add_visual(domains.add_parser("visual", help="image-to-text models: shapes, prepare, clip-train, train, caption, eval",
                                   parents=[common]), common)
     from eaglefinch.serve.cli import add_command as add_serve
-    add_serve(domains.add_parser("serve", help="an OpenAI-compatible HTTP server for a text model", parents=[common]))
+    add_serve(domains.add_parser("serve", help="an OpenAI-compatible HTTP server for a text, visual or music model", parents=[common]))
     return parser
 
 

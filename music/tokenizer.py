@@ -37,6 +37,7 @@ that this stays within one step too.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -430,7 +431,7 @@ class MidiTokenizer:
 
 
 def read_midi(source) -> mido.MidiFile:
-    """A `mido.MidiFile` from a path or a MidiFile, checked to be of type 0 or 1 with a metrical clock
+    """A `mido.MidiFile` from a path, the bytes of a file or a MidiFile, checked to be of type 0 or 1 with a metrical clock
     and no tempo of 0.
 
     Raises MidiError naming the file and the problem for a missing, unreadable, truncated or unusable file.
@@ -438,11 +439,12 @@ def read_midi(source) -> mido.MidiFile:
     if isinstance(source, mido.MidiFile):
         midi, name = source, source.filename or "MidiFile"
     else:
-        name = str(source)
-        if not os.path.isfile(name):
+        is_bytes = isinstance(source, (bytes, bytearray))
+        name = "the MIDI data" if is_bytes else str(source)
+        if not is_bytes and not os.path.isfile(name):
             raise MidiError(f"{name}: no such file")
         try:
-            midi = mido.MidiFile(name)
+            midi = mido.MidiFile(file=io.BytesIO(source)) if is_bytes else mido.MidiFile(name)
         except Exception as exc:  # mido raises OSError, EOFError, ValueError, KeyError, ... for bad bytes
             reason = str(exc) or type(exc).__name__
             if isinstance(exc, EOFError):

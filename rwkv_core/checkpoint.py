@@ -16,6 +16,7 @@ import torch
 from .config import DOMAINS, RWKVConfig
 from .files import atomic_path
 from .model import RWKV
+from .state import RWKVState
 
 
 class CheckpointError(ValueError):
@@ -228,8 +229,39 @@ def save_tuned_state(model, path) -> None:
 
 def load_tuned_state(model, path) -> None:
     """Give `model` the tuned initial states stored in `path` (official time_state keys only)."""
+    sd = read_tuned_state(path, model.cfg)
+    model.add_tuned_state()
+    with torch.no_grad():
+        for i, block in enumerate(model.blocks):
+            block.att.time_state.copy_(sd[f"blocks.{i}.att.time_state"])
+
+
+def initial_state_from_file(model, path) -> RWKVState:
+    """The state of one sequence to start from, read from a tuned-state file (official time_state
+    keys: zero shift states, the tuned WKV states) or a saved RWKVState (`RWKVState.save`: a
+    conversation to go on with), on the model's device; checked to fit the model."""
+    from safetensors import safe_open
+    device, dtype, cfg = model.emb.weight.device, model.emb.weight.dtype, model.cfg
+    if Path(path).suffix == ".safetensors":
+        with safe_open(str(path), "pt") as f:
+            saved = set(f.keys()) == {"att_shift", "wkv", "ffn_shift"}
+        if saved:
+            state = RWKVState.load(path, device)
+            want = RWKVState.zeros(cfg.n_layer, 1, cfg.n_embd, cfg.n_head, cfg.head_size)
+            for name in ("att_shift", "wkv", "ffn_shift"):
+                if getattr(state, name).shape != getattr(want, name).shape:
+                    raise CheckpointError(f"{path}: {name} has shape {list(getattr(state, name).shape)}, this model's "
+                                          f"state of one sequence has {list(getattr(want, name).shape)}")
+            return state.to(device, dtype)
+    sd = read_tuned_state(path, cfg)
+    wkv = torch.stack([sd[f"blocks.{i}.att.time_state"].float().transpose(1, 2) for i in range(cfg.n_layer)])
+    shift = torch.zeros(cfg.n_layer, 1, cfg.n_embd, device=device, dtype=dtype)
+    return RWKVState(shift, wkv[:, None].to(device), shift.clone())
+
+
+def read_tuned_state(path, cfg) -> dict:
+    """The time_state tensors of a tuned-state file, checked against the model's config."""
     sd, _ = read_state_dict(path)
-    cfg = model.cfg
     expected = {f"blocks.{i}.att.time_state" for i in range(cfg.n_layer)}
     if set(sd) != expected:
         extra = sorted(set(sd) - expected) or sorted(expected - set(sd))
@@ -239,7 +271,4 @@ def load_tuned_state(model, path) -> None:
     for key, value in sd.items():
         if list(value.shape) != shape:
             raise CheckpointError(f"{path}: key {key!r} has shape {list(value.shape)}, expected {shape}")
-    model.add_tuned_state()
-    with torch.no_grad():
-        for i, block in enumerate(model.blocks):
-            block.att.time_state.copy_(sd[f"blocks.{i}.att.time_state"])
+    return sd

@@ -7,6 +7,7 @@ cannot be decoded, are not images, are truncated, or hold more than `max_pixels`
 against decompression bombs, checked from the header before any pixel is decoded) raise
 `ImageError` naming the file and the reason (a name that is not UTF-8 shown with \\x escapes).
 """
+import io
 import os
 import sys
 import warnings
@@ -30,15 +31,16 @@ def printable(path) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
-def load_image(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Read an image file as a fully decoded RGB PIL image of the same width and height."""
-    path = Path(path)
-    name = printable(path)
+def load_image(path, max_pixels: int = DEFAULT_MAX_PIXELS, name: str | None = None) -> Image.Image:
+    """Read an image file (a path, or the file's bytes) as a fully decoded RGB PIL image of the same
+    width and height. `name` is what errors call it (default: the path)."""
+    source = io.BytesIO(path) if isinstance(path, (bytes, bytearray)) else Path(path)
+    name = name or printable(source)
     try:
         with warnings.catch_warnings():
             # our own limit below decides; Pillow's warning would only repeat it
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with Image.open(source) as image:
                 if image.width * image.height > max_pixels:
                     raise ImageError(
                         f"{name}: {image.width}x{image.height} = {image.width * image.height:,} pixels is over "

@@ -6,19 +6,45 @@ import torch
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
+def load_served(checkpoint, state, dtype, device):
+    """(model, tokenizer, vlm or None, name) of a text run, visual run, music run or bare model file."""
+    from eaglefinch.rwkv_core.run import Run
+    found = Run.open(checkpoint).found_domain
+    if found == "music":
+        from eaglefinch.music.run import MusicRun
+        run = MusicRun.open(checkpoint)
+        model, tokenizer = run.load(dtype=dtype, device=device)
+        vlm = None
+    elif found == "visual":
+        from eaglefinch.visual.run import VisualRun
+        run = VisualRun.open(checkpoint)
+        vlm, tokenizer = run.load(device=device)
+        vlm = vlm.to(dtype)
+        model = vlm.model
+    else:
+        from eaglefinch.text.run import TextRun
+        run = TextRun.open(checkpoint)
+        model, tokenizer = run.load(dtype=dtype, device=device)
+        vlm = None
+    if state is not None:
+        from eaglefinch.rwkv_core.checkpoint import load_tuned_state
+        load_tuned_state(model, state)
+    name = run.model_file.stem if run.is_bare else run.folder.name
+    return model, tokenizer, vlm, name
+
+
 def cmd_serve(args):
     import uvicorn
-
-    from eaglefinch.text.run import TextRun
 
     from .app import create_app
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = DTYPES[args.dtype or ("bf16" if device.startswith("cuda") else "fp32")]
-    run = TextRun.open(args.checkpoint)
-    model, tokenizer = run.load(dtype=dtype, device=device, state=args.state)
-    name = args.model_name or (run.model_file.stem if run.is_bare else run.folder.name)
-    app = create_app(model, tokenizer, model_name=name, max_batch=args.max_batch,
-                     max_prompt_tokens=args.max_prompt_tokens, default_max_tokens=args.default_max_tokens)
+    model, tokenizer, vlm, name = load_served(args.checkpoint, args.state, dtype, device)
+    app = create_app(model, tokenizer, vlm=vlm, model_name=args.model_name or name, max_batch=args.max_batch,
+                     max_prompt_tokens=args.max_prompt_tokens, default_max_tokens=args.default_max_tokens,
+                     cache_mb=args.cache_mb, state_dir=args.state_dir, allow_local_files=args.allow_local_files,
+                     max_image_bytes=int(args.max_image_mb * 2 ** 20),
+                     engine_args={"prefill_tokens": args.prefill_chunk} if args.prefill_chunk else None)
     # uvicorn stops gracefully on SIGTERM, then raises it again for the handler that was there before
     # it started: this one, which lets the command end with exit status 0
     signal.signal(signal.SIGTERM, lambda *_: None)
@@ -27,8 +53,20 @@ def cmd_serve(args):
 
 
 def add_command(parser):
-    parser.add_argument("--checkpoint", required=True, help="official .pth, .safetensors, or a text run folder")
-    parser.add_argument("--state", help="a tuned initial state file (.pth or .safetensors)")
+    parser.add_argument("--checkpoint", required=True,
+                        help="official .pth, .safetensors, or a run folder (text, visual or music)")
+    parser.add_argument("--state", help="a tuned initial state file (.pth or .safetensors) for every request")
+    parser.add_argument("--state-dir", help="a folder of state files (tuned, or saved RWKVStates) that a request "
+                                            "may start from by name: {\"state\": \"NAME\"}")
+    parser.add_argument("--cache-mb", type=float, default=512,
+                        help="memory for the states after prompt prefixes (message boundaries, images); "
+                             "0 turns the cache off (default 512)")
+    parser.add_argument("--prefill-chunk", type=int,
+                        help="prompt tokens read per step between decode steps (default 4096 on a GPU, 1024 on "
+                             "the CPU)")
+    parser.add_argument("--allow-local-files", metavar="DIR",
+                        help="let chat requests of a visual run name images by path under DIR")
+    parser.add_argument("--max-image-mb", type=float, default=20, help="larger images get a 400 (default 20)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--max-batch", type=int, default=16, help="sequences decoded at once (default 16)")

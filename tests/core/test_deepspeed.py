@@ -25,7 +25,7 @@ import deepspeed  # noqa: F401  the test extra: its absence fails the suite, nev
 import pytest
 import torch
 
-from eaglefinch.rwkv_core import RWKV, CheckpointError, load_model, save_model
+from eaglefinch.rwkv_core import CheckpointError, load_model, save_model
 from eaglefinch.rwkv_core.data import Batch, TokenDataset
 from eaglefinch.rwkv_core.run import Run, read_metrics
 from eaglefinch.rwkv_core.train import (NextTokenTask, TrainConfig, complete_deepspeed_config, latest_deepspeed_checkpoint,

@@ -149,14 +149,43 @@ def test_chat_uses_the_world_template_streamed_or_not(client, reference):
     assert text.strip() == want
 
 
-def test_seeded_sampling_reproduces_and_n_gives_several(client):
+def test_seeded_sampling_reproduces_and_n_gives_several(client, server):
     kwargs = dict(model="tiny", prompt="Roses are", max_tokens=12, temperature=1.0, top_p=0.9, seed=5)
     first = client.completions.create(**kwargs)
     assert client.completions.create(**kwargs).choices[0].text == first.choices[0].text
-    several = client.completions.create(**kwargs, n=3)
+    computed = metric(server, "eaglefinch_prompt_tokens_computed_total")
+    several = client.completions.create(**{**kwargs, "prompt": "Violets are"}, n=3)
     assert [c.index for c in several.choices] == [0, 1, 2]
-    assert several.choices[0].text == first.choices[0].text   # choice i samples with seed + i
     assert several.usage.completion_tokens == 36
+    # the prompt is read once and forked; choice i samples with seed + i, as a request of its own
+    assert metric(server, "eaglefinch_prompt_tokens_computed_total") - computed == several.usage.prompt_tokens
+    alone = [client.completions.create(**{**kwargs, "prompt": "Violets are", "seed": 5 + i}).choices[0].text
+             for i in range(3)]
+    assert [c.text for c in several.choices] == alone and len(set(alone)) > 1
+
+
+def test_a_conversation_that_goes_on_reads_only_its_new_messages(client, server, reference):
+    system = {"role": "system", "content": "You are a patient tutor who answers every question about "
+                                           "birds with one short and friendly sentence."}
+    first = [system, {"role": "user", "content": "What do robins eat?"}]
+    then = [system, {"role": "user", "content": "Why do geese fly in a V?"}]
+    tokens = WorldTokenizer().encode
+    for messages in (first, then, then):
+        computed = metric(server, "eaglefinch_prompt_tokens_computed_total")
+        got = client.chat.completions.create(model="tiny", messages=messages, max_tokens=12, temperature=0)
+        prompt = ChatTemplate().render(messages)
+        # the same answer as the whole prompt read by generate_text, without any cache
+        assert got.choices[0].message.content == reference(prompt, 12, stop=["\n\n"]).strip()
+        assert got.usage.prompt_tokens == len(tokens(prompt))
+        cached = got.usage.prompt_tokens_details.cached_tokens
+        if messages is first:
+            assert cached in (0, got.usage.prompt_tokens)   # all of it if an earlier test asked the same
+        elif cached < got.usage.prompt_tokens:   # the second: its system message came from the cache
+            assert cached == len(tokens(ChatTemplate().turn("system", system["content"])))
+        read = metric(server, "eaglefinch_prompt_tokens_computed_total") - computed
+        assert read == got.usage.prompt_tokens - cached
+    assert cached == got.usage.prompt_tokens and read == 0   # the third: nothing new to read
+    assert metric(server, "eaglefinch_cache_hits_total") >= 2
 
 
 def test_32_concurrent_greedy_clients_get_what_each_gets_alone(client):
@@ -193,6 +222,11 @@ BAD_REQUESTS = [
     ("/v1/chat/completions", {"messages": []}, "messages"),
     ("/v1/chat/completions", {"messages": [{"role": "wizard", "content": "hi"}]}, "role"),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": 5}]}, "content"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]}, "reads no images"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": [{"type": "sound"}]}]}, "type"),
+    ("/v1/completions", {"prompt": "hi", "state": "saved"}, "--state-dir"),
+    ("/v1/music/generate", {"seconds": 5}, "text model"),
 ]
 
 
