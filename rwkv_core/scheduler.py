@@ -128,11 +128,13 @@ class Scheduler:
 
     cache_mb: memory for the prefix cache (0: off). prefill_chunk: prompt positions read per step
     (default: the engine's prefill_tokens). read_image(pixels) -> (embeds [T, C], reverse span or
-    None): how ImageSegments become inputs (a visual model's encoder and projector).
+    None): how ImageSegments become inputs (a visual model's encoder and projector). after_step():
+    called on the scheduler's thread after each turn of its loop (a server hands the turn's tokens
+    to its event loop at once there, instead of waking it for every token).
     """
 
     def __init__(self, model, max_batch: int = 16, *, cache_mb: float = 0, prefill_chunk=None,
-                 read_image=None, **engine_args):
+                 read_image=None, after_step=None, **engine_args):
         self.engine = Engine(model, max_batch=max_batch, **engine_args)
         V, device = model.cfg.vocab_size, self.engine.device
         self.sampler = BatchSampler(max_batch, V, device=device)
@@ -140,6 +142,7 @@ class Scheduler:
         self.cache = PrefixCache(int(cache_mb * 2 ** 20))
         self.prefill_chunk = prefill_chunk or self.engine.prefill_tokens
         self.read_image = read_image
+        self.after_step = after_step or (lambda: None)
         self.waiting: queue.Queue[_Group] = queue.Queue()
         self.reading: list[_Group] = []       # admitted, prompt being read
         self.active: dict[int, Request] = {}  # slot -> request being decoded
@@ -201,7 +204,8 @@ class Scheduler:
                     self._read_prompts()
                 if self.active:
                     self._step()
-                elif not self.reading:
+                self.after_step()
+                if not self.active and not self.reading:
                     self._wake.wait(0.05)
                     self._wake.clear()
         except BaseException as e:   # a failing step ends every request with "error", never silently
@@ -214,6 +218,7 @@ class Scheduler:
                 self._fail(group, reason)
             while not self.waiting.empty():
                 self._fail(self.waiting.get_nowait(), reason, release=False)
+            self.after_step()
 
     def _admit(self):
         """Waiting groups into free slots, starting from the longest cached prefix of their prompt."""
@@ -315,10 +320,12 @@ class Scheduler:
                 self._finish(slot, "length")
 
     def _step(self):
+        """Sample a token for every running sequence, start the next decode step on the device, and
+        only then hand the tokens out: the callbacks' host work overlaps the device's step."""
         slots = list(self.active)
         rows = torch.tensor(slots, device=self.engine.device)
         ids = self.sampler.sample(self.next_logits[rows], rows)
-        going_on = []
+        told, ended, going_on = [], [], []
         for slot, token in zip(slots, ids.tolist()):
             request = self.active[slot]
             if request.cancelled:
@@ -327,18 +334,18 @@ class Scheduler:
                 self._finish(slot, "stop")
             else:
                 request.generated += 1
-                self.tokens_generated += 1
-                self._tell(request, token, None)
-                if request.generated >= request.max_tokens:
-                    self._finish(slot, "length")
-                elif request.cancelled:
-                    self._finish(slot, "cancelled")
-                else:
-                    going_on.append((slot, token))
+                told.append((request, token))
+                (ended if request.generated >= request.max_tokens else going_on).append((slot, token))
+        self.tokens_generated += len(told)
         if going_on:
             keep = [slot for slot, _ in going_on]
             logits = self.engine.decode(keep, [token for _, token in going_on])
             self.next_logits[torch.tensor(keep, device=self.engine.device)] = logits
+        for request, token in told:
+            self._tell(request, token, None)
+        for slot, _ in ended:
+            self._finish(slot, "length")
+        # a request cancelled by now leaves at the next step (its extra token is never told)
 
     def _finish(self, slot, reason):
         request = self.active.pop(slot)

@@ -19,6 +19,7 @@ import hashlib
 import io
 import json
 import re
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -125,7 +126,8 @@ class Server:
                  template, cache_mb, state_dir, allow_local_files, max_image_bytes, engine_args):
         self.vlm = vlm
         self.modality = "visual" if vlm is not None else "music" if isinstance(tokenizer, MidiTokenizer) else "text"
-        self.scheduler = Scheduler(model, max_batch=max_batch, cache_mb=cache_mb,
+        self.told = []   # (event loop, queue, event) told by the scheduler's thread since its last step
+        self.scheduler = Scheduler(model, max_batch=max_batch, cache_mb=cache_mb, after_step=self._hand_over,
                                    read_image=self._read_image if vlm is not None else None, **engine_args)
         self.model, self.tokenizer, self.model_name = model, tokenizer, model_name
         self.max_prompt_tokens, self.default_max_tokens = max_prompt_tokens, default_max_tokens
@@ -225,6 +227,13 @@ class Server:
         except ImageError as e:
             raise APIError(400, f"{where}: {e}", "messages") from None
 
+    def _hand_over(self):
+        """On the scheduler's thread, after each step: its tokens go to the event loop in one wake-up
+        (not one per token: at 64 streams that would be 64 wake-ups of the loop per step)."""
+        if self.told:
+            told, self.told = self.told, []
+            told[0][0].call_soon_threadsafe(_deliver, told)
+
     def _read_image(self, pixels):
         """The scheduler's hook for an image it has not cached: its embeddings and its scan span."""
         device = self.model.emb.weight.device
@@ -259,8 +268,8 @@ class Server:
         loop = asyncio.get_running_loop()
         events = asyncio.Queue()
         seed = seed if seed is not None else random_seed()
-        callbacks = [lambda token, reason, index=index: loop.call_soon_threadsafe(
-            events.put_nowait, (index, token, reason)) for index in range(n)]
+        callbacks = [lambda token, reason, index=index: self.told.append((loop, events, (index, token, reason)))
+                     for index in range(n)]
         key, initial = state
         requests = self.scheduler.submit_group(segments, max_tokens, sampler,
                                                [(seed + i) % (SEED_LIMIT + 1) for i in range(n)], callbacks,
@@ -337,6 +346,11 @@ class Server:
         return out.getvalue()
 
 
+def _deliver(told):
+    for _loop, events, event in told:
+        events.put_nowait(event)
+
+
 def _error_body(status, message, param=None, kind="invalid_request_error"):
     return JSONResponse(status_code=status, content={"error": {"message": message, "type": kind,
                                                                "param": param, "code": None}})
@@ -353,6 +367,9 @@ def create_app(model, tokenizer, *, vlm=None, model_name="eaglefinch", max_batch
     prefixes (0: no cache). state_dir: a folder of state files that requests may name (`"state":
     "NAME"` reads NAME.safetensors or NAME.pth). allow_local_files: a folder whose images chat
     requests may name by path. engine_args: passed on to the Engine."""
+    # the scheduler's thread and the event loop share the GIL: at Python's default switch interval
+    # (5 ms) one could hold the other up for a whole decode step
+    sys.setswitchinterval(min(sys.getswitchinterval(), 0.0005))
     server = Server(model, tokenizer, vlm, model_name, max_batch, max_prompt_tokens, default_max_tokens,
                     template or ChatTemplate(), cache_mb, state_dir, allow_local_files, max_image_bytes,
                     engine_args or {})
