@@ -23,9 +23,9 @@ from eaglefinch.visual.run import VisualRun
 from eaglefinch.visual.shapes import write_shapes_dataset
 from eaglefinch.visual.train import train_visual
 
-from ..music.conftest import write_music_run
-from ..visual.test_bad_inputs import write_config
-from .test_server import call, metric, start_server
+from tests.music.conftest import write_music_run
+from tests.visual.test_bad_inputs import write_config
+from tests.serve.test_server import call, metric, start_server
 
 
 def post(base, path, body):
