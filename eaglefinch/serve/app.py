@@ -288,9 +288,9 @@ class Server:
             for request in requests:
                 request.cancel()
 
-    async def text(self, segments, body: TextFields, stops, state, on_piece):
-        """Generate `body.n` texts from `state` (see initial_state); `on_piece(index, text,
-        finish_reason)` is awaited for every piece of text and once at each end. Returns the usage."""
+    async def text(self, segments, body: TextFields, stops, state, usage: dict):
+        """Generate `body.n` texts from `state` (see initial_state): yields (index, text, None) for
+        every piece of text and (index, "", finish_reason) at each end; fills `usage` at the end."""
         streams = [TextStream(self.tokenizer, stops) for _ in range(body.n)]
         done = [False] * body.n
         completion = 0
@@ -309,17 +309,17 @@ class Server:
                         requests[index].cancel()
                         reason = "stop"
                     if piece:
-                        await on_piece(index, piece, None)
+                        yield index, piece, None
                     if reason is None:
                         continue
                 done[index] = True
                 piece = stream.finish()
                 if piece:
-                    await on_piece(index, piece, None)
-                await on_piece(index, "", "stop" if reason in ("stop", "cancelled") else reason)
+                    yield index, piece, None
+                yield index, "", "stop" if reason in ("stop", "cancelled") else reason
         prompt = requests[0].prompt_tokens
-        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-                "prompt_tokens_details": {"cached_tokens": requests[0].cached_tokens}}
+        usage.update(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
+                     prompt_tokens_details={"cached_tokens": requests[0].cached_tokens})
 
     async def music(self, body: MusicBody) -> bytes:
         """A MIDI file: the prompt continued by body.seconds of music (as `generate_music` does it)."""
@@ -456,13 +456,14 @@ def create_app(model, tokenizer, *, vlm=None, model_name="eaglefinch", max_batch
         created, rid = int(time.time()), ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         kind = "chat.completion" if chat else "text_completion"
 
+        usage = {}
+        pieces = server.text(segments, body, stops, state, usage)
         if not body.stream:
             texts, reasons = [""] * body.n, [None] * body.n
-
-            async def collect(index, piece, reason):
-                texts[index] += piece
-                reasons[index] = reason or reasons[index]
-            usage = await server.text(segments, body, stops, state, collect)
+            async with contextlib.aclosing(pieces):
+                async for index, piece, reason in pieces:
+                    texts[index] += piece
+                    reasons[index] = reason or reasons[index]
             if chat:
                 choices = [{"index": i, "message": {"role": "assistant", "content": texts[i].strip()},
                             "finish_reason": reasons[i]} for i in range(body.n)]
@@ -472,7 +473,9 @@ def create_app(model, tokenizer, *, vlm=None, model_name="eaglefinch", max_batch
             return {"id": rid, "object": kind, "created": created, "model": server.model_name,
                     "choices": choices, "usage": usage}
 
-        chunk_kind = "chat.completion.chunk" if chat else "text_completion"
+        # every chunk is the same JSON but for its choice: written once, the choice filled in per piece
+        head = json.dumps({"id": rid, "object": "chat.completion.chunk" if chat else "text_completion",
+                           "created": created, "model": server.model_name})[:-1] + ', "choices": ['
 
         def chunk(index, piece, reason, first=False):
             if chat:
@@ -480,33 +483,21 @@ def create_app(model, tokenizer, *, vlm=None, model_name="eaglefinch", max_batch
                 choice = {"index": index, "delta": delta, "finish_reason": reason}
             else:
                 choice = {"index": index, "text": piece, "logprobs": None, "finish_reason": reason}
-            return "data: " + json.dumps({"id": rid, "object": chunk_kind, "created": created,
-                                          "model": server.model_name, "choices": [choice]}) + "\n\n"
+            return f"data: {head}{json.dumps(choice)}]}}\n\n"
 
         async def events():
-            out = asyncio.Queue()   # SSE events, then None
-
-            async def push(index, piece, reason):
-                await out.put(chunk(index, piece, reason))
-
-            async def produce():
-                try:
-                    await server.text(segments, body, stops, state, push)
-                except Exception as e:   # the stream has begun: the error goes in it, as OpenAI's does
-                    message = e.message if isinstance(e, APIError) else str(e)
-                    await out.put("data: " + json.dumps({"error": {"message": message, "type": "server_error"}}) + "\n\n")
-                finally:
-                    out.put_nowait(None)
-            task = asyncio.create_task(produce())
-            try:
+            # a client that goes away cancels this generator: closing `pieces` cancels its requests
+            async with contextlib.aclosing(pieces):
                 if chat:
                     for i in range(body.n):
                         yield chunk(i, "", None, first=True)
-                while (event := await out.get()) is not None:
-                    yield event
+                try:
+                    async for index, piece, reason in pieces:
+                        yield chunk(index, piece, reason)
+                except Exception as e:   # the stream has begun: the error goes in it, as OpenAI's does
+                    message = e.message if isinstance(e, APIError) else str(e)
+                    yield "data: " + json.dumps({"error": {"message": message, "type": "server_error"}}) + "\n\n"
                 yield "data: [DONE]\n\n"
-            finally:
-                task.cancel()   # the client went away: its requests leave the batch
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
