@@ -19,7 +19,6 @@ import hashlib
 import io
 import json
 import re
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -367,9 +366,6 @@ def create_app(model, tokenizer, *, vlm=None, model_name="eaglefinch", max_batch
     prefixes (0: no cache). state_dir: a folder of state files that requests may name (`"state":
     "NAME"` reads NAME.safetensors or NAME.pth). allow_local_files: a folder whose images chat
     requests may name by path. engine_args: passed on to the Engine."""
-    # the scheduler's thread and the event loop share the GIL: at Python's default switch interval
-    # (5 ms) one could hold the other up for a whole decode step
-    sys.setswitchinterval(min(sys.getswitchinterval(), 0.0005))
     server = Server(model, tokenizer, vlm, model_name, max_batch, max_prompt_tokens, default_max_tokens,
                     template or ChatTemplate(), cache_mb, state_dir, allow_local_files, max_image_bytes,
                     engine_args or {})
