@@ -134,10 +134,11 @@ class Server:
         self.state_dir = Path(state_dir) if state_dir else None
         self.local_files = Path(allow_local_files).resolve() if allow_local_files else None
         self.max_image_bytes = max_image_bytes
+        self.max_body_bytes = max_image_bytes * 4 // 3 + 8 * 2 ** 20
         V = model.cfg.vocab_size
         self.banned = () if self.modality == "music" else tuple(range(tokenizer.id_limit, V))  # padding rows
         self.prompt_tokens_total = 0
-        self.states = {}   # name -> (file digest, RWKVState) of per-request states read so far
+        self.states = {}   # name -> (file version, cache key, RWKVState) of per-request states read so far
         self.created = int(time.time())
 
     # ---- prompts -------------------------------------------------------------------------------
@@ -250,14 +251,15 @@ class Server:
         path = next((f for f in files if f.is_file()), None)
         if path is None:
             raise APIError(400, f"no state named {name!r} in the server's --state-dir", "state")
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        if self.states.get(name, ("",))[0] != digest:
+        stat = path.stat()
+        version = (str(path), stat.st_mtime_ns, stat.st_size)   # read again only when the file changes
+        if name not in self.states or self.states[name][0] != version:
             try:
                 state = initial_state_from_file(self.model, path)
             except (CheckpointError, ValueError) as e:
                 raise APIError(400, f"state {name!r}: {e}", "state") from None
-            self.states[name] = (digest, state)
-        return "state:" + digest, self.states[name][1]
+            self.states[name] = (version, "state:" + hashlib.sha256(path.read_bytes()).hexdigest(), state)
+        return self.states[name][1:]
 
     # ---- generation ----------------------------------------------------------------------------
     async def tokens(self, segments, n, max_tokens, sampler, seed, stop_ids=(0,), state=("", None)):
@@ -377,6 +379,14 @@ def create_app(model, tokenizer, *, vlm=None, model_name="eaglefinch", max_batch
 
     app = FastAPI(title="eaglefinch", description="Eagle and Finch models behind the OpenAI API", lifespan=lifespan)
     app.state.server = server
+
+    @app.middleware("http")
+    async def limit_body(request, call_next):
+        """A body over the limit is refused before it is read (the largest image, base64, and room)."""
+        size = request.headers.get("content-length", "0")
+        if not size.isdigit() or int(size) > server.max_body_bytes:
+            return _error_body(413, f"the request body is over {server.max_body_bytes:,} bytes")
+        return await call_next(request)
 
     @app.exception_handler(APIError)
     async def api_error(_request, e: APIError):

@@ -3,6 +3,7 @@ question answers as `visual.caption.answer` does and a repeat reads it from the 
 request returns the MIDI file `generate_music` makes with the same seed; bad images, MIDI and
 requests for the wrong modality get a 400 and the server goes on."""
 import base64
+import http.client
 import io
 import json
 import urllib.request
@@ -90,6 +91,19 @@ def test_bad_images_get_a_400_and_the_server_goes_on(visual, url, message):
     status, _ = post(base, "/v1/chat/completions", {"messages": image_message(data_url(png.read_bytes())),
                                                     "max_tokens": 3})
     assert status == 200
+
+
+def test_a_body_over_the_limit_is_refused_before_it_is_read(visual):
+    base, _, _ = visual   # --max-image-mb 0.05: bodies up to 0.05 MiB x 4/3 + 8 MiB
+    host, port = base.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    connection.putrequest("POST", "/v1/chat/completions")
+    connection.putheader("content-type", "application/json")
+    connection.putheader("content-length", str(9 * 2 ** 20))
+    connection.endheaders()   # the answer comes without a byte of the body sent
+    response = connection.getresponse()
+    assert response.status == 413 and "request body is over" in json.loads(response.read())["error"]["message"]
+    connection.close()
 
 
 def test_two_images_or_music_on_a_visual_server_get_a_400(visual):
