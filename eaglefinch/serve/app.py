@@ -347,6 +347,22 @@ class Server:
         return out.getvalue()
 
 
+class BodyLimit:
+    """Refuses a request whose body is over `max_bytes` (the largest image as base64, and room)
+    before it is read: a 413. Plain ASGI, so streamed responses pass through untouched (Starlette's
+    BaseHTTPMiddleware would copy every SSE chunk through a stream of its own)."""
+
+    def __init__(self, app, max_bytes):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            size = dict(scope["headers"]).get(b"content-length", b"0")
+            if not size.isdigit() or int(size) > self.max_bytes:
+                return await _error_body(413, f"the request body is over {self.max_bytes:,} bytes")(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
 def _deliver(told):
     for _loop, events, event in told:
         events.put_nowait(event)
@@ -379,14 +395,7 @@ def create_app(model, tokenizer, *, vlm=None, model_name="eaglefinch", max_batch
 
     app = FastAPI(title="eaglefinch", description="Eagle and Finch models behind the OpenAI API", lifespan=lifespan)
     app.state.server = server
-
-    @app.middleware("http")
-    async def limit_body(request, call_next):
-        """A body over the limit is refused before it is read (the largest image, base64, and room)."""
-        size = request.headers.get("content-length", "0")
-        if not size.isdigit() or int(size) > server.max_body_bytes:
-            return _error_body(413, f"the request body is over {server.max_body_bytes:,} bytes")
-        return await call_next(request)
+    app.add_middleware(BodyLimit, max_bytes=server.max_body_bytes)
 
     @app.exception_handler(APIError)
     async def api_error(_request, e: APIError):
