@@ -1,7 +1,9 @@
 """The chat page at `GET /` of `eaglefinch serve`, driven in headless Chromium (Playwright): it shows
 the model, streams a reply into the transcript equal to what the API gives for the same conversation,
 keeps the conversation across turns (Enter sends, Shift+Enter is a new line) and shows a server's
-error; for a visual model (answers mocked in the browser) it sends an attached image as a content part. Needs Debian's chromium and the `playwright` package; without them the browser tests skip.
+error; on a real tiny visual run, an attached image gets the API's answer; with answers mocked in the
+browser, the exact request a visual model gets (the image as a content part before the text) and Stop.
+Needs Debian's chromium and the `playwright` package; without them the browser tests skip.
 
 CHAT_SCREENSHOT=/tmp/chat.png saves a screenshot of the page after the replies."""
 import base64
@@ -14,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.serve.test_server import call, start_server
+from tests.serve.test_server_modalities import visual  # noqa: F401 (a fixture: a server on a visual run)
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -45,7 +48,7 @@ def browser():
 
 @pytest.fixture
 def page(browser, server):
-    """The chat page, loaded, showing the model; page.errors: console errors and uncaught exceptions."""
+    """A browser page (for the chat page); page.errors: console errors and uncaught exceptions."""
     context = browser.new_context(viewport={"width": 900, "height": 700})
     page = context.new_page()
     page.set_default_timeout(20_000)
@@ -184,6 +187,22 @@ def test_a_visual_model_gets_the_image_as_a_content_part_before_the_text(page, s
     assert "the model failed while generating" in page.locator(".assistant.error").text_content()
     assert sent[1]["messages"][1:] == [body["messages"][1], {"role": "assistant", "content": "A red square."},
                                        {"role": "user", "content": "Sure?"}]
+    assert page.errors == []
+
+
+def test_a_visual_run_answers_an_attached_image_as_the_api_does(page, visual):
+    base, _, images = visual   # a real server on a tiny visual run (tests/serve/test_server_modalities.py)
+    png = sorted(images.glob("*.png"))[0]
+    open_chat(page, base, model="run")
+    settings(page, 12, 0)
+    page.set_input_files("#image", str(png))
+    page.fill("#message", "Describe the image.")
+    page.click("#send")
+    got = wait_for_reply(page, 1)
+    url = "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()
+    want = api_reply(base, [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                                         {"type": "text", "text": "Describe the image."}]}], 12)
+    assert got == want and got
     assert page.errors == []
 
 
