@@ -16,7 +16,7 @@ from eaglefinch.music import corpus
 from eaglefinch.music.abc import write_abc_data
 from eaglefinch.music.prepare import prepare
 from eaglefinch.music.tokenizer import MidiTokenizer, TokenizerConfig, match_notes, midi_to_notes
-from eaglefinch.rwkv_core import RWKV, load_model
+from eaglefinch.rwkv_core import load_model
 from eaglefinch.rwkv_core.data import TokenDataset, split_of
 from eaglefinch.rwkv_core.run import read_metrics
 

@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 
 from tests.serve.test_server import call, start_server
-from tests.serve.test_server_modalities import visual  # noqa: F401 (a fixture: a server on a visual run)
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

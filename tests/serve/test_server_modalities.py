@@ -21,30 +21,14 @@ from eaglefinch.text.tokenizer import WorldTokenizer
 from eaglefinch.visual.caption import answer
 from eaglefinch.visual.images import load_image
 from eaglefinch.visual.run import VisualRun
-from eaglefinch.visual.shapes import write_shapes_dataset
-from eaglefinch.visual.train import train_visual
 
 from tests.music.conftest import write_music_run
-from tests.visual.test_bad_inputs import write_config
 from tests.serve.test_server import call, metric, start_server
 
 
 def post(base, path, body):
     status, text = call(base, path, json.dumps(body).encode())
     return status, (json.loads(text) if text.startswith("{") else text)
-
-
-@pytest.fixture(scope="module")
-def visual(tmp_path_factory):
-    """(server URL, run folder, images folder) of a tiny visual run trained one step."""
-    root = tmp_path_factory.mktemp("shapes")
-    write_shapes_dataset(root, n_train=8, n_heldout=2, seed=3)
-    folder = tmp_path_factory.mktemp("visual")
-    train_visual(write_config(folder), root / "train.jsonl", folder / "run", random_encoder=True, progress=False)
-    proc, base = start_server(folder / "run", "--max-image-mb", "0.05", "--allow-local-files", str(root / "images"))
-    yield base, folder / "run", root / "images"
-    proc.terminate()
-    assert proc.wait(timeout=30) == 0
 
 
 def image_message(url, text="Describe the image."):
