@@ -212,19 +212,21 @@ class Engine:
         """Feed one slot input embeddings [T, C] instead of token ids (an image's tokens, for a
         visual model; `reverse_span` as the model's forward takes it); returns the last logits [V] fp32."""
         self._check_slots([slot])
-        hidden, state = self.model.forward_hidden(embeds=embeds[None], state=self.pool.read([slot]),
-                                                  reverse_span=reverse_span, layer=self._prefill_layer)
-        self.pool.write([slot], state)
+        hidden = self._forward([slot], embeds=embeds[None], reverse_span=reverse_span)
         return self.model.head(hidden[0, -1]).float()
 
     def _prefill_packed(self, slots, pieces):
         """One packed forward of the pieces, from and back into the slots; the last hidden of each [S, C]."""
         cu_seqlens = torch.tensor([0] + [len(p) for p in pieces]).cumsum(0).to(self.device)
         idx = torch.tensor([t for p in pieces for t in p], device=self.device)[None]
-        hidden, state = self.model.forward_hidden(idx, self.pool.read(slots), cu_seqlens=cu_seqlens,
-                                                  layer=self._prefill_layer)
+        return last_positions(self._forward(slots, idx=idx, cu_seqlens=cu_seqlens), cu_seqlens)
+
+    def _forward(self, slots, **inputs):
+        """The model's forward from the slots' states and back into them (the compiled layer step);
+        `inputs` as forward_hidden takes them. Returns the hidden states."""
+        hidden, state = self.model.forward_hidden(state=self.pool.read(slots), layer=self._prefill_layer, **inputs)
         self.pool.write(slots, state)
-        return last_positions(hidden, cu_seqlens)
+        return hidden
 
     # ---- decode ------------------------------------------------------------------------------
     @torch.no_grad()

@@ -217,7 +217,7 @@ class Scheduler:
             for group in self.reading:
                 self._fail(group, reason)
             while not self.waiting.empty():
-                self._fail(self.waiting.get_nowait(), reason, release=False)
+                self._fail(self.waiting.get_nowait(), reason)
             self.after_step()
 
     def _admit(self):
@@ -225,7 +225,7 @@ class Scheduler:
         while not self.waiting.empty() and self.engine.free_slots >= len(self.waiting.queue[0].requests):
             group = self.waiting.get_nowait()
             if group.cancelled:
-                self._fail(group, "cancelled", release=False)
+                self._fail(group, "cancelled")
                 continue
             n = len(group.requests)   # every fork's slot now; the prompt is read into the first
             group.slots = self.engine.allocate(n, None if group.initial is None else RWKVState.cat([group.initial] * n))
@@ -352,8 +352,8 @@ class Scheduler:
         self.engine.release([slot])
         self._tell(request, None, reason)
 
-    def _fail(self, group, reason, release=True):
-        if release:
+    def _fail(self, group, reason):
+        if group.slots is not None:   # admitted: its slots go back
             self.engine.release(group.slots)
         for request in group.requests:
             self._tell(request, None, reason)
