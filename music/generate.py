@@ -67,6 +67,18 @@ def prompt_ids(tokenizer: MidiTokenizer, midi=None) -> list[int]:
     return ids[:-1] if ids[-1] == tokenizer.END else ids
 
 
+def music_sampler(tokenizer: MidiTokenizer, sampler: SamplerConfig, stop_at_end: bool = False) -> SamplerConfig:
+    """`sampler` with the ids that never continue a piece banned: `<sep>`, `<start>`, and `<end>`
+    unless the model may end the piece."""
+    banned = {tokenizer.SEP, tokenizer.START} | ({tokenizer.END} if not stop_at_end else set())
+    return dataclasses.replace(sampler, banned_tokens=tuple(sorted(set(sampler.banned_tokens) | banned)))
+
+
+def token_budget(seconds: float) -> int:
+    """The default max_tokens for `seconds` of music: bounds a model that never advances time."""
+    return int(seconds * TOKENS_PER_SECOND_CAP) + 1
+
+
 def generate_music(model, tokenizer: MidiTokenizer, prompts, seconds: float = 30.0, sampler=SamplerConfig(), *,
                    seed=None, max_tokens=None, stop_at_end=False, progress=False) -> list[list[int]]:
     """Continue each prompt (a list of token ids) by `seconds` of music after it.
@@ -80,10 +92,7 @@ def generate_music(model, tokenizer: MidiTokenizer, prompts, seconds: float = 30
         raise ValueError(f"seconds must be positive, got {seconds}")
     if model.cfg.vocab_size != tokenizer.vocab_size:
         raise ValueError(f"the model has {model.cfg.vocab_size} outputs but the tokenizer {tokenizer.vocab_size} ids")
-    max_tokens = max_tokens or int(seconds * TOKENS_PER_SECOND_CAP) + 1
-    banned = {tokenizer.SEP, tokenizer.START} | ({tokenizer.END} if not stop_at_end else set())
-    sampler = dataclasses.replace(sampler, banned_tokens=tuple(sorted(set(sampler.banned_tokens) | banned)))
-    gen = Generation(model, prompts, max_tokens, sampler, stop_ids=(tokenizer.END,), seed=seed, progress=progress)
+    gen = Generation(model, prompts, max_tokens or token_budget(seconds), music_sampler(tokenizer, sampler, stop_at_end), stop_ids=(tokenizer.END,), seed=seed, progress=progress)
     clocks = [MusicClock(tokenizer, prompt) for prompt in prompts]
     pieces = [[] for _ in prompts]
     with tqdm(total=seconds * len(prompts), unit="s", desc="generating", disable=not progress, leave=False,

@@ -26,9 +26,8 @@ def generate_text(model, prompts, max_new_tokens, sampler=SamplerConfig(), *, to
         if max(toks) >= V:
             raise ValueError(f"prompt {p[:30]!r} has token id {max(toks)} but the model's vocabulary has "
                              f"{V} entries: was it trained with the World tokenizer?")
-    if tokenizer.id_limit < V:  # the padding rows of the head are not tokens: never sample them
-        banned = tuple(sampler.banned_tokens) + tuple(range(tokenizer.id_limit, V))
-        sampler = dataclasses.replace(sampler, banned_tokens=banned)
+    if tokenizer.id_limit < V:
+        sampler = dataclasses.replace(sampler, banned_tokens=tuple(sampler.banned_tokens) + padding_ids(tokenizer, V))
     gen = Generation(model, ids, max_new_tokens, sampler, state=state, stop_ids=stop_ids, seed=seed, progress=progress)
     streams = [TextStream(tokenizer, stop) for _ in prompts]
     for step in gen:
@@ -45,6 +44,11 @@ def generate_text(model, prompts, max_new_tokens, sampler=SamplerConfig(), *, to
         if piece and on_text:
             on_text(row, piece)
     return [stream.text for stream in streams], gen.state
+
+
+def padding_ids(tokenizer, vocab_size) -> tuple:
+    """The model's output rows beyond the tokenizer's ids: padding, not tokens, never to be sampled."""
+    return tuple(range(tokenizer.id_limit, vocab_size))
 
 
 class TextStream:

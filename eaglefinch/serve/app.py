@@ -29,12 +29,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from eaglefinch.music.generate import TOKENS_PER_SECOND_CAP, MusicClock, prompt_ids
+from eaglefinch.music.generate import MusicClock, music_sampler, prompt_ids, token_budget
 from eaglefinch.music.tokenizer import MidiError, MidiTokenizer
 from eaglefinch.rwkv_core.checkpoint import CheckpointError, initial_state_from_file
 from eaglefinch.rwkv_core.sampling import SEED_LIMIT, SamplerConfig, random_seed
 from eaglefinch.rwkv_core.scheduler import ImageSegment, Scheduler
-from eaglefinch.text.generate import TextStream
+from eaglefinch.text.generate import TextStream, padding_ids
 from eaglefinch.visual.images import DEFAULT_MAX_PIXELS, ImageError, load_image
 from eaglefinch.visual.prompt import IMAGE_PLACEHOLDER, place_image
 
@@ -125,7 +125,8 @@ class Server:
                  template, cache_mb, state_dir, allow_local_files, max_image_bytes, engine_args):
         self.vlm = vlm
         self.modality = "visual" if vlm is not None else "music" if isinstance(tokenizer, MidiTokenizer) else "text"
-        self.told = []   # (event loop, queue, event) told by the scheduler's thread since its last step
+        self.loop = None   # the event loop the requests are served on (set by the first one)
+        self.told = []     # (queue, event) told by the scheduler's thread since its last step
         self.scheduler = Scheduler(model, max_batch=max_batch, cache_mb=cache_mb, after_step=self._hand_over,
                                    read_image=self._read_image if vlm is not None else None, **engine_args)
         self.model, self.tokenizer, self.model_name = model, tokenizer, model_name
@@ -135,8 +136,7 @@ class Server:
         self.local_files = Path(allow_local_files).resolve() if allow_local_files else None
         self.max_image_bytes = max_image_bytes
         self.max_body_bytes = max_image_bytes * 4 // 3 + 8 * 2 ** 20
-        V = model.cfg.vocab_size
-        self.banned = () if self.modality == "music" else tuple(range(tokenizer.id_limit, V))  # padding rows
+        self.banned = () if self.modality == "music" else padding_ids(tokenizer, model.cfg.vocab_size)
         self.prompt_tokens_total = 0
         self.states = {}   # name -> (file version, cache key, RWKVState) of per-request states read so far
         self.created = int(time.time())
@@ -232,7 +232,7 @@ class Server:
         (not one per token: at 64 streams that would be 64 wake-ups of the loop per step)."""
         if self.told:
             told, self.told = self.told, []
-            told[0][0].call_soon_threadsafe(_deliver, told)
+            self.loop.call_soon_threadsafe(_deliver, told)
 
     def _read_image(self, pixels):
         """The scheduler's hook for an image it has not cached: its embeddings and its scan span."""
@@ -266,10 +266,10 @@ class Server:
         """Generate n continuations of the prompt: yields (index, token, None) for every token and
         (index, None, reason) at each end; the first item is the list of scheduler requests. A
         client that goes away (the task is cancelled) cancels them."""
-        loop = asyncio.get_running_loop()
+        self.loop = asyncio.get_running_loop()
         events = asyncio.Queue()
         seed = seed if seed is not None else random_seed()
-        callbacks = [lambda token, reason, index=index: self.told.append((loop, events, (index, token, reason)))
+        callbacks = [lambda token, reason, index=index: self.told.append((events, (index, token, reason)))
                      for index in range(n)]
         key, initial = state
         requests = self.scheduler.submit_group(segments, max_tokens, sampler,
@@ -289,14 +289,15 @@ class Server:
             for request in requests:
                 request.cancel()
 
-    async def text(self, segments, body: TextFields, stops, state, usage: dict):
-        """Generate `body.n` texts from `state` (see initial_state): yields (index, text, None) for
-        every piece of text and (index, "", finish_reason) at each end; fills `usage` at the end."""
+    async def text(self, segments, body: TextFields, sampler, stops, state, usage: dict):
+        """Generate `body.n` texts with `sampler` from `state` (see initial_state): yields (index,
+        text, None) for every piece of text and (index, "", finish_reason) at each end; fills `usage`
+        at the end."""
         streams = [TextStream(self.tokenizer, stops) for _ in range(body.n)]
         done = [False] * body.n
         completion = 0
         events = self.tokens(segments, body.n, body.max_tokens or self.default_max_tokens,
-                             body.sampler(self.banned), body.seed, state=state)
+                             sampler, body.seed, state=state)
         async with contextlib.aclosing(events):
             requests = await anext(events)
             async for index, token, reason in events:
@@ -332,9 +333,8 @@ class Server:
             raise APIError(400, message, "prompt_midi") from None
         self.check_length([prompt], "prompt_midi")
         clock, piece = MusicClock(tok, prompt), []
-        sampler = body.sampler(banned=sorted({tok.SEP, tok.START, tok.END}))
-        max_tokens = body.max_tokens or int(body.seconds * TOKENS_PER_SECOND_CAP) + 1
-        events = self.tokens([prompt], 1, max_tokens, sampler, body.seed, stop_ids=(tok.END,))
+        events = self.tokens([prompt], 1, body.max_tokens or token_budget(body.seconds),
+                             music_sampler(tok, body.sampler()), body.seed, stop_ids=(tok.END,))
         async with contextlib.aclosing(events):
             await anext(events)
             async for _, token, reason in events:
@@ -364,7 +364,7 @@ class BodyLimit:
 
 
 def _deliver(told):
-    for _loop, events, event in told:
+    for events, event in told:
         events.put_nowait(event)
 
 
@@ -466,13 +466,13 @@ def create_app(model, tokenizer, *, vlm=None, model_name="eaglefinch", max_batch
                         headers={"content-disposition": 'attachment; filename="eaglefinch.mid"'})
 
     async def respond(body, segments, stops, chat):
-        body.sampler()   # bad sampling options: a 400 now, not in the stream
+        sampler = body.sampler(server.banned)   # bad options: a 400 now, not in the stream
         state = server.initial_state(body.state)
         created, rid = int(time.time()), ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         kind = "chat.completion" if chat else "text_completion"
 
         usage = {}
-        pieces = server.text(segments, body, stops, state, usage)
+        pieces = server.text(segments, body, sampler, stops, state, usage)
         if not body.stream:
             texts, reasons = [""] * body.n, [None] * body.n
             async with contextlib.aclosing(pieces):
