@@ -9,9 +9,9 @@ bench/inference.py makes it), the World tokenizer; on the CPU a 4-layer, 128-wid
 vocabulary in fp32 (weights perturbed off the official init so its outputs vary), one torch thread.
 
 1. The engine alone: the batched server's own engine (made by `create_app`, timed before uvicorn
-   starts, so it is idle; a new `Engine(model, max_batch)` where it cannot be reached), B prompts of 16
-   tokens prefilled, then timed `engine.decode` steps (argmax on the device, synchronised; best of 3)
-   at B = 1, 64 and each N: step time and tokens/s. This is the ceiling the server is held against.
+   starts, so it is idle), B prompts of 16 tokens prefilled, then timed `engine.decode` steps (argmax
+   on the device, synchronised; best of 3: bench/inference.py's `ours_decode`) at B = 1, 64 and each
+   N: step time and tokens/s. This is the ceiling the server is held against.
 2. The server: `create_app(model, tokenizer, max_batch=...)` (default 256) run by uvicorn in a
    thread of this process on a free port. The clients are written with asyncio and raw HTTP/1.1
    (stdlib only: no httpx or openai needed) and run in worker processes of their own
@@ -370,59 +370,17 @@ def build_model(args):
     return model, "finch-1.6b-random"
 
 
-def engine_rates(model, batches, steps, engine=None):
-    """{B: step time and tokens/s of engine.decode} for each B, on `engine` (default: a new one)."""
-    import torch
-
-    from eaglefinch.rwkv_core.engine import Engine
-    device = model.emb.weight.device
-
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-    engine = engine or Engine(model, max_batch=max(batches))
-    g = torch.Generator().manual_seed(0)
-    rates = {}
+def measure_engine(app, batches, steps, res):
+    """The raw decode rates {B: step time, tokens/s} on the server's own engine, idle (uvicorn has not
+    started yet), timed as bench/inference.py times the engine; into res["engine"]."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from inference import ours_decode
+    engine = app.state.server.scheduler.engine
+    res["engine"] = {}
     for b in batches:
-        slots = engine.allocate(b)
-        try:
-            logits = engine.prefill(slots, [torch.randint(1, model.cfg.vocab_size, (16,), generator=g).tolist()
-                                            for _ in range(b)])
-
-            def run():
-                nonlocal logits
-                for _ in range(steps):
-                    logits = engine.decode(slots, logits.argmax(-1))
-            run()
-            best = float("inf")
-            for _ in range(3):
-                sync()
-                t = time.perf_counter()
-                run()
-                sync()
-                best = min(best, time.perf_counter() - t)
-        finally:
-            engine.release(slots)
-        rates[b] = {"step_ms": best / steps * 1e3, "tokens_per_s": b * steps / best}
-        print(f"engine B={b}: {rates[b]['step_ms']:.3f} ms/step, {rates[b]['tokens_per_s']:,.0f} tok/s", flush=True)
-    return rates
-
-
-def measure_engine(app, model, batches, steps, res):
-    """The raw decode rates, on the server's own engine (idle: uvicorn has not started) where it can be
-    reached, else on a new Engine; into res["engine"]."""
-    engine = getattr(getattr(getattr(app.state, "server", None), "scheduler", None), "engine", None)
-    rates = None
-    if engine is not None and getattr(engine, "max_batch", 0) >= max(batches):
-        try:
-            rates, res["engine_source"] = engine_rates(model, batches, steps, engine), "the server's engine"
-        except Exception as e:   # noqa: BLE001 -- its internals changed: measure on an engine of our own
-            print(f"the server's engine could not be timed ({type(e).__name__}: {e}); making one", flush=True)
-    if rates is None:
-        t = time.perf_counter()
-        rates, res["engine_source"] = engine_rates(model, batches, steps), "an Engine of its own"
-        res["engine_own_setup_s"] = time.perf_counter() - t
-    res["engine"] = {str(b): r for b, r in rates.items()}
+        tokens_per_s = ours_decode(engine, b, steps, engine.device)
+        res["engine"][str(b)] = {"step_ms": 1e3 * b / tokens_per_s, "tokens_per_s": tokens_per_s}
+        print(f"engine B={b}: {1e3 * b / tokens_per_s:.3f} ms/step, {tokens_per_s:,.0f} tok/s", flush=True)
 
 
 def serve_rounds(model, tokenizer, model_name, max_batch, clients, args, label, res, save, cap=None,
@@ -563,7 +521,7 @@ def main():
     batches = sorted({1, 64 if not cpu else max(clients)} | {n for n in clients})
     batches = sorted({min(b, args.max_batch) for b in batches})
     serve_rounds(model, tokenizer, model_name, args.max_batch, clients, args, "batched", res, save,
-                 before=lambda app: measure_engine(app, model, batches, steps, res))
+                 before=lambda app: measure_engine(app, batches, steps, res))
     if off_clients:
         serve_rounds(model, tokenizer, model_name, 1, off_clients, args, "unbatched", res, save,
                      cap=args.off_max_requests)

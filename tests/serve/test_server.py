@@ -170,21 +170,18 @@ def test_a_conversation_that_goes_on_reads_only_its_new_messages(client, server,
     first = [system, {"role": "user", "content": "What do robins eat?"}]
     then = [system, {"role": "user", "content": "Why do geese fly in a V?"}]
     tokens = WorldTokenizer().encode
-    for messages in (first, then, then):
+    system_tokens = len(tokens(ChatTemplate().turn("system", system["content"])))
+    # nothing cached yet (no other test uses this system prompt); then its system message; then all
+    for messages, cached in ((first, 0), (then, system_tokens), (then, None)):
         computed = metric(server, "eaglefinch_prompt_tokens_computed_total")
         got = client.chat.completions.create(model="tiny", messages=messages, max_tokens=12, temperature=0)
         prompt = ChatTemplate().render(messages)
         # the same answer as the whole prompt read by generate_text, without any cache
         assert got.choices[0].message.content == reference(prompt, 12, stop=["\n\n"]).strip()
         assert got.usage.prompt_tokens == len(tokens(prompt))
-        cached = got.usage.prompt_tokens_details.cached_tokens
-        if messages is first:
-            assert cached in (0, got.usage.prompt_tokens)   # all of it if an earlier test asked the same
-        elif cached < got.usage.prompt_tokens:   # the second: its system message came from the cache
-            assert cached == len(tokens(ChatTemplate().turn("system", system["content"])))
-        read = metric(server, "eaglefinch_prompt_tokens_computed_total") - computed
-        assert read == got.usage.prompt_tokens - cached
-    assert cached == got.usage.prompt_tokens and read == 0   # the third: nothing new to read
+        cached = got.usage.prompt_tokens if cached is None else cached
+        assert got.usage.prompt_tokens_details.cached_tokens == cached
+        assert metric(server, "eaglefinch_prompt_tokens_computed_total") - computed == got.usage.prompt_tokens - cached
     assert metric(server, "eaglefinch_cache_hits_total") >= 2
 
 
