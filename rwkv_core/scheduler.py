@@ -149,6 +149,7 @@ class Scheduler:
         self.tokens_generated = 0
         self.prompt_tokens_computed = 0       # prompt positions run through the model
         self.cached_tokens = 0                # prompt positions read from the cache instead
+        self._pinned_ids = None               # the sampled ids' landing place on the host (CUDA)
         self._wake = threading.Event()
         self._closing = False
         self.error = None
@@ -320,13 +321,18 @@ class Scheduler:
                 self._finish(slot, "length")
 
     def _step(self):
-        """Sample a token for every running sequence, start the next decode step on the device, and
-        only then hand the tokens out: the callbacks' host work overlaps the device's step."""
+        """Sample a token for every running sequence and start the next decode step with those
+        tokens still on the device; only the sampled ids are waited for. The host's work on them
+        (stops, callbacks, the server's streams) then overlaps the device's decode step, and a host
+        that is late (another thread holding the GIL) finds that step already queued. A sequence
+        that ends at this token wastes its share of the step: its slot is released after it."""
         slots = list(self.active)
         rows = torch.tensor(slots, device=self.engine.device)
         ids = self.sampler.sample(self.next_logits[rows], rows)
-        told, ended, going_on = [], [], []
-        for slot, token in zip(slots, ids.tolist()):
+        read_ids = self._ids_to_host(ids)
+        self.next_logits[rows] = self.engine.decode(slots, ids)
+        told, ended = [], []
+        for slot, token in zip(slots, read_ids()):
             request = self.active[slot]
             if request.cancelled:
                 self._finish(slot, "cancelled")
@@ -335,17 +341,32 @@ class Scheduler:
             else:
                 request.generated += 1
                 told.append((request, token))
-                (ended if request.generated >= request.max_tokens else going_on).append((slot, token))
+                if request.generated >= request.max_tokens:
+                    ended.append(slot)
         self.tokens_generated += len(told)
-        if going_on:
-            keep = [slot for slot, _ in going_on]
-            logits = self.engine.decode(keep, [token for _, token in going_on])
-            self.next_logits[torch.tensor(keep, device=self.engine.device)] = logits
         for request, token in told:
             self._tell(request, token, None)
-        for slot, _ in ended:
+        for slot in ended:
             self._finish(slot, "length")
         # a request cancelled by now leaves at the next step (its extra token is never told)
+
+    def _ids_to_host(self, ids):
+        """A function that returns `ids` as a list, waiting only for the device work queued so far,
+        not for what is queued after this call (a copy into pinned memory and a CUDA event)."""
+        if ids.device.type != "cuda":
+            values = ids.tolist()
+            return lambda: values
+        if self._pinned_ids is None:
+            self._pinned_ids = torch.empty(self.engine.max_batch, dtype=torch.long, pin_memory=True)
+        host = self._pinned_ids[:len(ids)]
+        host.copy_(ids, non_blocking=True)
+        copied = torch.cuda.Event()
+        copied.record()
+
+        def read():
+            copied.synchronize()
+            return host.tolist()
+        return read
 
     def _finish(self, slot, reason):
         request = self.active.pop(slot)
