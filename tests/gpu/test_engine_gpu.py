@@ -107,3 +107,37 @@ def test_a_sequence_does_not_depend_on_its_batch_companions(dtype, tol):
         logits = engine.decode(slots, ids)
     print(f"{dtype}: alone vs in a batch of 20, max relative logit difference {max(errs):.2e}")
     assert max(errs) <= tol
+
+
+def test_scheduler_on_the_gpu_gives_the_plain_models_greedy_tokens():
+    """The scheduler's CUDA path (the decode step launched with the sampled ids still on the device,
+    the ids read through a pinned copy and an event): requests joining a running batch, one of them
+    ending at a stop token, each get the plain fp32 model's greedy tokens."""
+    from eaglefinch.rwkv_core.sampling import SamplerConfig
+    from eaglefinch.rwkv_core.scheduler import Scheduler
+
+    from ..core.test_scheduler import Collector
+
+    model = gpu_model("finch", torch.float32, seed=7)
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(1, 1000, (n,), generator=g).tolist() for n in (4, 9, 1, 17, 6)]
+    lengths = [40, 25, 60, 10, 33]
+    expected = [reference_greedy(model, p, n, device="cuda")[0] for p, n in zip(prompts, lengths)]
+    stop = expected[2][30]   # the third request stops at its 31st token (or earlier, if it comes before)
+    scheduler = Scheduler(model, max_batch=3)
+    try:
+        collectors = [Collector() for _ in prompts]
+        for i, (prompt, n, c) in enumerate(zip(prompts, lengths, collectors)):
+            scheduler.submit(prompt, n, SamplerConfig(temperature=0.0), seed=0, on_token=c,
+                             stop_ids=(stop,) if i == 2 else ())
+        for c in collectors:
+            assert c.done.wait(120)
+        for i, (want, c) in enumerate(zip(expected, collectors)):
+            if i == 2:
+                want = want[:want.index(stop)]
+                assert c.reason == "stop"
+            else:
+                assert c.reason == "length"
+            assert c.tokens == want
+    finally:
+        scheduler.close()
