@@ -160,6 +160,7 @@ class TrainConfig:
     l2wrap: bool = True
     grad_checkpointing: bool = False
     compile: bool = False
+    precision: str = "bf16"           # on a GPU: "bf16" (autocast, fp32 weights) or "fp32"; the CPU computes in fp32
     train_mode: str = "full"          # "full", or "state": train only the initial WKV state
     log_every: int = 10
     val_every: int = 100
@@ -171,6 +172,8 @@ class TrainConfig:
         _check_types(self, "train")
         if self.train_mode not in ("full", "state"):
             raise ValueError(f"train_mode must be 'full' or 'state', got {self.train_mode!r}")
+        if self.precision not in ("bf16", "fp32"):
+            raise ValueError(f"precision must be 'bf16' or 'fp32', got {self.precision!r}")
         for name in ("max_steps", "batch_size", "ctx_len", "log_every", "val_every", "val_batches", "save_every"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"train {name} must be positive, got {getattr(self, name)}")

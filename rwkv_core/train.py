@@ -248,14 +248,16 @@ def is_main_process() -> bool:
 
 
 class LocalProcess:
-    """The plain trainer: one process, the GPU if there is one (bf16 autocast), else the CPU."""
+    """The plain trainer: one process, the GPU if there is one (bf16 autocast unless the config's
+    precision is "fp32"), else the CPU (fp32)."""
 
     rank, world_size, is_main = 0, 1, True
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16,
+                                       enabled=self.device.type == "cuda" and cfg.precision == "bf16")
         self.extra = {}
 
     def setup(self, task, optimizer):
