@@ -6,6 +6,9 @@ A domain supplies a *task* (a `Task`: an nn.Module holding the RWKV as `task.mod
 any token vocabulary) serves text and music; visual brings its own task. Every trainable
 parameter of the task is optimised (a visual projector too), in the official parameter groups.
 
+With `segment_len` in the config, a NextTokenTask backpropagates each window segment by segment, the
+state carried (`NextTokenTask.backward_segments`): the gradients of one pass, one segment's memory.
+
 The loop is the same on one device and under DeepSpeed; what differs (set-up, backward, step,
 saving and loading a checkpoint) sits behind a small seam, `LocalProcess` and `DeepSpeedProcess`.
 Under the `deepspeed` (or torchrun) launcher, `train(..., deepspeed_config=...)` runs data parallel
@@ -28,6 +31,7 @@ from .checkpoint import CheckpointError, read_torch_file, restoring_from, save_m
 from .config import TrainConfig
 from .files import atomic_path, remove_stale_temporaries, write_text_atomic
 from .run import MetricsLog, Run
+from .state import RWKVState
 
 
 def load_splits(data_dir, ctx_len):
@@ -42,20 +46,24 @@ def load_splits(data_dir, ctx_len):
 
 class L2Wrap(torch.autograd.Function):
     """Identity on the loss; in backward, adds to each position's largest logit a gradient of
-    1e-4 * max_logit / (B*T): the gradient of 1e-4 * mean(max logit^2) / 2, keeping logits near 0."""
+    1e-4 * max_logit / (B*T): the gradient of 1e-4 * mean(max logit^2) / 2, keeping logits near 0.
+
+    `num_tokens` is the B*T of the mean (default: the logits' own); a segment of a longer sequence
+    passes the whole sequence's, so its positions get the same gradient as in one pass."""
 
     @staticmethod
-    def forward(ctx, loss, logits):
+    def forward(ctx, loss, logits, num_tokens=None):
         ctx.save_for_backward(logits)
+        ctx.num_tokens = num_tokens or logits.shape[0] * logits.shape[1]
         return loss
 
     @staticmethod
     def backward(ctx, grad_output):
         (logits,) = ctx.saved_tensors
-        factor = 1e-4 / (logits.shape[0] * logits.shape[1])
+        factor = 1e-4 / ctx.num_tokens
         max_vals, max_ids = logits.max(dim=-1, keepdim=True)
         grad_logits = torch.zeros_like(logits).scatter_(-1, max_ids, max_vals * factor)
-        return grad_output, grad_logits
+        return grad_output, grad_logits, None
 
 
 class Task(nn.Module):
@@ -74,9 +82,65 @@ class NextTokenTask(Task):
         self.model, self.l2wrap = model, l2wrap
 
     def forward(self, batch):
-        logits, _ = self.model(batch.inputs)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), batch.targets.flatten())
-        return L2Wrap.apply(loss, logits) if self.l2wrap and self.training else loss
+        return self.sequence_loss(batch.inputs, batch.targets, None, batch.num_tokens)[0]
+
+    def sequence_loss(self, inputs, targets, state, num_tokens):
+        """(loss, new state) of inputs [B, T] read from `state` (None: the model's initial state).
+
+        The loss is these positions' share of the mean over `num_tokens` positions (a whole batch
+        of which these may be one segment): the segments' losses add up to the batch's mean."""
+        logits, state = self.model(inputs, state)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten()) * (targets.numel() / num_tokens)
+        if self.l2wrap and self.training:
+            loss = L2Wrap.apply(loss, logits, num_tokens)
+        return loss, state
+
+    def loss_in_segments(self, batch, segment_len):
+        """The batch's loss read in segments of `segment_len` tokens, the state carried (no graph:
+        for evaluation; training takes `backward_segments`)."""
+        loss, state = 0.0, None
+        with torch.no_grad():
+            for a in range(0, batch.inputs.shape[1], segment_len):
+                part, state = self.sequence_loss(batch.inputs[:, a:a + segment_len], batch.targets[:, a:a + segment_len],
+                                                 state, batch.num_tokens)
+                loss = loss + part
+        return loss
+
+    def backward_segments(self, batch, segment_len, autocast=contextlib.nullcontext()):
+        """Backpropagate the batch's loss through its windows read as segments of `segment_len`
+        tokens (the last may be shorter), the state carried from one to the next; returns the loss.
+
+        The gradients are those of one pass over the whole windows (full backpropagation through
+        time), but only one segment's activations are ever held: a forward without a graph keeps
+        the state at each segment's start; then, from the last segment back, each segment is run
+        again from its start state with a graph, and its loss and the gradient that reached its end
+        state (from the segments after it) are backpropagated together. The gradient reaching its
+        start state goes on to the segment before. Costs one more forward than a single pass."""
+        T = batch.inputs.shape[1]
+        bounds = [(a, min(a + segment_len, T)) for a in range(0, T, segment_len)]
+        starts = [None]   # None: segment 0 starts from the model's initial state (a tuned one gets its gradient)
+        with torch.no_grad(), autocast:
+            for a, b in bounds[:-1]:
+                starts.append(self.model.forward_hidden(batch.inputs[:, a:b], starts[-1])[1])
+        losses, end_grads = [], None
+        for (a, b), start in zip(reversed(bounds), reversed(starts)):
+            if start is not None:
+                start = RWKVState(*(t.detach().requires_grad_() for t in state_tensors(start)))
+            with autocast:
+                loss, end = self.sequence_loss(batch.inputs[:, a:b], batch.targets[:, a:b], start, batch.num_tokens)
+            outputs, grads = [loss], [None]
+            for t, g in zip(state_tensors(end), end_grads or ()):
+                if g is not None and t.requires_grad:
+                    outputs.append(t)
+                    grads.append(g)
+            torch.autograd.backward(outputs, grads)
+            end_grads = None if start is None else [t.grad for t in state_tensors(start)]
+            losses.append(loss.detach())
+        return sum(losses)
+
+
+def state_tensors(state: RWKVState) -> tuple:
+    return state.att_shift, state.wkv, state.ffn_shift
 
 
 def param_groups(module, cfg: TrainConfig):
@@ -147,8 +211,10 @@ def evaluate(task, val_data, cfg: TrainConfig, device, autocast) -> float:
     for i, batch in enumerate(val_data.iter_batches(cfg.batch_size, cfg.ctx_len)):
         if i >= cfg.val_batches:
             break
-        with autocast:
-            losses.append(task(batch.to(device)).item())
+        batch = batch.to(device)
+        with autocast:  # in segments, as training reads them: memory grows with the segment there too
+            loss = task(batch) if cfg.segment_len is None else task.loss_in_segments(batch, cfg.segment_len)
+        losses.append(loss.item())
     task.train()
     return sum(losses) / len(losses)
 
@@ -167,6 +233,10 @@ def train(task, cfg: TrainConfig, train_data, out_dir, *, val_data=None, resume=
     """
     from tqdm import tqdm
 
+    if cfg.segment_len is not None and not isinstance(task, NextTokenTask):
+        raise ValueError(f"train segment_len: {type(task).__name__} cannot read its samples in segments; remove it")
+    if cfg.segment_len is not None and deepspeed_config is not None:
+        raise ValueError("train segment_len is not supported under DeepSpeed; remove it or train without --deepspeed")
     run = Run(out_dir)
     run.folder.mkdir(parents=True, exist_ok=True)
     proc = DeepSpeedProcess(deepspeed_config, cfg) if deepspeed_config is not None else LocalProcess(cfg)
@@ -193,9 +263,12 @@ def train(task, cfg: TrainConfig, train_data, out_dir, *, val_data=None, resume=
         for group in optimizer.param_groups:  # looked up each step: loading a checkpoint may replace the list
             group["lr"] = lr * group["lr_scale"]
         batch = train_data.sample_batch(cfg.batch_size, cfg.ctx_len, data_rng).to(proc.device)
-        with proc.autocast:
-            loss_t = forward(batch)
-        proc.backward(loss_t)
+        if cfg.segment_len is None:
+            with proc.autocast:
+                loss_t = forward(batch)
+            proc.backward(loss_t)
+        else:  # the same gradients, one segment's activations at a time
+            loss_t = task.backward_segments(batch, cfg.segment_len, proc.autocast)
         proc.step()
         loss = proc.mean(loss_t)
         tokens_per_s = batch.num_tokens * proc.world_size / (time.perf_counter() - t0)
