@@ -8,6 +8,7 @@ parameter of the task is optimised (a visual projector too), in the official par
 
 With `segment_len` in the config, a NextTokenTask backpropagates each window segment by segment, the
 state carried (`NextTokenTask.backward_segments`): the gradients of one pass, one segment's memory.
+A NaN or infinite loss stops training before it reaches the weights (`NonFiniteLoss`).
 
 The loop is the same on one device and under DeepSpeed; what differs (set-up, backward, step,
 saving and loading a checkpoint) sits behind a small seam, `LocalProcess` and `DeepSpeedProcess`.
@@ -32,6 +33,20 @@ from .config import TrainConfig
 from .files import atomic_path, remove_stale_temporaries, write_text_atomic
 from .run import MetricsLog, Run
 from .state import RWKVState
+
+
+class NonFiniteLoss(RuntimeError):
+    """A step's training loss is NaN or infinite: training stops before that step changes the weights,
+    and the run folder keeps its last checkpoint (`saved_step`; None when none was written yet)."""
+
+    def __init__(self, step: int, loss: float, checkpoint: Path, saved_step: int | None):
+        self.step, self.loss, self.checkpoint, self.saved_step = step, loss, checkpoint, saved_step
+        if saved_step is None:
+            kept = "no checkpoint was written yet: start the run again"
+        else:
+            kept = f"the last good checkpoint, {checkpoint} at step {saved_step}, is kept: continue from it with --resume"
+        super().__init__(f"step {step}: the training loss is {loss} (not finite), so training stopped before "
+                         f"this step changed the weights; {kept} after lowering lr_init in the config")
 
 
 def load_splits(data_dir, ctx_len):
@@ -230,6 +245,9 @@ def train(task, cfg: TrainConfig, train_data, out_dir, *, val_data=None, resume=
     With `deepspeed_config` (a dict, a JSON path or a shipped name such as "deepspeed/zero1") every
     process of the launcher runs this, data parallel; rank 0 alone logs and writes the run's files
     (`DeepSpeedProcess`).
+
+    A step whose loss is not finite raises `NonFiniteLoss` before the optimizer applies it and
+    without saving: the run folder keeps its last checkpoint.
     """
     from tqdm import tqdm
 
@@ -252,6 +270,7 @@ def train(task, cfg: TrainConfig, train_data, out_dir, *, val_data=None, resume=
                                   eps=cfg.adam_eps)
     forward = proc.setup(task, optimizer)
     step = proc.load(run, data_rng) if resume else 0
+    saved_step = step if resume else None   # the step of the run folder's checkpoint
     metrics = MetricsLog(run, resume, step) if proc.is_main else None
     extra = {"train_config": dataclasses.asdict(cfg), **proc.extra, **(extra or {})}
     loss = float("nan")
@@ -269,8 +288,11 @@ def train(task, cfg: TrainConfig, train_data, out_dir, *, val_data=None, resume=
             proc.backward(loss_t)
         else:  # the same gradients, one segment's activations at a time
             loss_t = task.backward_segments(batch, cfg.segment_len, proc.autocast)
+        loss = proc.mean(loss_t)  # the step's one host sync, before the step: a bad loss never reaches the weights
+        if not math.isfinite(loss):
+            bar.close()
+            raise NonFiniteLoss(step + 1, loss, proc.checkpoint_path(run), saved_step)
         proc.step()
-        loss = proc.mean(loss_t)
         tokens_per_s = batch.num_tokens * proc.world_size / (time.perf_counter() - t0)
         step += 1
         bar.update(1)
@@ -280,6 +302,7 @@ def train(task, cfg: TrainConfig, train_data, out_dir, *, val_data=None, resume=
         # the checkpoint comes before validation: a failing validation never costs the interval's work
         if step % cfg.save_every == 0 or step == cfg.max_steps:
             proc.save(run, task, step, data_rng, extra)
+            saved_step = step
             if proc.is_main:
                 metrics.flush()
         if val_data is not None and (step % cfg.val_every == 0 or step == cfg.max_steps):
@@ -347,6 +370,9 @@ class LocalProcess:
 
     def mean(self, loss) -> float:
         return loss.item()
+
+    def checkpoint_path(self, run: Run) -> Path:
+        return run.checkpoint
 
     def save(self, run: Run, task, step, data_rng, extra):
         """The inference files first, then checkpoint.pt: the checkpoint is never newer than them."""
@@ -445,6 +471,9 @@ class DeepSpeedProcess:
         total = loss.detach().clone()
         dist.all_reduce(total)  # every rank has the same batch size: the global batch's loss is the mean
         return total.item() / self.world_size
+
+    def checkpoint_path(self, run: Run) -> Path:
+        return run.deepspeed
 
     def save(self, run: Run, task, step, data_rng, extra):
         """Every rank: its part of DeepSpeed's checkpoint (folder `deepspeed/step<N>`) and its RNG
