@@ -159,6 +159,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     l2wrap: bool = True
     grad_checkpointing: bool = False
+    segment_len: int | None = None    # run each window as segments of this many tokens, the state carried (full BPTT)
     compile: bool = False
     precision: str = "bf16"           # on a GPU: "bf16" (autocast, fp32 weights) or "fp32"; the CPU computes in fp32
     train_mode: str = "full"          # "full", or "state": train only the initial WKV state
@@ -177,6 +178,10 @@ class TrainConfig:
         for name in ("max_steps", "batch_size", "ctx_len", "log_every", "val_every", "val_batches", "save_every"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"train {name} must be positive, got {getattr(self, name)}")
+        if self.segment_len is not None and self.segment_len <= 0:
+            raise ValueError(f"train segment_len must be positive (or null: no segments), got {self.segment_len}")
+        if self.segment_len is not None and self.compile:
+            raise ValueError("train segment_len cannot be combined with compile; set \"compile\": false")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":

@@ -6,6 +6,10 @@ A domain supplies a *task* (a `Task`: an nn.Module holding the RWKV as `task.mod
 any token vocabulary) serves text and music; visual brings its own task. Every trainable
 parameter of the task is optimised (a visual projector too), in the official parameter groups.
 
+With `segment_len` in the config, a NextTokenTask backpropagates each window segment by segment, the
+state carried (`NextTokenTask.backward_segments`): the gradients of one pass, one segment's memory.
+A NaN or infinite loss stops training before it reaches the weights (`NonFiniteLoss`).
+
 The loop is the same on one device and under DeepSpeed; what differs (set-up, backward, step,
 saving and loading a checkpoint) sits behind a small seam, `LocalProcess` and `DeepSpeedProcess`.
 Under the `deepspeed` (or torchrun) launcher, `train(..., deepspeed_config=...)` runs data parallel
@@ -28,6 +32,21 @@ from .checkpoint import CheckpointError, read_torch_file, restoring_from, save_m
 from .config import TrainConfig
 from .files import atomic_path, remove_stale_temporaries, write_text_atomic
 from .run import MetricsLog, Run
+from .state import RWKVState
+
+
+class NonFiniteLoss(RuntimeError):
+    """A step's training loss is NaN or infinite: training stops before that step changes the weights,
+    and the run folder keeps its last checkpoint (`saved_step`; None when none was written yet)."""
+
+    def __init__(self, step: int, loss: float, checkpoint: Path, saved_step: int | None):
+        self.step, self.loss, self.checkpoint, self.saved_step = step, loss, checkpoint, saved_step
+        if saved_step is None:
+            kept = "no checkpoint was written yet: start the run again"
+        else:
+            kept = f"the last good checkpoint, {checkpoint} at step {saved_step}, is kept: continue from it with --resume"
+        super().__init__(f"step {step}: the training loss is {loss} (not finite), so training stopped before "
+                         f"this step changed the weights; {kept} after lowering lr_init in the config")
 
 
 def load_splits(data_dir, ctx_len):
@@ -42,20 +61,24 @@ def load_splits(data_dir, ctx_len):
 
 class L2Wrap(torch.autograd.Function):
     """Identity on the loss; in backward, adds to each position's largest logit a gradient of
-    1e-4 * max_logit / (B*T): the gradient of 1e-4 * mean(max logit^2) / 2, keeping logits near 0."""
+    1e-4 * max_logit / (B*T): the gradient of 1e-4 * mean(max logit^2) / 2, keeping logits near 0.
+
+    `num_tokens` is the B*T of the mean (default: the logits' own); a segment of a longer sequence
+    passes the whole sequence's, so its positions get the same gradient as in one pass."""
 
     @staticmethod
-    def forward(ctx, loss, logits):
+    def forward(ctx, loss, logits, num_tokens=None):
         ctx.save_for_backward(logits)
+        ctx.num_tokens = num_tokens or logits.shape[0] * logits.shape[1]
         return loss
 
     @staticmethod
     def backward(ctx, grad_output):
         (logits,) = ctx.saved_tensors
-        factor = 1e-4 / (logits.shape[0] * logits.shape[1])
+        factor = 1e-4 / ctx.num_tokens
         max_vals, max_ids = logits.max(dim=-1, keepdim=True)
         grad_logits = torch.zeros_like(logits).scatter_(-1, max_ids, max_vals * factor)
-        return grad_output, grad_logits
+        return grad_output, grad_logits, None
 
 
 class Task(nn.Module):
@@ -74,9 +97,65 @@ class NextTokenTask(Task):
         self.model, self.l2wrap = model, l2wrap
 
     def forward(self, batch):
-        logits, _ = self.model(batch.inputs)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), batch.targets.flatten())
-        return L2Wrap.apply(loss, logits) if self.l2wrap and self.training else loss
+        return self.sequence_loss(batch.inputs, batch.targets, None, batch.num_tokens)[0]
+
+    def sequence_loss(self, inputs, targets, state, num_tokens):
+        """(loss, new state) of inputs [B, T] read from `state` (None: the model's initial state).
+
+        The loss is these positions' share of the mean over `num_tokens` positions (a whole batch
+        of which these may be one segment): the segments' losses add up to the batch's mean."""
+        logits, state = self.model(inputs, state)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten()) * (targets.numel() / num_tokens)
+        if self.l2wrap and self.training:
+            loss = L2Wrap.apply(loss, logits, num_tokens)
+        return loss, state
+
+    def loss_in_segments(self, batch, segment_len):
+        """The batch's loss read in segments of `segment_len` tokens, the state carried (no graph:
+        for evaluation; training takes `backward_segments`)."""
+        loss, state = 0.0, None
+        with torch.no_grad():
+            for a in range(0, batch.inputs.shape[1], segment_len):
+                part, state = self.sequence_loss(batch.inputs[:, a:a + segment_len], batch.targets[:, a:a + segment_len],
+                                                 state, batch.num_tokens)
+                loss = loss + part
+        return loss
+
+    def backward_segments(self, batch, segment_len, autocast=contextlib.nullcontext()):
+        """Backpropagate the batch's loss through its windows read as segments of `segment_len`
+        tokens (the last may be shorter), the state carried from one to the next; returns the loss.
+
+        The gradients are those of one pass over the whole windows (full backpropagation through
+        time), but only one segment's activations are ever held: a forward without a graph keeps
+        the state at each segment's start; then, from the last segment back, each segment is run
+        again from its start state with a graph, and its loss and the gradient that reached its end
+        state (from the segments after it) are backpropagated together. The gradient reaching its
+        start state goes on to the segment before. Costs one more forward than a single pass."""
+        T = batch.inputs.shape[1]
+        bounds = [(a, min(a + segment_len, T)) for a in range(0, T, segment_len)]
+        starts = [None]   # None: segment 0 starts from the model's initial state (a tuned one gets its gradient)
+        with torch.no_grad(), autocast:
+            for a, b in bounds[:-1]:
+                starts.append(self.model.forward_hidden(batch.inputs[:, a:b], starts[-1])[1])
+        losses, end_grads = [], None
+        for (a, b), start in zip(reversed(bounds), reversed(starts)):
+            if start is not None:
+                start = RWKVState(*(t.detach().requires_grad_() for t in state_tensors(start)))
+            with autocast:
+                loss, end = self.sequence_loss(batch.inputs[:, a:b], batch.targets[:, a:b], start, batch.num_tokens)
+            outputs, grads = [loss], [None]
+            for t, g in zip(state_tensors(end), end_grads or ()):
+                if g is not None and t.requires_grad:
+                    outputs.append(t)
+                    grads.append(g)
+            torch.autograd.backward(outputs, grads)
+            end_grads = None if start is None else [t.grad for t in state_tensors(start)]
+            losses.append(loss.detach())
+        return sum(losses)
+
+
+def state_tensors(state: RWKVState) -> tuple:
+    return state.att_shift, state.wkv, state.ffn_shift
 
 
 def param_groups(module, cfg: TrainConfig):
@@ -147,8 +226,10 @@ def evaluate(task, val_data, cfg: TrainConfig, device, autocast) -> float:
     for i, batch in enumerate(val_data.iter_batches(cfg.batch_size, cfg.ctx_len)):
         if i >= cfg.val_batches:
             break
-        with autocast:
-            losses.append(task(batch.to(device)).item())
+        batch = batch.to(device)
+        with autocast:  # in segments, as training reads them: memory grows with the segment there too
+            loss = task(batch) if cfg.segment_len is None else task.loss_in_segments(batch, cfg.segment_len)
+        losses.append(loss.item())
     task.train()
     return sum(losses) / len(losses)
 
@@ -164,9 +245,16 @@ def train(task, cfg: TrainConfig, train_data, out_dir, *, val_data=None, resume=
     With `deepspeed_config` (a dict, a JSON path or a shipped name such as "deepspeed/zero1") every
     process of the launcher runs this, data parallel; rank 0 alone logs and writes the run's files
     (`DeepSpeedProcess`).
+
+    A step whose loss is not finite raises `NonFiniteLoss` before the optimizer applies it and
+    without saving: the run folder keeps its last checkpoint.
     """
     from tqdm import tqdm
 
+    if cfg.segment_len is not None and not isinstance(task, NextTokenTask):
+        raise ValueError(f"train segment_len: {type(task).__name__} cannot read its samples in segments; remove it")
+    if cfg.segment_len is not None and deepspeed_config is not None:
+        raise ValueError("train segment_len is not supported under DeepSpeed; remove it or train without --deepspeed")
     run = Run(out_dir)
     run.folder.mkdir(parents=True, exist_ok=True)
     proc = DeepSpeedProcess(deepspeed_config, cfg) if deepspeed_config is not None else LocalProcess(cfg)
@@ -182,6 +270,7 @@ def train(task, cfg: TrainConfig, train_data, out_dir, *, val_data=None, resume=
                                   eps=cfg.adam_eps)
     forward = proc.setup(task, optimizer)
     step = proc.load(run, data_rng) if resume else 0
+    saved_step = step if resume else None   # the step of the run folder's checkpoint
     metrics = MetricsLog(run, resume, step) if proc.is_main else None
     extra = {"train_config": dataclasses.asdict(cfg), **proc.extra, **(extra or {})}
     loss = float("nan")
@@ -193,11 +282,17 @@ def train(task, cfg: TrainConfig, train_data, out_dir, *, val_data=None, resume=
         for group in optimizer.param_groups:  # looked up each step: loading a checkpoint may replace the list
             group["lr"] = lr * group["lr_scale"]
         batch = train_data.sample_batch(cfg.batch_size, cfg.ctx_len, data_rng).to(proc.device)
-        with proc.autocast:
-            loss_t = forward(batch)
-        proc.backward(loss_t)
+        if cfg.segment_len is None:
+            with proc.autocast:
+                loss_t = forward(batch)
+            proc.backward(loss_t)
+        else:  # the same gradients, one segment's activations at a time
+            loss_t = task.backward_segments(batch, cfg.segment_len, proc.autocast)
+        loss = proc.mean(loss_t)  # the step's one host sync, before the step: a bad loss never reaches the weights
+        if not math.isfinite(loss):
+            bar.close()
+            raise NonFiniteLoss(step + 1, loss, proc.checkpoint_path(run), saved_step)
         proc.step()
-        loss = proc.mean(loss_t)
         tokens_per_s = batch.num_tokens * proc.world_size / (time.perf_counter() - t0)
         step += 1
         bar.update(1)
@@ -207,6 +302,7 @@ def train(task, cfg: TrainConfig, train_data, out_dir, *, val_data=None, resume=
         # the checkpoint comes before validation: a failing validation never costs the interval's work
         if step % cfg.save_every == 0 or step == cfg.max_steps:
             proc.save(run, task, step, data_rng, extra)
+            saved_step = step
             if proc.is_main:
                 metrics.flush()
         if val_data is not None and (step % cfg.val_every == 0 or step == cfg.max_steps):
@@ -276,6 +372,9 @@ class LocalProcess:
 
     def mean(self, loss) -> float:
         return loss.item()
+
+    def checkpoint_path(self, run: Run) -> Path:
+        return run.checkpoint
 
     def save(self, run: Run, task, step, data_rng, extra):
         """The inference files first, then checkpoint.pt: the checkpoint is never newer than them."""
@@ -374,6 +473,9 @@ class DeepSpeedProcess:
         total = loss.detach().clone()
         dist.all_reduce(total)  # every rank has the same batch size: the global batch's loss is the mean
         return total.item() / self.world_size
+
+    def checkpoint_path(self, run: Run) -> Path:
+        return run.deepspeed
 
     def save(self, run: Run, task, step, data_rng, extra):
         """Every rank: its part of DeepSpeed's checkpoint (folder `deepspeed/step<N>`) and its RNG

@@ -135,6 +135,8 @@ def train_visual(config, data, out_dir, *, val=None, stage: int = 2, clip=None, 
     """
     run_config = RunConfig.load(config, "visual")
     train_cfg = run_config.train.with_overrides(max_steps, seed)
+    if train_cfg.segment_len is not None:  # an image's span is scanned both ways: it cannot be cut into segments
+        raise ValueError(f"{config}: visual training does not read samples in segments; remove \"segment_len\"")
     records = drop_unreadable_images(read_records(data), data, max_pixels, progress)
     val_records = drop_unreadable_images(read_records(val), val, max_pixels, progress) if val else None
     init_run = Run.open(init) if init is not None else None

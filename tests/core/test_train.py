@@ -1,12 +1,19 @@
 """The shared trainer: bit-exact resume, learning, official optimizer groups, run-folder files."""
+import dataclasses
+import json
 import math
 
+import pytest
 import torch
+from safetensors.torch import load_file
+
+from eaglefinch.cli import main
 
 from eaglefinch.rwkv_core import RWKV, RWKVConfig
 from eaglefinch.rwkv_core.data import ShardWriter, TokenDataset
+from eaglefinch.rwkv_core.checkpoint import read_torch_file
 from eaglefinch.rwkv_core.run import read_metrics
-from eaglefinch.rwkv_core.train import NextTokenTask, TrainConfig, lr_at, param_groups, train
+from eaglefinch.rwkv_core.train import NextTokenTask, NonFiniteLoss, TrainConfig, lr_at, param_groups, train
 
 
 def tiny_model(vocab=64, arch="finch"):
@@ -107,3 +114,67 @@ def test_state_tuning_trains_only_the_initial_state(tmp_path):
     for k, v in before.items():
         assert torch.equal(v, after[k]), k
     assert all(after[f"blocks.{i}.att.time_state"].abs().sum() > 0 for i in range(2))
+
+
+class NaNAtStep(NextTokenTask):
+    """A task whose loss turns NaN at its `bad_step`-th training forward (a diverging run)."""
+
+    def __init__(self, model, bad_step):
+        super().__init__(model)
+        self.bad_step, self.calls = bad_step, 0
+
+    def forward(self, batch):
+        loss = super().forward(batch)
+        self.calls += self.training
+        return loss * float("nan") if self.training and self.calls == self.bad_step else loss
+
+
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+    train_data, val_data = write_dataset(tmp_path / "data", {"train": patterned_docs(40, 0), "val": patterned_docs(5, 1)})
+    cfg = TrainConfig(max_steps=8, decay_steps=8, batch_size=4, ctx_len=16, log_every=1, val_every=2, save_every=3,
+                      warmup_steps=2)
+    for steps in (3, 4, 8):   # the same run, uninterrupted, stopped after 3, 4 and 8 steps
+        clean = NextTokenTask(tiny_model())
+        train(clean, dataclasses.replace(cfg, max_steps=steps), train_data, tmp_path / f"clean{steps}",
+              val_data=val_data, progress=False)
+        if steps == 4:
+            after_four = {k: v.clone() for k, v in clean.state_dict().items()}
+
+    task = NaNAtStep(tiny_model(), bad_step=5)
+    with pytest.raises(NonFiniteLoss) as failure:
+        train(task, cfg, train_data, tmp_path / "run", val_data=val_data, progress=False)
+    run = tmp_path / "run"
+    assert (failure.value.step, failure.value.saved_step) == (5, 3) and math.isnan(failure.value.loss)
+    message = str(failure.value)
+    assert "step 5: the training loss is nan" in message and f"{run / 'checkpoint.pt'} at step 3" in message
+    assert "--resume" in message and "lr_init" in message
+    for k, v in task.state_dict().items():   # the bad step never reached the weights
+        assert torch.equal(v, after_four[k]), k
+    checkpoint = read_torch_file(run / "checkpoint.pt")
+    reference = read_torch_file(tmp_path / "clean3" / "checkpoint.pt")
+    assert checkpoint["step"] == 3
+    for k, v in reference["task"].items():
+        assert torch.equal(checkpoint["task"][k], v), k
+    saved, reference = (load_file(folder / "model.safetensors") for folder in (run, tmp_path / "clean3"))
+    assert saved.keys() == reference.keys() and all(torch.equal(saved[k], v) for k, v in reference.items())
+    assert max(r["step"] for r in read_metrics(run / "metrics.jsonl")) == 3
+
+    train(NextTokenTask(tiny_model()), cfg, train_data, run, val_data=val_data, resume=True, progress=False)
+    resumed, clean = (read_metrics(folder / "metrics.jsonl") for folder in (run, tmp_path / "clean8"))
+    timeless = [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in resumed]
+    assert timeless == [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in clean]   # bit-exact on the CPU
+
+
+def test_the_command_line_reports_a_non_finite_loss_in_one_line(tmp_path, capsys):
+    write_dataset(tmp_path / "data", {"train": patterned_docs(40, 0), "val": patterned_docs(5, 1)})
+    config = tmp_path / "diverging.json"   # an lr far too large: the first step's update makes the next loss NaN
+    config.write_text(json.dumps({"model": {**tiny_model().cfg.to_dict()},
+                                  "train": {"max_steps": 6, "batch_size": 2, "ctx_len": 16, "lr_init": 1e30,
+                                            "lr_final": 1e30, "warmup_steps": 0, "save_every": 1}}))
+    run = tmp_path / "run"
+    assert main(["text", "train", "--config", str(config), "--data", str(tmp_path / "data"), "--out", str(run)]) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1, errors
+    assert errors[0].startswith("eaglefinch: error: step 2: the training loss is nan")
+    assert f"{run / 'checkpoint.pt'} at step 1" in errors[0]
+    assert read_torch_file(run / "checkpoint.pt")["step"] == 1
