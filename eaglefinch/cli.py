@@ -1,4 +1,4 @@
-"""The `eaglefinch` command: one subcommand group per domain (text, music, visual)."""
+"""The `eaglefinch` command: one subcommand group per domain (text, music, visual), `serve` and `merge`."""
 import argparse
 import sys
 
@@ -18,7 +18,41 @@ def build_parser():
                                   parents=[common]), common)
     from eaglefinch.serve.cli import add_command as add_serve
     add_serve(domains.add_parser("serve", help="an OpenAI-compatible HTTP server for a text, visual or music model", parents=[common]))
+    add_merge(domains.add_parser("merge", help="fold LoRA adapters into their base: an official .pth", parents=[common]))
     return parser
+
+
+def merged_model_path(text: str) -> str:
+    """An argparse type for merge's --out: a .pth (official layout) or .safetensors in an existing folder."""
+    from eaglefinch.rwkv_core.cli import output_path
+    if not text.endswith((".pth", ".safetensors")):
+        raise argparse.ArgumentTypeError(f"{text}: give a .pth (the official layout) or a .safetensors file")
+    return output_path(text)
+
+
+def add_merge(parser):
+    parser.add_argument("--checkpoint", required=True,
+                        help="the base: an official .pth, a .safetensors, or a run folder (a LoRA run brings its adapters)")
+    parser.add_argument("--adapters", metavar="FILE", help="the LoRA adapters (.safetensors); default: the run folder's own")
+    parser.add_argument("--out", required=True, type=merged_model_path, help="the merged model: .pth or .safetensors")
+    parser.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), help="of the written weights (default: as the base stores them)")
+    parser.set_defaults(func=cmd_merge)
+
+
+def cmd_merge(args):
+    import torch
+
+    from eaglefinch.rwkv_core.checkpoint import save_model
+    from eaglefinch.rwkv_core.lora import has_adapters, merge_adapters
+    from eaglefinch.rwkv_core.run import Run
+
+    model = Run.open(args.checkpoint).load_model(dtype=None, adapters=args.adapters)
+    if not has_adapters(model):
+        raise ValueError(f"{args.checkpoint}: no adapters to merge; give --adapters FILE, or a LoRA run folder")
+    merge_adapters(model)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}.get(args.dtype)
+    save_model(model, args.out, dtype=dtype)
+    print(f"wrote {args.out}")
 
 
 def main(argv=None):

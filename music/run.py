@@ -26,9 +26,10 @@ class MusicRun(Run):
         except (ValueError, KeyError, TypeError) as e:
             raise CheckpointError(f"{path}: not a valid MIDI tokenizer ({e})") from None
 
-    def load(self, dtype=torch.float32, device="cpu"):
-        """(model in eval mode, tokenizer), checked to agree."""
-        model, tokenizer = self.load_model(dtype, device), self.tokenizer()
+    def load(self, dtype=torch.float32, device="cpu", adapters=None):
+        """(model in eval mode, tokenizer), checked to agree. `adapters`: a LoRA adapters file to
+        run with unmerged, instead of the run's own (`Run.load_model`)."""
+        model, tokenizer = self.load_model(dtype, device, adapters=adapters), self.tokenizer()
         if model.cfg.vocab_size != tokenizer.vocab_size:
             raise CheckpointError(f"{self.model_file} has {model.cfg.vocab_size} outputs but its tokenizer "
                                   f"{tokenizer.vocab_size} ids")

@@ -195,9 +195,13 @@ def load_model(path, dtype=torch.float32, device="cpu", state=None) -> RWKV:
 def save_model(model, path, dtype=None, domain_tensors: dict | None = None) -> None:
     """Official layout, written atomically. `.safetensors` also stores the config as metadata, and
     may carry a domain's own tensors beside the model (keys under the domain's prefix, e.g.
-    "visual.projector.weight"), so that everything inference needs is one file, written at once."""
+    "visual.projector.weight"), so that everything inference needs is one file, written at once.
+    A model with LoRA adapters saves its base weights: the adapters go to their own file
+    (`lora.save_adapters`), or into the weights with `lora.merge_adapters` first."""
+    from .lora import is_adapter_key
     path = Path(path)
-    sd = {k: v.detach().to(dtype or v.dtype).contiguous().cpu() for k, v in model.state_dict().items()}
+    sd = {k: v.detach().to(dtype or v.dtype).contiguous().cpu() for k, v in model.state_dict().items()
+          if not is_adapter_key(k)}
     if domain_tensors:
         if path.suffix != ".safetensors":
             raise ValueError(f"{path}: a domain's tensors go only into .safetensors (a .pth is the official layout)")

@@ -15,6 +15,11 @@ from pathlib import Path
 
 ARCHS = ("eagle", "finch")  # eagle = RWKV-5.2 (x052), finch = RWKV-6 (x060)
 DOMAINS = ("text", "music", "visual")
+TRAIN_MODES = ("full", "state", "lora")
+# the projections LoRA can adapt, named as in every block (blocks.{i}.att.key, ...)
+LORA_TARGETS = ("att.receptance", "att.key", "att.value", "att.gate", "att.output",
+                "ffn.key", "ffn.value", "ffn.receptance")
+LORA_INITS = ("lora", "pissa")
 
 
 def _shipped():
@@ -162,7 +167,12 @@ class TrainConfig:
     segment_len: int | None = None    # run each window as segments of this many tokens, the state carried (full BPTT)
     compile: bool = False
     precision: str = "bf16"           # on a GPU: "bf16" (autocast, fp32 weights) or "fp32"; the CPU computes in fp32
-    train_mode: str = "full"          # "full", or "state": train only the initial WKV state
+    train_mode: str = "full"          # "full"; "state": only the initial WKV state; "lora": only adapters
+    lora_rank: int = 16               # r of every adapter (train_mode "lora")
+    lora_alpha: float = 32.0          # the adapters' output is scaled by lora_alpha / lora_rank
+    lora_targets: list = field(default_factory=lambda: list(LORA_TARGETS))   # projections that get an adapter
+    lora_init: str = "lora"           # "lora": B = 0; "pissa": A, B from the top-r singular vectors of W
+    lora_train_small: bool = False    # also train the per-channel parameters (time_* mixes, decays, ln)
     log_every: int = 10
     val_every: int = 100
     val_batches: int = 8
@@ -171,8 +181,16 @@ class TrainConfig:
 
     def __post_init__(self):
         _check_types(self, "train")
-        if self.train_mode not in ("full", "state"):
-            raise ValueError(f"train_mode must be 'full' or 'state', got {self.train_mode!r}")
+        if self.train_mode not in TRAIN_MODES:
+            raise ValueError(f"train_mode must be one of {', '.join(TRAIN_MODES)}, got {self.train_mode!r}")
+        if self.lora_rank <= 0 or self.lora_alpha <= 0:
+            raise ValueError(f"lora_rank and lora_alpha must be positive, got {self.lora_rank} and {self.lora_alpha}")
+        unknown = [t for t in self.lora_targets if t not in LORA_TARGETS]
+        if unknown or not self.lora_targets or len(set(self.lora_targets)) != len(self.lora_targets):
+            raise ValueError(f"lora_targets must be distinct names among {', '.join(LORA_TARGETS)}, "
+                             f"got {self.lora_targets!r}")
+        if self.lora_init not in LORA_INITS:
+            raise ValueError(f"lora_init must be one of {', '.join(LORA_INITS)}, got {self.lora_init!r}")
         if self.precision not in ("bf16", "fp32"):
             raise ValueError(f"precision must be 'bf16' or 'fp32', got {self.precision!r}")
         for name in ("max_steps", "batch_size", "ctx_len", "log_every", "val_every", "val_batches", "save_every"):

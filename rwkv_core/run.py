@@ -1,7 +1,8 @@
 """A run folder: what a training run writes, and the one way every command opens a trained model.
 
     RUN/config.json        the run's config (RunConfig: domain, model, train and the domain's section)
-    RUN/model.safetensors  weights and model config: what inference loads
+    RUN/model.safetensors  weights and model config: what inference loads (a LoRA run: the base)
+    RUN/adapters.safetensors  a LoRA run's adapters, loaded with the model and kept unmerged
     RUN/checkpoint.pt      everything --resume needs (model, optimizer, step, data sampler, RNGs)
     RUN/metrics.jsonl      one JSON object per logged step; RUN/loss.png its plot
     RUN/<domain files>     text: vocab_subset.json (trimmed vocabularies); music: tokenizer.json;
@@ -33,6 +34,7 @@ class Run:
 
     CONFIG = "config.json"
     MODEL = "model.safetensors"
+    ADAPTERS = "adapters.safetensors"
     CHECKPOINT = "checkpoint.pt"
     METRICS = "metrics.jsonl"
     PLOT = "loss.png"
@@ -45,6 +47,7 @@ class Run:
         self.folder = Path(folder)
         self.model_file = Path(model_file) if model_file is not None else self.folder / self.MODEL
         self.is_bare = model_file is not None and self.model_file != self.folder / self.MODEL
+        self.adapters = self.folder / self.ADAPTERS
         self.checkpoint = self.folder / self.CHECKPOINT
         self.metrics = self.folder / self.METRICS
         self.plot = self.folder / self.PLOT
@@ -105,10 +108,17 @@ class Run:
         """The ctx_len the run was trained with (None for a bare model: use the model config's)."""
         return self.config.train.ctx_len if self.config is not None else None
 
-    def load_model(self, dtype=torch.float32, device="cpu", state=None):
-        """The RWKV of the run, in eval mode (`state`: a file of tuned initial states)."""
+    def load_model(self, dtype=torch.float32, device="cpu", state=None, adapters=None):
+        """The RWKV of the run, in eval mode. `adapters`: a LoRA adapters file to run with, unmerged
+        (default: the run's own adapters.safetensors, if it is a LoRA run; a bare model file has
+        none); `state`: a file of tuned initial states. dtype None keeps the file's."""
         from .checkpoint import load_model, load_tuned_state
+        from .lora import load_adapters
         model = load_model(self.model_file, dtype=dtype, device=device)
+        if adapters is None and not self.is_bare and self.adapters.is_file():
+            adapters = self.adapters
+        if adapters is not None:
+            load_adapters(model, adapters)
         if state is not None:
             load_tuned_state(model, state)
         return model.eval()

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from .checkpoint import CheckpointError, read_torch_file, restoring_from, save_model
 from .config import TrainConfig
 from .files import atomic_path, remove_stale_temporaries, write_text_atomic
+from .lora import add_adapters, has_adapters, is_adapter_key, is_small, merge_adapters, save_adapters
 from .run import MetricsLog, Run
 from .state import RWKVState
 
@@ -83,10 +84,26 @@ class L2Wrap(torch.autograd.Function):
 
 class Task(nn.Module):
     """What the trainer trains: `self.model` (an RWKV), `forward(batch)` -> scalar loss, and
-    `save_pretrained(run)`, which writes the files inference needs (at every checkpoint)."""
+    `save_pretrained(run)`, which writes the files inference needs (at every checkpoint).
+
+    The model goes to model.safetensors. With LoRA adapters, that file is the frozen base, written
+    at the first checkpoint of the process only, and the adapters go to adapters.safetensors at
+    every one, with the per-channel parameters if they train (lora_train_small; those in the base
+    file are then the first checkpoint's, and the adapters file's replace them on loading): the run
+    folder opens as base plus adapters, unmerged."""
+
+    base_saved = False
 
     def save_pretrained(self, run: Run) -> None:
-        save_model(self.model, run.model_file)
+        lora = has_adapters(self.model)
+        if not (lora and self.base_saved):
+            # adapters in the folder go first: never for a moment beside a base they were not trained on
+            run.adapters.unlink(missing_ok=True)
+            save_model(self.model, run.model_file)   # with adapters: the base weights only
+            self.base_saved = True
+        if lora:
+            trains_small = any(p.requires_grad and is_small(name) for name, p in self.model.named_parameters())
+            save_adapters(self.model, run.adapters, small=trains_small)
 
 
 class NextTokenTask(Task):
@@ -160,8 +177,9 @@ def state_tensors(state: RWKVState) -> tuple:
 
 def param_groups(module, cfg: TrainConfig):
     """Official groups (rwkv-math.md §2.5) over the trainable parameters of `module` (a task or a
-    model): time_decay* at 2x lr; no weight decay on 1-D tensors, time_* and the LoRA matrices;
-    weight decay (if any) on the other matrices and time_state. Empty groups are left out."""
+    model): time_decay* at 2x lr; no weight decay on 1-D tensors, time_*, the Finch LoRA matrices
+    and the adapters (lora_A, lora_B); weight decay (if any) on the other matrices and time_state.
+    Empty groups are left out."""
     groups = {"2x": [], "1x": [], "decay": []}
     for name, p in module.named_parameters():
         if not p.requires_grad:
@@ -169,7 +187,8 @@ def param_groups(module, cfg: TrainConfig):
         short = name.rsplit(".", 1)[-1]
         if short.startswith("time_decay") and not short.endswith(("_w1", "_w2")):
             groups["2x"].append(p)
-        elif cfg.weight_decay > 0 and (short == "time_state" or (p.dim() >= 2 and not short.startswith("time_"))):
+        elif cfg.weight_decay > 0 and (short == "time_state" or (p.dim() >= 2 and not short.startswith("time_")
+                                                                  and not is_adapter_key(name))):
             groups["decay"].append(p)
         else:
             groups["1x"].append(p)
@@ -189,12 +208,20 @@ def lr_at(step, cfg: TrainConfig) -> float:
     return lr
 
 
-def prepare_for_mode(task, mode):
-    """'state' tuning: add a zero initial state if the model has none and train only that."""
-    if mode == "state":
+def prepare_for_mode(task, cfg: TrainConfig):
+    """Training starts from a plain model: adapters it was loaded with are merged into its weights.
+    "state" tuning: add a zero initial state if the model has none and train only that.
+    "lora": add adapters to cfg.lora_targets and train only them (with lora_train_small, also the
+    per-channel parameters); the base weights get no gradient and no optimizer state."""
+    merge_adapters(task.model)
+    if cfg.train_mode == "state":
         task.model.add_tuned_state()
         for name, p in task.named_parameters():
             p.requires_grad_(name.endswith("att.time_state"))
+    elif cfg.train_mode == "lora":
+        add_adapters(task.model, cfg.lora_targets, cfg.lora_rank, cfg.lora_alpha, cfg.lora_init)
+        for name, p in task.named_parameters():
+            p.requires_grad_(is_adapter_key(name) or (cfg.lora_train_small and is_small(name)))
 
 
 def plot_losses(run: Run):
@@ -263,9 +290,9 @@ def train(task, cfg: TrainConfig, train_data, out_dir, *, val_data=None, resume=
         remove_stale_temporaries(run.deepspeed)
     torch.manual_seed(cfg.seed)
     data_rng = torch.Generator().manual_seed(rank_seed(cfg.seed, proc.rank))
-    prepare_for_mode(task, cfg.train_mode)
-    task.model.grad_checkpointing = cfg.grad_checkpointing
     task.to(proc.device).train()
+    prepare_for_mode(task, cfg)   # on the device: PiSSA's SVDs run there
+    task.model.grad_checkpointing = cfg.grad_checkpointing
     optimizer = torch.optim.AdamW(param_groups(task, cfg), lr=cfg.lr_init, betas=(cfg.beta1, cfg.beta2),
                                   eps=cfg.adam_eps)
     forward = proc.setup(task, optimizer)

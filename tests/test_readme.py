@@ -74,7 +74,8 @@ def test_shell_examples_run_as_written(session):
                             "--max-tokens", "3"], cwd=folder, env=ENV, capture_output=True, text=True, timeout=300)
     assert reply.stdout.startswith("User: Hi\n\nAssistant:"), reply
     for made in ("run/model.safetensors", "chat.safetensors", "run/eval.json", "song.mid", "music-run/eval.json",
-                 "clip.pt", "visual-run/model.safetensors", "visual-run/captions.png"):
+                 "clip.pt", "visual-run/model.safetensors", "visual-run/captions.png", "lora-run/adapters.safetensors",
+                 "merged.pth", "state-run/model.safetensors"):
         assert (folder / made).is_file(), made
 
 
@@ -83,4 +84,4 @@ def test_python_examples_run_as_written(session, monkeypatch):
     monkeypatch.chdir(folder)
     for block in readme_blocks("python"):
         exec(compile(block, "README.md", "exec"), {"__name__": "readme"})
-    assert (folder / "out.pth").is_file()
+    assert (folder / "out.pth").is_file() and (folder / "state.pth").is_file()

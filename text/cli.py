@@ -77,7 +77,7 @@ def cmd_generate(args):
     from .generate import generate_text
     from .run import TextRun
 
-    model, tokenizer = TextRun.open(args.checkpoint).load()
+    model, tokenizer = TextRun.open(args.checkpoint).load(adapters=args.adapters)
     state = load_state(args.load_state, model)
     prompt = read_prompt(args)
     write_stdout(prompt)
@@ -93,7 +93,7 @@ def cmd_chat(args):
     from .chat import ChatSession
     from .run import TextRun
 
-    model, tokenizer = TextRun.open(args.checkpoint).load()
+    model, tokenizer = TextRun.open(args.checkpoint).load(adapters=args.adapters)
     session = ChatSession(model, tokenizer, sampler_from(args), seed=args.seed,
                           state=load_state(args.load_state, model), max_tokens=args.max_tokens, progress=True)
     try:
@@ -126,6 +126,12 @@ def user_turns(stdin, prompt=None):
             yield line
 
 
+def add_checkpoint_args(p):
+    p.add_argument("--checkpoint", required=True, help="official .pth, .safetensors, or a run folder")
+    p.add_argument("--adapters", metavar="FILE",
+                   help="LoRA adapters (.safetensors) to run with, unmerged (a LoRA run folder loads its own)")
+
+
 def add_generation_args(p):
     p.add_argument("--max-tokens", type=int_at_least(1), default=200)
     add_sampling_args(p, top_p=0.85)
@@ -138,7 +144,7 @@ def cmd_eval(args):
     from .run import TextRun
 
     run = TextRun.open(args.checkpoint)
-    model, tokenizer = run.load()
+    model, tokenizer = run.load(adapters=args.adapters)
     results = evaluate(model, args.data, args.split, tokenizer=tokenizer, ctx_len=run.ctx_len or model.cfg.ctx_len,
                        max_len=args.max_len, batch_size=args.batch_size, max_tokens=args.max_tokens)
     out = Path(args.out) if args.out else run.folder
@@ -167,7 +173,7 @@ def add_commands(parser, common):
     t.set_defaults(func=cmd_train)
 
     g = sub.add_parser("generate", parents=[common], help="continue a prompt, streaming text to stdout")
-    g.add_argument("--checkpoint", required=True, help="official .pth, .safetensors, or a run folder")
+    add_checkpoint_args(g)
     prompt = g.add_mutually_exclusive_group(required=True)
     prompt.add_argument("--prompt", type=escaped_text,
                         help="the text to continue; escapes such as \\n are decoded; - reads it from standard input")
@@ -178,12 +184,12 @@ def add_commands(parser, common):
     g.set_defaults(func=cmd_generate)
 
     c = sub.add_parser("chat", parents=[common], help="chat on stdin/stdout, the state carried across turns")
-    c.add_argument("--checkpoint", required=True, help="official .pth, .safetensors, or a run folder")
+    add_checkpoint_args(c)
     add_generation_args(c)
     c.set_defaults(func=cmd_chat)
 
     e = sub.add_parser("eval", parents=[common], help="loss, bits per byte and loss by position on held-out shards")
-    e.add_argument("--checkpoint", required=True, help="official .pth, .safetensors, or a run folder")
+    add_checkpoint_args(e)
     e.add_argument("--data", required=True, help="folder written by `eaglefinch text prepare`")
     e.add_argument("--split", default="val")
     e.add_argument("--max-len", type=int_at_least(1), help="window length of the loss-by-position curve (default 4 x training ctx_len)")

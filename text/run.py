@@ -25,9 +25,10 @@ class TextRun(Run):
         """World, or the run's trimmed subset of it (vocab_subset.json)."""
         return run_tokenizer(self)
 
-    def load(self, dtype=torch.float32, device="cpu", state=None):
-        """(model in eval mode, tokenizer), checked to agree."""
-        model, tokenizer = self.load_model(dtype, device, state), self.tokenizer()
+    def load(self, dtype=torch.float32, device="cpu", state=None, adapters=None):
+        """(model in eval mode, tokenizer), checked to agree. `adapters`: a LoRA adapters file to
+        run with unmerged, instead of the run's own (`Run.load_model`)."""
+        model, tokenizer = self.load_model(dtype, device, state, adapters), self.tokenizer()
         check_vocabulary(model, tokenizer, self.folder)
         return model, tokenizer
 

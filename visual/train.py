@@ -137,6 +137,9 @@ def train_visual(config, data, out_dir, *, val=None, stage: int = 2, clip=None, 
     train_cfg = run_config.train.with_overrides(max_steps, seed)
     if train_cfg.segment_len is not None:  # an image's span is scanned both ways: it cannot be cut into segments
         raise ValueError(f"{config}: visual training does not read samples in segments; remove \"segment_len\"")
+    if train_cfg.train_mode == "lora":  # the projector trains too, and a visual run's files hold it whole
+        raise ValueError(f"{config}: train_mode \"lora\" is for text and music runs; a visual run trains "
+                         f"\"full\" (stage 1 or 2) or \"state\"")
     records = drop_unreadable_images(read_records(data), data, max_pixels, progress)
     val_records = drop_unreadable_images(read_records(val), val, max_pixels, progress) if val else None
     init_run = Run.open(init) if init is not None else None

@@ -6,25 +6,29 @@ import torch
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
-def load_served(checkpoint, state, dtype, device):
-    """(model, tokenizer, vlm or None, name) of a text run, visual run, music run or bare model file."""
+def load_served(checkpoint, state, dtype, device, adapters=None):
+    """(model, tokenizer, vlm or None, name) of a text run, visual run, music run or bare model file.
+    `adapters`: a LoRA adapters file to run with, unmerged (a LoRA run folder loads its own)."""
     from eaglefinch.rwkv_core.run import Run
     found = Run.open(checkpoint).found_domain
     if found == "music":
         from eaglefinch.music.run import MusicRun
         run = MusicRun.open(checkpoint)
-        model, tokenizer = run.load(dtype=dtype, device=device)
+        model, tokenizer = run.load(dtype=dtype, device=device, adapters=adapters)
         vlm = None
     elif found == "visual":
         from eaglefinch.visual.run import VisualRun
         run = VisualRun.open(checkpoint)
         vlm, tokenizer = run.load(device=device)
+        if adapters is not None:
+            from eaglefinch.rwkv_core.lora import load_adapters
+            load_adapters(vlm.model, adapters)
         vlm = vlm.to(dtype)
         model = vlm.model
     else:
         from eaglefinch.text.run import TextRun
         run = TextRun.open(checkpoint)
-        model, tokenizer = run.load(dtype=dtype, device=device)
+        model, tokenizer = run.load(dtype=dtype, device=device, adapters=adapters)
         vlm = None
     if state is not None:
         from eaglefinch.rwkv_core.checkpoint import load_tuned_state
@@ -39,7 +43,7 @@ def cmd_serve(args):
     from .app import create_app
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = DTYPES[args.dtype or ("bf16" if device.startswith("cuda") else "fp32")]
-    model, tokenizer, vlm, name = load_served(args.checkpoint, args.state, dtype, device)
+    model, tokenizer, vlm, name = load_served(args.checkpoint, args.state, dtype, device, args.adapters)
     app = create_app(model, tokenizer, vlm=vlm, model_name=args.model_name or name, max_batch=args.max_batch,
                      max_prompt_tokens=args.max_prompt_tokens, default_max_tokens=args.default_max_tokens,
                      cache_mb=args.cache_mb, state_dir=args.state_dir, allow_local_files=args.allow_local_files,
@@ -55,6 +59,8 @@ def cmd_serve(args):
 def add_command(parser):
     parser.add_argument("--checkpoint", required=True,
                         help="official .pth, .safetensors, or a run folder (text, visual or music)")
+    parser.add_argument("--adapters", metavar="FILE",
+                        help="LoRA adapters (.safetensors) to serve with, unmerged (a LoRA run folder loads its own)")
     parser.add_argument("--state", help="a tuned initial state file (.pth or .safetensors) for every request")
     parser.add_argument("--state-dir", help="a folder of state files (tuned, or saved RWKVStates) that a request "
                                             "may start from by name: {\"state\": \"NAME\"}")

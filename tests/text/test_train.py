@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from eaglefinch.cli import main
-from eaglefinch.rwkv_core import RWKV, RWKVConfig, save_model
+from eaglefinch.rwkv_core import RWKV, RWKVConfig, load_model, save_model
 from eaglefinch.rwkv_core.run import read_metrics
 from eaglefinch.text.prepare import prepare
 from eaglefinch.text.run import TextRun
@@ -97,6 +97,44 @@ def test_finetune_an_official_pth(tmp_path, english):
     assert not (tmp_path / "ft" / "vocab_subset.json").exists()
     model, tokenizer = TextRun.open(tmp_path / "ft").load()
     assert model.cfg.vocab_size == tokenizer.vocab_size == 65536
+
+
+def test_lora_fine_tune_of_an_official_pth_generates_alike_unmerged_and_merged(tmp_path, english, capsys):
+    """`text train` in LoRA mode from an official .pth: the run (base plus adapters), the .pth with
+    --adapters and the merged .pth generate the same text; a LoRA fine-tune of that run into itself
+    starts from the merged model."""
+    torch.manual_seed(0)
+    official = RWKV(RWKVConfig(**TINY_MODEL))
+    with torch.no_grad():  # off the official init (it zeroes several matrices)
+        for p in official.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    save_model(official, tmp_path / "official.pth")
+    config = tmp_path / "lora.json"
+    config.write_text(json.dumps({"train": {**TINY_TRAIN, "train_mode": "lora", "lora_rank": 2, "lr_init": 0.05,
+                                            "lora_init": "pissa"}, "text": {}}))
+    run = tmp_path / "ft"
+    assert main(["text", "train", "--config", str(config), "--data", str(english), "--out", str(run),
+                 "--init", str(tmp_path / "official.pth")]) == 0
+    assert json.loads((run / "config.json").read_text())["train"]["train_mode"] == "lora"
+    base = TextRun.open(tmp_path / "official.pth").load()[0].state_dict()
+    assert all(torch.equal(v, base[k]) for k, v in load_model(run / "model.safetensors").state_dict().items())
+    assert main(["merge", "--checkpoint", str(run), "--out", str(tmp_path / "merged.pth")]) == 0
+    capsys.readouterr()
+
+    def generated(*checkpoint):
+        assert main(["text", "generate", *checkpoint, "--prompt", "The cat", "--max-tokens", "12",
+                     "--temperature", "0"]) == 0
+        return capsys.readouterr().out
+
+    unmerged = generated("--checkpoint", str(run))
+    assert generated("--checkpoint", str(tmp_path / "official.pth"), "--adapters", str(run / "adapters.safetensors")) \
+        == unmerged == generated("--checkpoint", str(tmp_path / "merged.pth"))
+    assert unmerged != generated("--checkpoint", str(tmp_path / "official.pth"))   # it trained
+    # again into the run itself: the old adapters are merged into the new base
+    assert main(["text", "train", "--config", str(config), "--data", str(english), "--out", str(run),
+                 "--init", str(run)]) == 0
+    merged = load_model(tmp_path / "merged.pth").state_dict()
+    assert all(torch.allclose(v, merged[k], atol=1e-6) for k, v in load_model(run / "model.safetensors").state_dict().items())
 
 
 def test_a_corpus_outside_the_trimmed_vocabulary_is_refused_before_anything_is_written(tmp_path, trimmed_run,

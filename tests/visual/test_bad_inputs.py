@@ -192,3 +192,10 @@ def test_bad_numeric_options_are_usage_errors(argv, option, capsys):
     assert exit.value.code == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
     assert len(errors) == 1 and f"argument {option}: " in errors[0]
+
+
+def test_lora_mode_is_refused_before_anything_is_read(tmp_path):
+    config = write_config(tmp_path, train_mode="lora")
+    with pytest.raises(ValueError, match="train_mode \"lora\" is for text and music runs"):
+        train_visual(config, tmp_path / "no-such-data.jsonl", tmp_path / "run")
+    assert not (tmp_path / "run").exists()
