@@ -66,7 +66,7 @@ def test_eight_segments_of_512_give_the_loss_and_every_gradient_of_one_4096_toke
 def test_state_tuning_gets_the_gradient_of_its_initial_state_through_segment_0():
     """Only att.time_state trains: the segments' start states must still carry the gradient back."""
     task = NextTokenTask(perturbed_model("finch", tuned_state=True)).train()
-    prepare_for_mode(task, "state")
+    prepare_for_mode(task, TrainConfig(train_mode="state"))
     assert_same_step(task, random_batch(), 512)
     assert all(p.grad is None for n, p in task.named_parameters() if not n.endswith("time_state"))
 
