@@ -158,8 +158,8 @@ class TrainConfig:
     adam_eps: float = 1e-8
     grad_clip: float = 1.0
     l2wrap: bool = True
-    grad_checkpointing: bool = False
-    compile: bool = False
+    grad_checkpointing: bool = False  # recompute each block in the backward: less memory, ~1/3 more compute
+    compile: bool = False             # torch.compile each block (the WKV op between its graphs) and the loss's softmax: the GPU fast path
     train_mode: str = "full"          # "full", or "state": train only the initial WKV state
     log_every: int = 10
     val_every: int = 100

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .checkpoint import CheckpointError, read_torch_file, restoring_from, save_model
 from .config import TrainConfig
 from .files import atomic_path, remove_stale_temporaries, write_text_atomic
+from .loss import head_loss
 from .run import MetricsLog, Run
 
 
@@ -40,24 +40,6 @@ def load_splits(data_dir, ctx_len):
     return train_data, val_data
 
 
-class L2Wrap(torch.autograd.Function):
-    """Identity on the loss; in backward, adds to each position's largest logit a gradient of
-    1e-4 * max_logit / (B*T): the gradient of 1e-4 * mean(max logit^2) / 2, keeping logits near 0."""
-
-    @staticmethod
-    def forward(ctx, loss, logits):
-        ctx.save_for_backward(logits)
-        return loss
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        (logits,) = ctx.saved_tensors
-        factor = 1e-4 / (logits.shape[0] * logits.shape[1])
-        max_vals, max_ids = logits.max(dim=-1, keepdim=True)
-        grad_logits = torch.zeros_like(logits).scatter_(-1, max_ids, max_vals * factor)
-        return grad_output, grad_logits
-
-
 class Task(nn.Module):
     """What the trainer trains: `self.model` (an RWKV), `forward(batch)` -> scalar loss, and
     `save_pretrained(run)`, which writes the files inference needs (at every checkpoint)."""
@@ -67,16 +49,28 @@ class Task(nn.Module):
 
 
 class NextTokenTask(Task):
-    """Cross-entropy of the next token (plus the official L2Wrap) for an RWKV over any vocabulary."""
+    """Cross-entropy of the next token (plus the official L2Wrap) for an RWKV over any vocabulary.
 
-    def __init__(self, model, l2wrap=True):
+    `chunked_loss` computes head and loss in chunks of tokens, never holding the whole logits
+    (`rwkv_core.loss`); False: the plain twin, all logits at once."""
+
+    def __init__(self, model, l2wrap=True, chunked_loss=True):
         super().__init__()
-        self.model, self.l2wrap = model, l2wrap
+        self.model, self.l2wrap, self.chunked_loss = model, l2wrap, chunked_loss
 
     def forward(self, batch):
-        logits, _ = self.model(batch.inputs)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), batch.targets.flatten())
-        return L2Wrap.apply(loss, logits) if self.l2wrap and self.training else loss
+        loss, _ = self.sequence_loss(batch.inputs, batch.targets, None, batch.targets.numel())
+        return loss
+
+    def sequence_loss(self, inputs, targets, state, num_tokens_total):
+        """(loss, new state) of inputs [B, T] from `state` (None: the model's initial state): the summed
+        cross-entropy of targets [B, T] divided by `num_tokens_total` (and L2Wrap's factor too), so
+        that the losses of the parts of a longer batch add up to the whole batch's mean."""
+        hidden, state = self.model.forward_hidden(inputs, state)
+        loss = head_loss(hidden.flatten(0, 1), self.model.head.weight, targets.flatten(), num_tokens_total,
+                         l2wrap=self.l2wrap and self.training, chunked=self.chunked_loss,
+                         compile=self.model.compiled)
+        return loss, state
 
 
 def param_groups(module, cfg: TrainConfig):
@@ -153,6 +147,37 @@ def evaluate(task, val_data, cfg: TrainConfig, device, autocast) -> float:
     return sum(losses) / len(losses)
 
 
+def make_optimizer(task, cfg: TrainConfig, fused=False):
+    """AdamW over the official parameter groups of `task`; `fused`: one kernel for all the tensors
+    (else PyTorch's default: the foreach kernels on CUDA). The parameters stay fp32: they are the
+    master weights that autocast casts for the bf16 matmuls."""
+    return torch.optim.AdamW(param_groups(task, cfg), lr=cfg.lr_init, betas=(cfg.beta1, cfg.beta2),
+                             eps=cfg.adam_eps, fused=fused or None)
+
+
+def prepare(task, cfg: TrainConfig, proc):
+    """Set `task` up for training in process `proc` (LocalProcess or DeepSpeedProcess): the training
+    mode, the model's per-block options (grad_checkpointing, compile), the device, the optimizer.
+    Returns (the callable that computes a batch's loss, the optimizer)."""
+    prepare_for_mode(task, cfg.train_mode)
+    task.model.grad_checkpointing = cfg.grad_checkpointing
+    task.model.compiled = cfg.compile
+    task.to(proc.device).train()
+    optimizer = make_optimizer(task, cfg, fused=proc.fused_optimizer)
+    return proc.setup(task, optimizer), optimizer
+
+
+def train_step(proc, forward, batch) -> float:
+    """One optimizer step on `batch`: the loss under the process's autocast, backward, clipping and
+    the optimizer step (`proc`). Returns the loss (the mean over ranks)."""
+    with proc.autocast:
+        loss = forward(batch)
+    proc.backward(loss)
+    with torch.profiler.record_function("optimizer step"):   # named for profiles (bench/train.py)
+        proc.step()
+    return proc.mean(loss)
+
+
 def train(task, cfg: TrainConfig, train_data, out_dir, *, val_data=None, resume=False, extra=None,
           progress=True, deepspeed_config=None):
     """Train `task` on windows drawn from `train_data` (anything with `sample_batch(B, T, generator)`);
@@ -175,12 +200,7 @@ def train(task, cfg: TrainConfig, train_data, out_dir, *, val_data=None, resume=
         remove_stale_temporaries(run.deepspeed)
     torch.manual_seed(cfg.seed)
     data_rng = torch.Generator().manual_seed(rank_seed(cfg.seed, proc.rank))
-    prepare_for_mode(task, cfg.train_mode)
-    task.model.grad_checkpointing = cfg.grad_checkpointing
-    task.to(proc.device).train()
-    optimizer = torch.optim.AdamW(param_groups(task, cfg), lr=cfg.lr_init, betas=(cfg.beta1, cfg.beta2),
-                                  eps=cfg.adam_eps)
-    forward = proc.setup(task, optimizer)
+    forward, optimizer = prepare(task, cfg, proc)
     step = proc.load(run, data_rng) if resume else 0
     metrics = MetricsLog(run, resume, step) if proc.is_main else None
     extra = {"train_config": dataclasses.asdict(cfg), **proc.extra, **(extra or {})}
@@ -193,11 +213,7 @@ def train(task, cfg: TrainConfig, train_data, out_dir, *, val_data=None, resume=
         for group in optimizer.param_groups:  # looked up each step: loading a checkpoint may replace the list
             group["lr"] = lr * group["lr_scale"]
         batch = train_data.sample_batch(cfg.batch_size, cfg.ctx_len, data_rng).to(proc.device)
-        with proc.autocast:
-            loss_t = forward(batch)
-        proc.backward(loss_t)
-        proc.step()
-        loss = proc.mean(loss_t)
+        loss = train_step(proc, forward, batch)
         tokens_per_s = batch.num_tokens * proc.world_size / (time.perf_counter() - t0)
         step += 1
         bar.update(1)
@@ -255,13 +271,15 @@ class LocalProcess:
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        # bf16 compute, fp32 weights: the optimizer keeps the master weights, autocast casts them
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+        self.fused_optimizer = self.device.type == "cuda"
         self.extra = {}
 
     def setup(self, task, optimizer):
         """The callable that computes a batch's loss."""
         self.task, self.optimizer = task, optimizer
-        return torch.compile(task) if self.cfg.compile else task
+        return task
 
     def backward(self, loss):
         loss.backward()
@@ -351,10 +369,15 @@ class DeepSpeedProcess:
             self.device = torch.device("cpu")
         self.ds_config = complete_deepspeed_config(ds_config, cfg, self.world_size, self.device.type == "cuda")
         self.autocast = contextlib.nullcontext()  # bf16 mode casts the weights themselves
+        self.fused_optimizer = False   # ZeRO steps the optimizer on its own flat copies
         self.extra = {"deepspeed_config": self.ds_config}
 
     def setup(self, task, optimizer):
         import deepspeed
+        if self.ds_config.get("zero_optimization", {}).get("stage") == 3 and isinstance(task, NextTokenTask):
+            # ZeRO-3 gathers a weight for its own module's forward; the chunked loss reads the head's
+            # weight in the task's
+            deepspeed.zero.register_external_parameter(task, task.model.head.weight)
         # DeepSpeed broadcasts rank 0's weights, so every rank starts from the same model; ZeRO then
         # steps our AdamW on its own flat fp32 copies, group by group (each keeps its lr_scale)
         self.engine, *_ = deepspeed.initialize(model=task, optimizer=optimizer, config=self.ds_config)
