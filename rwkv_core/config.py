@@ -163,9 +163,9 @@ class TrainConfig:
     adam_eps: float = 1e-8
     grad_clip: float = 1.0
     l2wrap: bool = True
-    grad_checkpointing: bool = False
+    grad_checkpointing: bool = False  # recompute each block in the backward: less memory, ~1/3 more compute
     segment_len: int | None = None    # run each window as segments of this many tokens, the state carried (full BPTT)
-    compile: bool = False
+    compile: bool = False             # torch.compile each block (the WKV op between its graphs) and the loss's softmax: the GPU fast path
     precision: str = "bf16"           # on a GPU: "bf16" (autocast, fp32 weights) or "fp32"; the CPU computes in fp32
     train_mode: str = "full"          # "full"; "state": only the initial WKV state; "lora": only adapters
     lora_rank: int = 16               # r of every adapter (train_mode "lora")

@@ -3,6 +3,8 @@
 Parameter names and shapes are the official BlinkDL ones, so `state_dict()` is the official
 checkpoint layout. Equations: ../shared/reference/rwkv-math.md §1 (restated in docstrings).
 """
+import functools
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -79,7 +81,9 @@ def _layer_ratios(layer_id, n_layer):
 class TimeMix(nn.Module):
     """Shared part of the time-mix: projections, WKV, per-head GroupNorm (ln_x), SiLU gate, output.
 
-    Subclasses compute (r, k, v, g, w_log) from the input and its token-shifted copy.
+    Three steps, which the block runs in turn: `mix` (in the subclasses) computes (r, k, v, g, w_log)
+    from the input and its token-shifted copy (g before its SiLU), `recurrence` the WKV op, and
+    `readout` the output.
     """
 
     def __init__(self, cfg: RWKVConfig, layer_id: int):
@@ -104,24 +108,21 @@ class TimeMix(nn.Module):
             return self.time_state.float().transpose(1, 2).expand(batch_size, -1, -1, -1)
         return torch.zeros(batch_size, self.n_head, self.head_size, self.head_size, device=device)
 
-    def forward(self, x, shift, wkv_state, cu_seqlens=None):
-        """x: [B, T, C] (ln1 output); shift: [B, C]; wkv_state: [B, H, N, N] fp32.
-        Packed sequences: x [1, T, C] with `cu_seqlens`, shift and wkv_state for each sequence.
-
-        Returns (out [B, T, C], new shift [B, C], new wkv state)."""
-        B, T, _ = x.shape
+    def recurrence(self, r, k, v, w_log, wkv_state, cu_seqlens=None):
+        """The WKV op on r, k, v [B, T, A] and the log decay w_log (Finch: [B, T, H, N], Eagle: [H, N])
+        from wkv_state [B, H, N, N] fp32 (packed: one per sequence). Returns (y [B, T, H, N], new state)."""
+        B, T, _ = r.shape
         H, N = self.n_head, self.head_size
-        r, k, v, g, w_log = self.mix(x, token_shift(x, shift, cu_seqlens))
-        y, wkv_state = wkv(r.view(B, T, H, N), k.view(B, T, H, N), v.view(B, T, H, N),
-                           w_log, self.time_faaaa.float(), wkv_state, cu_seqlens=cu_seqlens)
-        return self.readout(y, g), last_positions(x, cu_seqlens), wkv_state
+        return wkv(r.view(B, T, H, N), k.view(B, T, H, N), v.view(B, T, H, N), w_log, self.time_faaaa.float(),
+                   wkv_state, cu_seqlens=cu_seqlens)
 
     def readout(self, y, g):
-        """The WKV output y [B, T, H, N] -> per-head GroupNorm (fp32) -> SiLU gate g -> output: [B, T, C]."""
+        """The WKV output y [B, T, H, N] -> per-head GroupNorm (fp32) -> gate SiLU(g) -> output: [B, T, C].
+        (The SiLU is applied here, so that training keeps only the gate's input for the backward.)"""
         B, T, H, N = y.shape
         y = F.group_norm(y.reshape(B * T, H * N).float(), H, self.ln_x.weight.float(),
                          self.ln_x.bias.float(), self.ln_x.eps).view(B, T, H * N)
-        return self.output(y.to(g.dtype) * g)
+        return self.output(y.to(g.dtype) * F.silu(g))
 
 
 class TimeMixEagle(TimeMix):
@@ -146,7 +147,7 @@ class TimeMixEagle(TimeMix):
         xr = torch.lerp(prev, x, self.time_mix_r)
         xg = torch.lerp(prev, x, self.time_mix_g)
         w_log = -torch.exp(self.time_decay.float())                      # [H, N], log of w = exp(-exp(d))
-        return self.receptance(xr), self.key(xk), self.value(xv), F.silu(self.gate(xg)), w_log
+        return self.receptance(xr), self.key(xk), self.value(xv), self.gate(xg), w_log
 
 
 class TimeMixFinch(TimeMix):
@@ -173,18 +174,26 @@ class TimeMixFinch(TimeMix):
     def mix(self, x, prev):
         B, T, C = x.shape
         delta = prev - x
+        if torch.compiler.is_compiling():
+            # compiled, the lerps are recomputed in the backward (fused there) from x and delta, instead
+            # of keeping their five LoRA offsets or the projections' five inputs ([B, T, C] bf16 each)
+            xw, xk, xv, xr, xg = torch.utils.checkpoint.checkpoint(self.ddlerp, x, delta, use_reentrant=False)
+        else:
+            xw, xk, xv, xr, xg = self.ddlerp(x, delta)
+        d = self.time_decay + torch.tanh(xw @ self.time_decay_w1) @ self.time_decay_w2   # [B, T, A]
+        w_log = -torch.exp(d.float()).view(B, T, self.n_head, self.head_size)            # fp32, <= 0
+        return self.receptance(xr), self.key(xk), self.value(xv), self.gate(xg), w_log
+
+    def ddlerp(self, x, delta):
+        """The data-dependent lerps x + delta * (time_maa_* + LoRA offset) of w, k, v, r, g."""
+        B, T, C = x.shape
         # one LoRA produces the five data-dependent lerp offsets
         h = torch.tanh((x + delta * self.time_maa_x) @ self.time_maa_w1)          # [B, T, 5D]
         h = h.view(B * T, 5, -1).transpose(0, 1)                                 # [5, BT, D]
         mw, mk, mv, mr, mg = torch.bmm(h, self.time_maa_w2).view(5, B, T, C).unbind(0)
-        xw = x + delta * (self.time_maa_w + mw)
-        xk = x + delta * (self.time_maa_k + mk)
-        xv = x + delta * (self.time_maa_v + mv)
-        xr = x + delta * (self.time_maa_r + mr)
-        xg = x + delta * (self.time_maa_g + mg)
-        d = self.time_decay + torch.tanh(xw @ self.time_decay_w1) @ self.time_decay_w2   # [B, T, A]
-        w_log = -torch.exp(d.float()).view(B, T, self.n_head, self.head_size)            # fp32, <= 0
-        return self.receptance(xr), self.key(xk), self.value(xv), F.silu(self.gate(xg)), w_log
+        return (x + delta * (self.time_maa_w + mw), x + delta * (self.time_maa_k + mk),
+                x + delta * (self.time_maa_v + mv), x + delta * (self.time_maa_r + mr),
+                x + delta * (self.time_maa_g + mg))
 
 
 class ChannelMix(nn.Module):
@@ -237,10 +246,45 @@ class Block(nn.Module):
         self.ffn = (ChannelMixFinch if finch else ChannelMixEagle)(cfg, layer_id)
 
     def forward(self, x, att_shift, wkv_state, ffn_shift, cu_seqlens=None):
-        dx, att_shift, wkv_state = self.att(self.ln1(x), att_shift, wkv_state, cu_seqlens)
-        x = x + dx
+        """x: [B, T, C]; att_shift, ffn_shift: [B, C]; wkv_state: [B, H, N, N] fp32 (packed sequences:
+        x [1, T, C] with `cu_seqlens`, the states for each sequence). Returns the new x and states.
+
+        The WKV op is called here, at the block's level: compiled (`compiled_block`), the block is two
+        graphs, everything before the op and everything after it."""
+        att = self.att
+        xa = self.ln1(x)
+        r, k, v, g, w_log = att.mix(xa, token_shift(xa, att_shift, cu_seqlens))
+        att_shift = last_positions(xa, cu_seqlens)
+        # the decay goes in the inputs' dtype, as the official kernel takes it: with bf16 r, k, v the
+        # Triton kernels then take their whole-chunk path (an fp32 decay beside bf16 inputs sends every
+        # chunk to the slower level kernels)
+        y, wkv_state = att.recurrence(r, k, v, w_log.to(r.dtype), wkv_state, cu_seqlens)
+        x = x + att.readout(y, g)
         dx, ffn_shift = self.ffn(self.ln2(x), ffn_shift, cu_seqlens)
         return x + dx, att_shift, wkv_state, ffn_shift
+
+
+def run_block(block, x, att_shift, wkv_state, ffn_shift, cu_seqlens=None):
+    """One block as a plain function of the block and its inputs, so that one compiled version of it
+    serves every layer (the weights are inputs). The WKV op in the middle is never traced: compiled,
+    the block is two graphs (before and after the WKV, each fused by Inductor) around the Triton op."""
+    return block(x, att_shift, wkv_state, ffn_shift, cu_seqlens)
+
+
+@functools.cache
+def compiled_block():
+    """`run_block` through torch.compile, made once per process (static shapes: a training run has
+    one). Its graphs are partitioned with aggressive recomputation: the backward recomputes, inside
+    its fused kernels, the elementwise results (and the weights' bf16 copies) that the forward would
+    otherwise keep; no matmul is recomputed. Counted on the CPU (bf16 autocast, Finch): a layer keeps
+    as much as 21 [B, T, C] bf16 tensors for the backward, against 43 with the default partitioning
+    and 54 eagerly (with the ddlerp recomputed in `TimeMixFinch.mix`; without it, 26)."""
+    compiled = torch.compile(run_block, dynamic=False)
+
+    def run(block, *args):
+        with torch._functorch.config.patch(aggressive_recomputation=True):
+            return compiled(block, *args)
+    return run
 
 
 class RWKV(nn.Module):
@@ -260,7 +304,8 @@ class RWKV(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
         self.ln_out = nn.LayerNorm(cfg.n_embd)
         self.head = uninitialised(nn.Linear, cfg.n_embd, cfg.vocab_size, bias=False)
-        self.grad_checkpointing = False
+        self.grad_checkpointing = False   # recompute each block in the backward (saves only its inputs)
+        self.compiled = False             # run the blocks through `compiled_block()` (training on a GPU)
         self.init_weights(progress)
 
     @torch.no_grad()
@@ -308,7 +353,9 @@ class RWKV(nn.Module):
         the block, flipped back after): VisualRWKV's bidirectional scan of the image tokens. One
         pair for the whole batch, or a list of one pair per sample.
         layer: runs each block as `layer(block, x, att_shift, wkv, ffn_shift, cu_seqlens)` (the
-        inference engine passes a compiled one); default: the block itself."""
+        inference engine passes a compiled one); default: `compiled_block()` when `self.compiled`,
+        else `run_block`. With `self.grad_checkpointing` (and gradients on), each block's layer call is
+        recomputed in the backward."""
         if (idx is None) == (embeds is None):
             raise ValueError("give exactly one of idx [B, T] and embeds [B, T, C]")
         x = self.emb(idx) if embeds is None else embeds.to(self.emb.weight.dtype)
@@ -327,6 +374,8 @@ class RWKV(nn.Module):
         x = self.blocks[0].ln0(x)
         if reverse_span is not None:  # built once per call, used before and after every odd block
             flip_index = reversal_index(reverse_span, B, T, x.device)
+        if layer is None:
+            layer = compiled_block() if self.compiled else run_block
         att_shift, wkv_state, ffn_shift = [], [], []
         for i, block in enumerate(self.blocks):
             flip = reverse_span is not None and i % 2 == 1
@@ -334,9 +383,9 @@ class RWKV(nn.Module):
                 x = gather_positions(x, flip_index)
             args = (x, state.att_shift[i], state.wkv[i], state.ffn_shift[i], cu_seqlens)
             if self.grad_checkpointing and torch.is_grad_enabled():
-                out = torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)
+                out = torch.utils.checkpoint.checkpoint(layer, block, *args, use_reentrant=False)
             else:
-                out = block(*args) if layer is None else layer(block, *args)
+                out = layer(block, *args)
             x = gather_positions(out[0], flip_index) if flip else out[0]
             att_shift.append(out[1]); wkv_state.append(out[2]); ffn_shift.append(out[3])
         new_state = RWKVState(torch.stack(att_shift), torch.stack(wkv_state), torch.stack(ffn_shift))

@@ -26,12 +26,12 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .checkpoint import CheckpointError, read_torch_file, restoring_from, save_model
 from .config import TrainConfig
 from .files import atomic_path, remove_stale_temporaries, write_text_atomic
 from .lora import add_adapters, has_adapters, is_adapter_key, is_small, merge_adapters, save_adapters
+from .loss import head_loss
 from .run import MetricsLog, Run
 from .state import RWKVState
 
@@ -60,28 +60,6 @@ def load_splits(data_dir, ctx_len):
     return train_data, val_data
 
 
-class L2Wrap(torch.autograd.Function):
-    """Identity on the loss; in backward, adds to each position's largest logit a gradient of
-    1e-4 * max_logit / (B*T): the gradient of 1e-4 * mean(max logit^2) / 2, keeping logits near 0.
-
-    `num_tokens` is the B*T of the mean (default: the logits' own); a segment of a longer sequence
-    passes the whole sequence's, so its positions get the same gradient as in one pass."""
-
-    @staticmethod
-    def forward(ctx, loss, logits, num_tokens=None):
-        ctx.save_for_backward(logits)
-        ctx.num_tokens = num_tokens or logits.shape[0] * logits.shape[1]
-        return loss
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        (logits,) = ctx.saved_tensors
-        factor = 1e-4 / ctx.num_tokens
-        max_vals, max_ids = logits.max(dim=-1, keepdim=True)
-        grad_logits = torch.zeros_like(logits).scatter_(-1, max_ids, max_vals * factor)
-        return grad_output, grad_logits, None
-
-
 class Task(nn.Module):
     """What the trainer trains: `self.model` (an RWKV), `forward(batch)` -> scalar loss, and
     `save_pretrained(run)`, which writes the files inference needs (at every checkpoint).
@@ -107,24 +85,26 @@ class Task(nn.Module):
 
 
 class NextTokenTask(Task):
-    """Cross-entropy of the next token (plus the official L2Wrap) for an RWKV over any vocabulary."""
+    """Cross-entropy of the next token (plus the official L2Wrap) for an RWKV over any vocabulary.
 
-    def __init__(self, model, l2wrap=True):
+    `chunked_loss` computes head and loss in chunks of tokens, never holding the whole logits
+    (`rwkv_core.loss`); False: the plain twin, all logits at once."""
+
+    def __init__(self, model, l2wrap=True, chunked_loss=True):
         super().__init__()
-        self.model, self.l2wrap = model, l2wrap
+        self.model, self.l2wrap, self.chunked_loss = model, l2wrap, chunked_loss
 
     def forward(self, batch):
         return self.sequence_loss(batch.inputs, batch.targets, None, batch.num_tokens)[0]
 
     def sequence_loss(self, inputs, targets, state, num_tokens):
-        """(loss, new state) of inputs [B, T] read from `state` (None: the model's initial state).
-
-        The loss is these positions' share of the mean over `num_tokens` positions (a whole batch
-        of which these may be one segment): the segments' losses add up to the batch's mean."""
-        logits, state = self.model(inputs, state)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten()) * (targets.numel() / num_tokens)
-        if self.l2wrap and self.training:
-            loss = L2Wrap.apply(loss, logits, num_tokens)
+        """(loss, new state) of inputs [B, T] from `state` (None: the model's initial state): the summed
+        cross-entropy of targets [B, T] divided by `num_tokens` (and L2Wrap's factor too), so
+        that the losses of the parts of a longer batch add up to the whole batch's mean."""
+        hidden, state = self.model.forward_hidden(inputs, state)
+        loss = head_loss(hidden.flatten(0, 1), self.model.head.weight, targets.flatten(), num_tokens,
+                         l2wrap=self.l2wrap and self.training, chunked=self.chunked_loss,
+                         compile=self.model.compiled)
         return loss, state
 
     def loss_in_segments(self, batch, segment_len):
@@ -261,6 +241,44 @@ def evaluate(task, val_data, cfg: TrainConfig, device, autocast) -> float:
     return sum(losses) / len(losses)
 
 
+def make_optimizer(task, cfg: TrainConfig, fused=False):
+    """AdamW over the official parameter groups of `task`; `fused`: one kernel for all the tensors
+    (else PyTorch's default: the foreach kernels on CUDA). The parameters stay fp32: they are the
+    master weights that autocast casts for the bf16 matmuls."""
+    return torch.optim.AdamW(param_groups(task, cfg), lr=cfg.lr_init, betas=(cfg.beta1, cfg.beta2),
+                             eps=cfg.adam_eps, fused=fused or None)
+
+
+def prepare(task, cfg: TrainConfig, proc):
+    """Set `task` up for training in process `proc` (LocalProcess or DeepSpeedProcess): the training
+    mode, the model's per-block options (grad_checkpointing, compile), the device, the optimizer.
+    Returns (the callable that computes a batch's loss, the optimizer)."""
+    task.to(proc.device).train()
+    prepare_for_mode(task, cfg)   # on the device: PiSSA's SVDs run there
+    task.model.grad_checkpointing = cfg.grad_checkpointing
+    task.model.compiled = cfg.compile
+    optimizer = make_optimizer(task, cfg, fused=proc.fused_optimizer)
+    return proc.setup(task, optimizer), optimizer
+
+
+def train_step(proc, task, forward, batch, segment_len=None) -> float:
+    """One optimizer step on `batch`: the loss under the process's autocast (the windows read in
+    segments of `segment_len` tokens when given: `NextTokenTask.backward_segments`), backward,
+    clipping and the optimizer step. Returns the loss (the mean over ranks). A loss that is not
+    finite returns before the optimizer step, so the weights stay as they were (the caller stops)."""
+    if segment_len is None:
+        with proc.autocast:
+            loss = forward(batch)
+        proc.backward(loss)
+    else:
+        loss = task.backward_segments(batch, segment_len, proc.autocast)
+    loss = proc.mean(loss)   # the step's one host sync, before the step: a bad loss never reaches the weights
+    if math.isfinite(loss):
+        with torch.profiler.record_function("optimizer step"):   # named for profiles (bench/train.py)
+            proc.step()
+    return loss
+
+
 def train(task, cfg: TrainConfig, train_data, out_dir, *, val_data=None, resume=False, extra=None,
           progress=True, deepspeed_config=None):
     """Train `task` on windows drawn from `train_data` (anything with `sample_batch(B, T, generator)`);
@@ -290,12 +308,7 @@ def train(task, cfg: TrainConfig, train_data, out_dir, *, val_data=None, resume=
         remove_stale_temporaries(run.deepspeed)
     torch.manual_seed(cfg.seed)
     data_rng = torch.Generator().manual_seed(rank_seed(cfg.seed, proc.rank))
-    task.to(proc.device).train()
-    prepare_for_mode(task, cfg)   # on the device: PiSSA's SVDs run there
-    task.model.grad_checkpointing = cfg.grad_checkpointing
-    optimizer = torch.optim.AdamW(param_groups(task, cfg), lr=cfg.lr_init, betas=(cfg.beta1, cfg.beta2),
-                                  eps=cfg.adam_eps)
-    forward = proc.setup(task, optimizer)
+    forward, optimizer = prepare(task, cfg, proc)
     step = proc.load(run, data_rng) if resume else 0
     saved_step = step if resume else None   # the step of the run folder's checkpoint
     metrics = MetricsLog(run, resume, step) if proc.is_main else None
@@ -309,17 +322,10 @@ def train(task, cfg: TrainConfig, train_data, out_dir, *, val_data=None, resume=
         for group in optimizer.param_groups:  # looked up each step: loading a checkpoint may replace the list
             group["lr"] = lr * group["lr_scale"]
         batch = train_data.sample_batch(cfg.batch_size, cfg.ctx_len, data_rng).to(proc.device)
-        if cfg.segment_len is None:
-            with proc.autocast:
-                loss_t = forward(batch)
-            proc.backward(loss_t)
-        else:  # the same gradients, one segment's activations at a time
-            loss_t = task.backward_segments(batch, cfg.segment_len, proc.autocast)
-        loss = proc.mean(loss_t)  # the step's one host sync, before the step: a bad loss never reaches the weights
+        loss = train_step(proc, task, forward, batch, cfg.segment_len)
         if not math.isfinite(loss):
             bar.close()
             raise NonFiniteLoss(step + 1, loss, proc.checkpoint_path(run), saved_step)
-        proc.step()
         tokens_per_s = batch.num_tokens * proc.world_size / (time.perf_counter() - t0)
         step += 1
         bar.update(1)
@@ -381,12 +387,13 @@ class LocalProcess:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16,
                                        enabled=self.device.type == "cuda" and cfg.precision == "bf16")
+        self.fused_optimizer = self.device.type == "cuda"
         self.extra = {}
 
     def setup(self, task, optimizer):
         """The callable that computes a batch's loss."""
         self.task, self.optimizer = task, optimizer
-        return torch.compile(task) if self.cfg.compile else task
+        return task
 
     def backward(self, loss):
         loss.backward()
@@ -479,10 +486,15 @@ class DeepSpeedProcess:
             self.device = torch.device("cpu")
         self.ds_config = complete_deepspeed_config(ds_config, cfg, self.world_size, self.device.type == "cuda")
         self.autocast = contextlib.nullcontext()  # bf16 mode casts the weights themselves
+        self.fused_optimizer = False   # ZeRO steps the optimizer on its own flat copies
         self.extra = {"deepspeed_config": self.ds_config}
 
     def setup(self, task, optimizer):
         import deepspeed
+        if self.ds_config.get("zero_optimization", {}).get("stage") == 3 and isinstance(task, NextTokenTask):
+            # ZeRO-3 gathers a weight for its own module's forward; the chunked loss reads the head's
+            # weight in the task's
+            deepspeed.zero.register_external_parameter(task, task.model.head.weight)
         # DeepSpeed broadcasts rank 0's weights, so every rank starts from the same model; ZeRO then
         # steps our AdamW on its own flat fp32 copies, group by group (each keeps its lr_scale)
         self.engine, *_ = deepspeed.initialize(model=task, optimizer=optimizer, config=self.ds_config)

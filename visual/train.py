@@ -15,8 +15,9 @@ import torch
 
 from eaglefinch.rwkv_core import RWKV, RunConfig
 from eaglefinch.rwkv_core.data import DataError
+from eaglefinch.rwkv_core.loss import L2Wrap
 from eaglefinch.rwkv_core.run import Run
-from eaglefinch.rwkv_core.train import L2Wrap, Task, is_main_process, train
+from eaglefinch.rwkv_core.train import Task, is_main_process, train
 from eaglefinch.text.run import TextRun, save_vocabulary
 from eaglefinch.text.subset import SubsetTokenizer, ids_in
 from eaglefinch.text.tokenizer import WorldTokenizer
