@@ -438,8 +438,8 @@ def memory_runs(ours, args, peak, res, save):
     """--memory: (1) full fine-tuning, LoRA and state tuning at B = 1, T = 4096 (the fast variant),
     in that order (LoRA's adapters are merged away by the next prepare; state tuning adds the
     initial states and runs last); (2) the longest sequence one step trains on, B = 1, doubling T
-    from 8192: without segments (fast_ckpt, the leanest one-pass step) and with segments of
-    --segment-len tokens (plain blocks: segments do not combine with compile), up to --max-len."""
+    from 8192: with segments of --segment-len tokens (plain blocks: segments do not combine with
+    compile), then without segments (fast_ckpt, the leanest one-pass step), up to --max-len."""
     rows = res.setdefault("memory", [])
     for mode in ("full", "lora", "state"):
         row = ours.run("fast", 1, 4096, args, peak, mode=mode, steps=(1, 2))
@@ -448,7 +448,7 @@ def memory_runs(ours, args, peak, res, save):
         log(f"memory, {mode}: " + run_line(row))
         save()
     ours.model = ours.fresh_model()   # the modes changed the model: back to a plain one
-    for variant, segment_len in (("fast_ckpt", None), ("plain", args.segment_len)):
+    for variant, segment_len in (("plain", args.segment_len), ("fast_ckpt", None)):
         T = 8192
         while T <= args.max_len:
             row = ours.run(variant, 1, T, args, peak, segment_len=segment_len, steps=(0, 1))
