@@ -58,6 +58,8 @@ import threading
 import time
 from pathlib import Path
 
+from provenance import git_commit
+
 REPO = Path(__file__).resolve().parents[1]
 CLIENTS_PER_WORKER = 64
 
@@ -416,19 +418,6 @@ def serve_rounds(model, tokenizer, model_name, max_batch, clients, args, label, 
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def git_commit():
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              timeout=10)
-        if head.returncode:
-            return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return head.stdout.strip() + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def fmt(x, spec=".1f"):

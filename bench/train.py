@@ -32,7 +32,6 @@ import datetime
 import gc
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -42,6 +41,7 @@ import torch
 from eaglefinch.rwkv_core import RWKV, RWKVConfig
 from eaglefinch.rwkv_core.data import Batch
 from eaglefinch.rwkv_core.train import LocalProcess, NextTokenTask, TrainConfig, prepare, train_step
+from provenance import git_commit
 
 # the package is imported installed (`make install`), never from the repository root on sys.path: there
 # the folder `kernels` would shadow the `kernels` package that transformers (fla's models) imports
@@ -300,15 +300,8 @@ def run_line(row):
 
 
 def environment(args, device):
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=REPO).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, cwd=REPO).stdout.strip()
-    except OSError:
-        commit, dirty = "", ""
     env = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
-           "commit": commit + ("+dirty" if dirty else ""), "torch": torch.__version__, "command": " ".join(sys.argv)}
+           "commit": git_commit(), "torch": torch.__version__, "command": " ".join(sys.argv)}
     try:
         import triton
         env["triton"] = triton.__version__

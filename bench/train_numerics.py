@@ -23,7 +23,6 @@ import dataclasses
 import datetime
 import json
 import math
-import subprocess
 import sys
 import sysconfig
 import tempfile
@@ -38,6 +37,7 @@ from eaglefinch.rwkv_core.config import RWKVConfig, TrainConfig
 from eaglefinch.rwkv_core.data import TokenStream
 from eaglefinch.rwkv_core.run import Run
 from eaglefinch.rwkv_core.train import NextTokenTask, train
+from provenance import git_commit
 
 
 def stdlib_bytes(limit_mb: float) -> np.ndarray:
@@ -109,16 +109,6 @@ def plot(runs, path, title):
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def git_commit():
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True).stdout.strip()
-        return sha + ("-dirty" if dirty else "")
-    except OSError:
-        return "unknown"
 
 
 def main():

@@ -38,6 +38,7 @@ sys.path.insert(0, str(REPO))
 from eaglefinch.kernels import wkv_chunked, wkv_decode_                   # noqa: E402
 from eaglefinch.kernels.wkv_op.triton import WKVLaunch, chunk_wkv         # noqa: E402
 from eaglefinch.kernels.wkv_op.triton.testing import forward_outputs      # noqa: E402
+from provenance import git_commit                                         # noqa: E402
 
 try:
     from fla.ops.rwkv6 import chunk_rwkv6, fused_recurrent_rwkv6
@@ -331,11 +332,7 @@ def main():
         raise SystemExit(f"--launch: {exc}")
     props = torch.cuda.get_device_properties(0)
     bw = copy_bandwidth()
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True).stdout.strip()
-    except OSError:
-        commit = ""
+    commit = git_commit()
     print(f"device {props.name}, torch {torch.__version__}, triton {triton.__version__}, "
           f"commit {commit or '?'}, {launch}, copy bandwidth {bw / 1e12:.2f} TB/s, fla: "
           f"{'ok' if FLA_ERROR is None else FLA_ERROR}", flush=True)

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from eaglefinch.kernels import wkv_decode_
 
-from .model import last_positions
+from .model import last_positions, run_block
 from .state import RWKVState
 
 
@@ -75,12 +75,6 @@ def batch_buckets(max_batch: int) -> list[int]:
     buckets = [b for b in (1, 2, 4, 8) if b < max_batch]
     buckets += list(range(16, max_batch, 16))
     return buckets + [max_batch]
-
-
-def prefill_layer(block, x, att_shift, wkv_state, ffn_shift, cu_seqlens):
-    """A packed chunk of prompts through one block: the block's own forward, as a plain function so
-    that one compiled version serves every layer (the WKV op in the middle runs as is)."""
-    return block(x, att_shift, wkv_state, ffn_shift, cu_seqlens)
 
 
 def decode_layer(block, x, att_shift, wkv_state, ffn_shift, slots):
@@ -138,7 +132,7 @@ class Engine:
         self._in_use = set()
         # one compiled version of each layer function serves every layer (the weights are inputs)
         self._decode_layer = torch.compile(decode_layer) if self.compile else decode_layer
-        self._prefill_layer = torch.compile(prefill_layer, dynamic=True) if self.compile else prefill_layer
+        self._prefill_layer = torch.compile(run_block, dynamic=True) if self.compile else run_block
         self._graphs = {}
         if self.cuda_graphs:
             self._capture_graphs()

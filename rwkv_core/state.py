@@ -36,8 +36,13 @@ class RWKVState:
     def device(self) -> torch.device:
         return self.wkv.device
 
+    @property
+    def tensors(self) -> tuple:
+        """(att_shift, wkv, ffn_shift)."""
+        return self.att_shift, self.wkv, self.ffn_shift
+
     def _map(self, fn) -> "RWKVState":
-        return RWKVState(fn(self.att_shift), fn(self.wkv), fn(self.ffn_shift))
+        return RWKVState(*(fn(t) for t in self.tensors))
 
     def clone(self) -> "RWKVState":
         return self._map(torch.clone)

@@ -137,22 +137,18 @@ class NextTokenTask(Task):
         losses, end_grads = [], None
         for (a, b), start in zip(reversed(bounds), reversed(starts)):
             if start is not None:
-                start = RWKVState(*(t.detach().requires_grad_() for t in state_tensors(start)))
+                start = RWKVState(*(t.detach().requires_grad_() for t in start.tensors))
             with autocast:
                 loss, end = self.sequence_loss(batch.inputs[:, a:b], batch.targets[:, a:b], start, batch.num_tokens)
             outputs, grads = [loss], [None]
-            for t, g in zip(state_tensors(end), end_grads or ()):
+            for t, g in zip(end.tensors, end_grads or ()):
                 if g is not None and t.requires_grad:
                     outputs.append(t)
                     grads.append(g)
             torch.autograd.backward(outputs, grads)
-            end_grads = None if start is None else [t.grad for t in state_tensors(start)]
+            end_grads = None if start is None else [t.grad for t in start.tensors]
             losses.append(loss.detach())
         return sum(losses)
-
-
-def state_tensors(state: RWKVState) -> tuple:
-    return state.att_shift, state.wkv, state.ffn_shift
 
 
 def param_groups(module, cfg: TrainConfig):
