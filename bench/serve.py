@@ -58,7 +58,7 @@ import threading
 import time
 from pathlib import Path
 
-from provenance import git_commit
+from eaglefinch.rwkv_core.files import git_commit
 
 REPO = Path(__file__).resolve().parents[1]
 CLIENTS_PER_WORKER = 64

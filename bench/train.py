@@ -41,7 +41,7 @@ import torch
 from eaglefinch.rwkv_core import RWKV, RWKVConfig
 from eaglefinch.rwkv_core.data import Batch
 from eaglefinch.rwkv_core.train import LocalProcess, NextTokenTask, TrainConfig, prepare, train_step
-from provenance import git_commit
+from eaglefinch.rwkv_core.files import git_commit
 
 # the package is imported installed (`make install`), never from the repository root on sys.path: there
 # the folder `kernels` would shadow the `kernels` package that transformers (fla's models) imports

@@ -37,7 +37,7 @@ from eaglefinch.rwkv_core.config import RWKVConfig, TrainConfig
 from eaglefinch.rwkv_core.data import TokenStream
 from eaglefinch.rwkv_core.run import Run
 from eaglefinch.rwkv_core.train import NextTokenTask, train
-from provenance import git_commit
+from eaglefinch.rwkv_core.files import git_commit
 
 
 def stdlib_bytes(limit_mb: float) -> np.ndarray:

@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO))
 from eaglefinch.kernels import wkv_chunked, wkv_decode_                   # noqa: E402
 from eaglefinch.kernels.wkv_op.triton import WKVLaunch, chunk_wkv         # noqa: E402
 from eaglefinch.kernels.wkv_op.triton.testing import forward_outputs      # noqa: E402
-from provenance import git_commit                                         # noqa: E402
+from eaglefinch.rwkv_core.files import git_commit                                         # noqa: E402
 
 try:
     from fla.ops.rwkv6 import chunk_rwkv6, fused_recurrent_rwkv6

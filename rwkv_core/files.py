@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import stat
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -73,3 +74,20 @@ def write_text_atomic(path, text: str) -> None:
 def write_json_atomic(path, obj) -> None:
     """Write `obj` as indented JSON to `path` atomically."""
     write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def git_commit() -> str | None:
+    """The short hash of the checkout this package runs from (+ "-dirty" when tracked files changed),
+    for benchmark and experiment records; None for an installed copy outside a git checkout."""
+    checkout = Path(__file__).resolve().parents[1]
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=checkout, capture_output=True, text=True, timeout=10)
+    try:
+        top = git("rev-parse", "--show-toplevel")
+        if top.returncode or Path(top.stdout.strip()).resolve() != checkout:   # e.g. a wheel inside a repo's .venv
+            return None
+        dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
+        return git("rev-parse", "--short", "HEAD").stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None

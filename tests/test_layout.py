@@ -21,7 +21,8 @@ from eaglefinch.visual.model import VisualConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = {"kernels": "eaglefinch.kernels", "rwkv_core": "eaglefinch.rwkv_core", "text": "eaglefinch.text",
-            "music": "eaglefinch.music", "visual": "eaglefinch.visual", "eaglefinch": "eaglefinch"}
+            "music": "eaglefinch.music", "visual": "eaglefinch.visual", "research": "eaglefinch.research",
+            "eaglefinch": "eaglefinch"}
 # what each layer may import from the project, besides itself
 ALLOWED = {
     "eaglefinch.kernels": set(),
@@ -30,8 +31,9 @@ ALLOWED = {
     "eaglefinch.music": {"eaglefinch.rwkv_core"},
     "eaglefinch.visual": {"eaglefinch.rwkv_core", "eaglefinch.text.tokenizer", "eaglefinch.text.subset",
                           "eaglefinch.text.run"},
+    "eaglefinch.research": {"eaglefinch.rwkv_core", "eaglefinch.text", "eaglefinch.music"},
 }
-TOP_LEVEL = {"kernels", "rwkv_core", "text", "music", "visual"}
+TOP_LEVEL = {"kernels", "rwkv_core", "text", "music", "visual", "research"}
 
 
 def imports_of(path: Path, module: str):

@@ -1,0 +1,41 @@
+"""`eaglefinch research <experiment> --out DIR [--device cpu|cuda] [--scale tiny|small] [--seeds N]`.
+
+Each experiment is a module of this package with `add_arguments(parser)` (its own options, if any)
+and `run(args, out: Path)`, which trains and measures and then writes its report (`report.write_report`).
+"""
+from importlib import import_module
+from pathlib import Path
+
+from eaglefinch.rwkv_core.cli import int_at_least
+
+EXPERIMENTS = {  # command: (module, one line of help)
+    "ablation": ("ablation", "Finch with one part removed or made static, Eagle, and head sizes: held-out loss over seeds"),
+    "mqar": ("mqar", "multi-query associative recall: accuracy against sequence length and width, Eagle, Finch and a transformer"),
+    "longctx": ("longctx", "held-out loss per position up to 8x the training context, Eagle against Finch"),
+    "efficiency": ("efficiency", "prefill and per-token decode time and memory against length, against a transformer with a KV cache"),
+    "lora-rank": ("lora_rank", "the decay-LoRA and ddlerp-LoRA dimensions swept: held-out loss against rank"),
+    "abc": ("abc", "ABC music, the paper's setting: Eagle against Finch in bits per byte, over seeds"),
+}
+
+
+def add_commands(parser, common):
+    experiments = parser.add_subparsers(dest="experiment", required=True, metavar="EXPERIMENT")
+    for name, (module, help_text) in EXPERIMENTS.items():
+        sub = experiments.add_parser(name, help=help_text, description=help_text, parents=[common])
+        sub.add_argument("--out", required=True, type=Path, help="folder for results.json, results.md and the plots")
+        sub.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to train and measure (default cpu)")
+        sub.add_argument("--scale", choices=("tiny", "small"), default="tiny",
+                         help="tiny: minutes on a laptop CPU; small: the GPU setting (default tiny)")
+        sub.add_argument("--seeds", type=int_at_least(1), default=3, help="seeds per variant (default 3)")
+        import_module(f"eaglefinch.research.{module}").add_arguments(sub)
+        sub.set_defaults(func=cmd_run, experiment_module=module)
+
+
+def cmd_run(args):
+    from .report import device_of
+    device_of(args.device)   # an unusable --device fails before any work
+    if args.out.exists() and not args.out.is_dir():
+        raise ValueError(f"--out {args.out}: exists and is not a folder")
+    args.out.mkdir(parents=True, exist_ok=True)
+    import_module(f"eaglefinch.research.{args.experiment_module}").run(args, args.out)
+    print(f"wrote {args.out / 'results.md'} and {args.out / 'results.json'}")

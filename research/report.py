@@ -1,0 +1,81 @@
+"""What every experiment writes: results.json (the numbers, the settings, where and when they ran),
+results.md (a Markdown table a reader can paste) and plots, all into the experiment's --out folder."""
+import datetime
+import math
+import platform
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+from eaglefinch.rwkv_core.files import git_commit, write_json_atomic, write_text_atomic
+
+
+def device_of(name: str) -> torch.device:
+    """torch.device for --device; "cuda" without a GPU is an error that says so."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda: no CUDA device is available (run with --device cpu)")
+    return torch.device(name)
+
+
+def environment(args) -> dict:
+    """Where and when: device, date, commit, versions, the command line, and the common options."""
+    device = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    return {"experiment": args.experiment, "scale": args.scale, "seeds": args.seeds, "device": device,
+            "date": datetime.datetime.now().isoformat(timespec="seconds"), "commit": git_commit(),
+            "torch": torch.__version__, "python": platform.python_version(), "command": " ".join(sys.argv)}
+
+
+def mean_spread(values) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value) of a list of floats."""
+    values = list(values)
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def format_mean_spread(values, digits: int = 4) -> str:
+    mean, spread = mean_spread(values)
+    return f"{mean:.{digits}f} ± {spread:.{digits}f}" if len(values) > 1 else f"{mean:.{digits}f}"
+
+
+def markdown_table(headers, rows) -> str:
+    """A GitHub Markdown table; floats with 4 significant digits, everything else as str()."""
+    def cell(value):
+        if isinstance(value, float):
+            return "nan" if math.isnan(value) else f"{value:.4g}"
+        return str(value)
+    lines = ["| " + " | ".join(map(str, headers)) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (files only, no display needed)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def save_figure(fig, out: Path, name: str) -> str:
+    """Save a figure as out/name (a .png), close it, and return the file name for results.json."""
+    plt = pyplot()
+    fig.tight_layout()
+    fig.savefig(Path(out) / name, dpi=110)
+    plt.close(fig)
+    return name
+
+
+def write_report(out, args, title: str, results: dict, table: str, plots=(), notes: str = "") -> Path:
+    """Write out/results.json ({"environment", "results", "plots"}) and out/results.md (title, the
+    environment in one line, the table, the notes, the plots linked). Returns the folder."""
+    out = Path(out)
+    env = environment(args)
+    write_json_atomic(out / "results.json", {"environment": env, "results": results, "plots": list(plots)})
+    where = f"{env['device']}, torch {env['torch']}, {env['date']}, commit {env['commit']}, seeds {env['seeds']}, scale {env['scale']}"
+    md = [f"# {title}", "", f"`{env['command']}`", "", where, "", table]
+    if notes:
+        md += [notes.strip(), ""]
+    md += [f"![{name}]({name})" for name in plots]
+    write_text_atomic(out / "results.md", "\n".join(md) + "\n")
+    return out
