@@ -1,4 +1,4 @@
-"""The `eaglefinch` command: one subcommand group per domain (text, music, visual), `serve` and `merge`."""
+"""The `eaglefinch` command: one subcommand group per domain (text, music, visual), `research`, `serve` and `merge`."""
 import argparse
 import sys
 
@@ -16,6 +16,9 @@ def build_parser():
     from eaglefinch.visual.cli import add_commands as add_visual
     add_visual(domains.add_parser("visual", help="image-to-text models: shapes, prepare, clip-train, train, caption, eval",
                                   parents=[common]), common)
+    from eaglefinch.research.cli import add_commands as add_research
+    add_research(domains.add_parser("research", help="the paper's claims, one command each: ablation, mqar, longctx, "
+                                    "efficiency, lora-rank, abc", parents=[common]), common)
     from eaglefinch.serve.cli import add_command as add_serve
     add_serve(domains.add_parser("serve", help="an OpenAI-compatible HTTP server for a text, visual or music model", parents=[common]))
     add_merge(domains.add_parser("merge", help="fold LoRA adapters into their base: an official .pth", parents=[common]))

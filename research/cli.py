@@ -8,13 +8,7 @@ from pathlib import Path
 
 from eaglefinch.rwkv_core.cli import int_at_least
 
-EXPERIMENTS = {  # command: (module, one line of help)
-    "ablation": ("ablation", "Finch with one part removed or made static, Eagle, and head sizes: held-out loss over seeds"),
-    "mqar": ("mqar", "multi-query associative recall: accuracy against sequence length and width, Eagle, Finch and a transformer"),
-    "longctx": ("longctx", "held-out loss per position up to 8x the training context, Eagle against Finch"),
-    "efficiency": ("efficiency", "prefill and per-token decode time and memory against length, against a transformer with a KV cache"),
-    "lora-rank": ("lora_rank", "the decay-LoRA and ddlerp-LoRA dimensions swept: held-out loss against rank"),
-    "abc": ("abc", "ABC music, the paper's setting: Eagle against Finch in bits per byte, over seeds"),
+EXPERIMENTS = {  # command: (module, one line of help); each helper adds its own
 }
 
 

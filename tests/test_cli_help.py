@@ -12,7 +12,7 @@ def subcommands(parser):
 def test_the_top_level_help_lists_every_command_of_every_domain():
     domains_action, domains = subcommands(build_parser())
     helps = {choice.dest: choice.help for choice in domains_action._choices_actions}
-    assert set(helps) == {"text", "music", "visual", "serve", "merge"}   # serve and merge: one command each
+    assert set(helps) == {"text", "music", "visual", "research", "serve", "merge"}   # serve and merge: one command each
     for name, domain in domains.items():
         _, commands = subcommands(domain)
         missing = [command for command in commands if command not in helps[name]]
