@@ -20,7 +20,7 @@ a step costs one launch. On the CPU the same step runs eagerly. Its slow obvious
 import torch
 from tqdm import tqdm
 
-from eaglefinch.kernels import wkv_decode_
+from eaglefinch.kernels import device_offsets, to_device, wkv_decode_
 
 from .model import last_positions, run_block
 from .state import RWKVState
@@ -66,7 +66,9 @@ class StatePool:
         self.write(slots, self.model.initial_state(len(slots), self.wkv.device))
 
     def _index(self, slots):
-        return torch.as_tensor(slots, dtype=torch.long, device=self.wkv.device).view(-1)
+        if isinstance(slots, torch.Tensor):
+            return slots.to(self.wkv.device, torch.long).view(-1)
+        return to_device(torch.tensor(slots, dtype=torch.long).view(-1), self.wkv.device)
 
 
 def batch_buckets(max_batch: int) -> list[int]:
@@ -211,8 +213,9 @@ class Engine:
 
     def _prefill_packed(self, slots, pieces):
         """One packed forward of the pieces, from and back into the slots; the last hidden of each [S, C]."""
-        cu_seqlens = torch.tensor([0] + [len(p) for p in pieces]).cumsum(0).to(self.device)
-        idx = torch.tensor([t for p in pieces for t in p], device=self.device)[None]
+        # made on the host and copied without a sync: the forward's host work overlaps the GPU's
+        cu_seqlens = device_offsets([len(p) for p in pieces], self.device)
+        idx = to_device(torch.tensor([t for p in pieces for t in p]), self.device)[None]
         return last_positions(self._forward(slots, idx=idx, cu_seqlens=cu_seqlens), cu_seqlens)
 
     def _forward(self, slots, **inputs):
@@ -232,16 +235,16 @@ class Engine:
         if n == 0:
             raise ValueError("decode needs at least one slot")
         self._check_slots(slots)
-        ids = torch.as_tensor(ids, dtype=torch.long, device=self.device).view(-1)
+        ids = (ids if isinstance(ids, torch.Tensor) else to_device(torch.tensor(ids), self.device)).to(self.device, torch.long).view(-1)
         if ids.numel() != n:
             raise ValueError(f"{ids.numel()} token ids for {n} slots")
         bucket = next(b for b in self.buckets if b >= n)
         if not self._graphs:  # eager (CPU, or graphs off): no padding needed
-            return self._step(ids, torch.tensor(slots, device=self.device)).float()
+            return self._step(ids, to_device(torch.tensor(slots), self.device)).float()
         graph, static_ids, static_slots, static_logits = self._graphs[bucket]
         static_ids[:n].copy_(ids)
         static_ids[n:].zero_()
-        static_slots.copy_(torch.tensor(list(slots) + self.scratch[:bucket - n]))
+        static_slots.copy_(to_device(torch.tensor(list(slots) + self.scratch[:bucket - n]), self.device))
         graph.replay()
         return static_logits[:n].clone()
 

@@ -313,7 +313,8 @@ class BatchSampler:
         self.counts[row] = 0.0
         self.seen[row] = False
         self.banned[row] = False
-        self.banned[row, list(cfg.banned_tokens)] = True
+        if cfg.banned_tokens:   # (an index list is a copy to the device, which waits for its queue)
+            self.banned[row, list(cfg.banned_tokens)] = True
         self.configured[row] = True
         self._configs[row] = cfg
         configs = [c for c in self._configs if c is not None]

@@ -8,8 +8,10 @@ import torch
 
 from .chunk_torch import wkv_chunked
 from .naive import wkv_reference
+from .offsets import device_offsets, host_offsets, to_device
 
-__all__ = ["wkv", "wkv_decode_", "wkv_reference", "wkv_chunked", "host_offsets", "BACKENDS"]
+__all__ = ["wkv", "wkv_decode_", "wkv_reference", "wkv_chunked", "host_offsets", "device_offsets", "to_device",
+           "BACKENDS"]
 
 BACKENDS = ("auto", "reference", "torch", "triton")
 
@@ -23,19 +25,6 @@ def _resolve(backend, x):
     if backend == "triton" and not (x.is_cuda or interpreting):
         raise ValueError("wkv: backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors)")
     return backend
-
-
-def host_offsets(cu_seqlens):
-    """cu_seqlens on the host, copied once per tensor (kept on the tensor, with the version it was
-    copied at): a packed forward hands the same offsets to every layer, so it costs one device sync
-    per forward instead of one per layer."""
-    if cu_seqlens.device.type == "cpu":
-        return cu_seqlens
-    version, copy = getattr(cu_seqlens, "_host_copy", (None, None))
-    if version != cu_seqlens._version:
-        copy = cu_seqlens.cpu()
-        cu_seqlens._host_copy = (cu_seqlens._version, copy)
-    return copy
 
 
 def _per_sequence(fn, r, k, v, w_log, u, state, cu_seqlens):

@@ -141,3 +141,26 @@ def test_scheduler_on_the_gpu_gives_the_plain_models_greedy_tokens():
             assert c.tokens == want
     finally:
         scheduler.close()
+
+
+@pytest.mark.parametrize("arch", ["eagle", "finch"])
+def test_prefill_and_decode_never_make_the_host_wait_for_the_gpu(arch):
+    """A blocking copy or read-back in prefill or decode stalls the host until the GPU has run all it
+    has queued: the host's work stops overlapping the GPU's (a wait per layer made prefill host-bound).
+    Under torch's sync debug mode "error" any such call raises; both paths must run through it."""
+    model = gpu_model(arch, torch.bfloat16)
+    engine = Engine(model, max_batch=4)
+    slots = engine.allocate(3)
+    prompts = [list(range(5, 5 + n)) for n in (70, 3, 130)]   # packed, with chunks of 64 and a remainder
+    engine.prefill(slots, prompts)                            # compiles; not checked
+    ids = engine.decode(slots, [1, 2, 3]).argmax(-1)
+    engine.pool.reset(slots)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        logits = engine.prefill(slots, prompts)
+        for _ in range(3):
+            ids = engine.decode(slots, ids).argmax(-1)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert torch.isfinite(logits).all()

@@ -106,3 +106,25 @@ def test_host_offsets_copies_each_offsets_tensor_once_and_again_after_a_change(m
     on_device.add_(0)   # an in-place change bumps the version
     second = host_offsets(on_device)
     assert second is not first and len(copies) == 2 and second.tolist() == [0, 3, 7]
+
+
+def test_offsets_made_on_the_host_are_never_copied_back_and_chunk_tables_are_made_once_per_offsets(monkeypatch):
+    """The engine's packed prefill makes its offsets on the host (`device_offsets`): host_offsets then
+    reads the kept host copy, and the Triton path's chunk tables are built once for all layers."""
+    from eaglefinch.kernels import device_offsets, host_offsets
+    from eaglefinch.kernels.wkv_op.triton.chunk import prepare_chunks
+    monkeypatch.setattr(torch.Tensor, "cpu", lambda self: pytest.fail("copied back to the host"))
+    cu = device_offsets([3, 70, 1], "meta")   # stands for a GPU tensor
+    assert cu.device.type == "meta" and host_offsets(cu).tolist() == [0, 3, 73, 74]
+    monkeypatch.undo()
+    host = torch.tensor([0, 3, 73, 74])
+    first = prepare_chunks(host, 64)
+    assert prepare_chunks(host, 64) is first            # the second layer reuses the first layer's tables
+    offsets, table, n_chunks = first
+    assert n_chunks == 4 and offsets.tolist() == [0, 1, 3]
+    assert table.tolist() == [[0, 0], [1, 0], [1, 1], [2, 0]]   # (sequence, its chunk) of every chunk
+    assert prepare_chunks(host, 32)[2] == 5             # another chunk size: other tables
+    host[1] = 2; host[2] = 72                           # an in-place change: made again
+    assert prepare_chunks(host, 64)[1].tolist() == [[0, 0], [1, 0], [1, 1], [2, 0]]
+    host[2] = 66
+    assert prepare_chunks(host, 64)[2] == 3

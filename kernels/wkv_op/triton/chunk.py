@@ -29,6 +29,7 @@ or bf16 pairs with `launch.split` (above).
 import torch
 import triton
 
+from ..offsets import host_offsets, to_device
 from .chunk_bwd import chunk_wkv_bwd
 from .chunk_fwd import chunk_wkv_fwd
 from .launch import DEFAULT_LAUNCH, SUB, whole_chunk_max_span
@@ -36,18 +37,27 @@ from .utils import dot_precision as _dot_precision
 
 
 def prepare_chunks(cu_seqlens, chunk_size, cu_seqlens_cpu=None):
-    """Per-sequence first chunk index [num_seqs] and the (sequence, local chunk) table [chunks, 2].
+    """Per-sequence first chunk index [num_seqs] and the (sequence, local chunk) table [chunks, 2] on
+    cu_seqlens' device, and the number of chunks.
 
-    Uses `cu_seqlens_cpu` when given, else copies cu_seqlens to the host (one sync).
+    Made once per offsets tensor and chunk size and kept on the tensor (every layer of a packed
+    forward gets the same offsets); the tables go to the GPU without a sync. Uses `cu_seqlens_cpu`
+    when given, else the host copy of `host_offsets`.
     """
-    lens = (cu_seqlens_cpu if cu_seqlens_cpu is not None else cu_seqlens.cpu()).long().diff()
+    key = (cu_seqlens._version, chunk_size)
+    cached_key, tables = getattr(cu_seqlens, "_chunk_tables", (None, None))
+    if cached_key == key:
+        return tables
+    lens = (cu_seqlens_cpu if cu_seqlens_cpu is not None else host_offsets(cu_seqlens)).long().diff()
     n_chunks = (lens + chunk_size - 1) // chunk_size
     offsets = torch.cat([n_chunks.new_zeros(1), n_chunks.cumsum(0)[:-1]])
     seq = torch.repeat_interleave(torch.arange(len(lens)), n_chunks)
     local = torch.arange(int(n_chunks.sum())) - torch.repeat_interleave(offsets, n_chunks)
     table = torch.stack([seq, local], dim=1).to(torch.int32)
     dev = cu_seqlens.device
-    return offsets.to(torch.int32).to(dev), table.contiguous().to(dev), int(n_chunks.sum())
+    tables = (to_device(offsets.to(torch.int32), dev), to_device(table.contiguous(), dev), int(n_chunks.sum()))
+    cu_seqlens._chunk_tables = (key, tables)
+    return tables
 
 
 class _Layout:
