@@ -180,7 +180,7 @@ def test_lm_eval_receives_our_models_log_likelihoods_and_greedy_generations(chec
         model="eaglefinch", model_args={"checkpoint": str(checkpoint), "forward_tokens": 7}, batch_size=3,
         device="cpu", tasks=["local_choice", "local_words", "local_rolling", "local_generate"],
         task_manager=TaskManager(include_path=str(tmp_path), include_defaults=False), log_samples=True,
-        bootstrap_iters=0)
+        bootstrap_iters=0, random_seed=None, numpy_random_seed=None, torch_random_seed=None)  # leave global RNGs alone
     samples = out["samples"]
 
     greedy_flags = []
