@@ -9,6 +9,7 @@ from pathlib import Path
 from eaglefinch.rwkv_core.cli import int_at_least
 
 EXPERIMENTS = {  # command: (module, one line of help); each helper adds its own
+    "mqar": ("mqar", "multi-query associative recall: accuracy against sequence length and width, Eagle, Finch, transformer"),
 }
 
 
