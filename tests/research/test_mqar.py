@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from eaglefinch.cli import main
 from eaglefinch.research.mqar import IGNORE, check_task, mqar_batch, query_accuracy
+from tests.research.fixtures import one_thread  # noqa: F401  (a fixture)
 
 
 def recall_by_reading(row, num_pairs):
@@ -76,17 +77,8 @@ def test_query_accuracy_counts_the_answer_positions_only():
     assert query_accuracy(Oracle(6, 40, offset=1), inputs, targets, batch_size=3) == 0.0
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny tensors run faster on one thread, and much faster on a CPU shared with other jobs (two
-    threads wait for each other at every op)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def test_the_experiment_writes_its_results(tmp_path, capsys, one_thread):
+@pytest.mark.usefixtures("one_thread")
+def test_the_experiment_writes_its_results(tmp_path, capsys):
     out = tmp_path / "mqar"
     code = main(["research", "mqar", "--out", str(out), "--seeds", "2", "--steps", "2", "--lengths", "12,15",
                  "--widths", "16", "--vocab", "16", "--test-sequences", "8"])
