@@ -42,8 +42,8 @@ class EfficiencySettings:
 
 
 SCALES = {
-    # 2 CPU cores, fp32, about two minutes (RESEARCH-mqar-efficiency.md has the measured time)
-    "tiny": EfficiencySettings(lengths=(128, 256, 512, 1024, 2048, 4096), width=128, n_layer=2, head_size=64,
+    # 2 CPU cores, fp32, a minute or two (RESEARCH-mqar-efficiency.md has the measured time)
+    "tiny": EfficiencySettings(lengths=(256, 512, 1024, 2048, 4096, 8192, 16384), width=128, n_layer=2, head_size=64,
                                vocab_size=1024, prefill_repeats=3, decode_repeats=15),
     # one GPU, bf16: a Finch-0.17B-sized model (12 layers, width 768, the World vocabulary)
     "small": EfficiencySettings(lengths=(256, 512, 1024, 2048, 4096, 8192, 16384, 32768), width=768, n_layer=12,
@@ -223,7 +223,8 @@ def run(args, out: Path):
     headers = ["model", "T", "prefill ms", "decode ms at T", "prefill peak MB", "decode peak MB", "state/cache MB"]
     table = markdown_table(headers, rows) + "\nFitted slopes of log(value) against log(T), longer half of the lengths:\n\n"
     table += markdown_table(["model", "params", *[METRICS[m][0] for m in METRICS]],
-                            [[arch, params[arch], *[slopes[arch][m] for m in METRICS]] for arch in args.archs])
+                            [[arch, params[arch], *[f"{round(slopes[arch][m], 2) + 0.0:.2f}" for m in METRICS]]
+                             for arch in args.archs])
     plot = plot_scaling(measurements, slopes, lengths, args.archs, out)
     memory_note = ("GPU memory: torch.cuda.max_memory_allocated during the call, less the memory allocated before the prefill"
                    if device.type == "cuda" else

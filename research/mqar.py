@@ -48,7 +48,7 @@ SCALES = {
                          head_size=16, steps=300, batch_size=32, lr=3e-3, test_sequences=256),
     # the GPU setting: Zoology's lengths, widths, vocabulary and pairs (length / 16), 2 layers
     "small": MQARSettings(lengths=(64, 128, 256, 512), widths=(64, 128, 256, 512), pairs_divisor=16,
-                          vocab_size=8192, n_layer=2, head_size=64, steps=4000, batch_size=64, lr=1e-3,
+                          vocab_size=8192, n_layer=2, head_size=64, steps=2000, batch_size=64, lr=1e-3,
                           test_sequences=1000),
 }
 
