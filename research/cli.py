@@ -9,6 +9,8 @@ from pathlib import Path
 from eaglefinch.rwkv_core.cli import int_at_least
 
 EXPERIMENTS = {  # command: (module, one line of help); each helper adds its own
+    "mqar": ("mqar", "multi-query associative recall: accuracy against sequence length and width, Eagle, Finch, transformer"),
+    "efficiency": ("efficiency", "time and peak memory against sequence length (prefill, then decode at T): Eagle, Finch, a KV-cache transformer"),
 }
 
 
