@@ -9,6 +9,10 @@ from pathlib import Path
 from eaglefinch.rwkv_core.cli import int_at_least
 
 EXPERIMENTS = {  # command: (module, one line of help); each helper adds its own
+    "ablation": ("ablation", "Finch without token shift, with static shift or decay, Eagle, head sizes: held-out loss"),
+    "lora-rank": ("lora_rank", "the decay-LoRA and ddlerp-LoRA dimensions swept: held-out loss against rank"),
+    "longctx": ("longctx", "Eagle and Finch trained at ctx T: held-out loss by position up to 8 x T"),
+    "abc": ("abc", "Eagle against Finch on ABC music notation, bits per byte, over seeds"),
 }
 
 

@@ -38,6 +38,54 @@ def format_mean_spread(values, digits: int = 4) -> str:
     return f"{mean:.{digits}f} ± {spread:.{digits}f}" if len(values) > 1 else f"{mean:.{digits}f}"
 
 
+# two-sided 95% quantiles of Student's t by degrees of freedom (beyond 30: the normal's)
+T_95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+        12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}
+
+
+def t_95(dof: int) -> float:
+    """The 95% two-sided t quantile for `dof` degrees of freedom (the table's next lower entry: wider)."""
+    return 1.96 if dof > 30 else T_95[max(k for k in T_95 if k <= dof)]
+
+
+def paired_difference(values, reference) -> dict:
+    """Mean of values[i] - reference[i] over seeds (the two runs of a seed share its data order and,
+    where they can, its initial weights) with its 95% confidence interval (Student's t), and a
+    verdict: "lower" or "higher" when the interval excludes 0, "within noise" when it does not,
+    "one seed" when there is no spread to judge by."""
+    diffs = [a - b for a, b in zip(values, reference, strict=True)]
+    mean, spread = mean_spread(diffs)
+    if len(diffs) < 2:
+        return {"mean": mean, "low": None, "high": None, "verdict": "one seed"}
+    half = t_95(len(diffs) - 1) * spread / math.sqrt(len(diffs))
+    verdict = "within noise" if abs(mean) <= half else ("lower" if mean < 0 else "higher")
+    return {"mean": mean, "low": mean - half, "high": mean + half, "verdict": verdict}
+
+
+def format_difference(d: dict, digits: int = 3) -> str:
+    """'+0.012 [+0.004, +0.020] higher' (the mean, its 95% interval, the verdict)."""
+    if d["low"] is None:
+        return f"{d['mean']:+.{digits}f} (one seed)"
+    return f"{d['mean']:+.{digits}f} [{d['low']:+.{digits}f}, {d['high']:+.{digits}f}] {d['verdict']}"
+
+
+def claim(text: str, values, reference, expect: str) -> dict:
+    """A claim judged on per-seed results: `values` against `reference` (paired by seed), the claim
+    holding when the difference is `expect` ("lower" or "higher"). Verdict: "supported" when the
+    95% interval lies on that side of 0, "not supported" when it lies on the other, else "not
+    decidable at this scale" (the difference is within the seeds' noise, or there is one seed)."""
+    d = paired_difference(values, reference)
+    verdict = ("supported" if d["verdict"] == expect else
+               "not supported" if d["verdict"] in ("lower", "higher") else "not decidable at this scale")
+    return {"claim": text, "expect": expect, "difference": d, "verdict": verdict}
+
+
+def claims_markdown(claims) -> str:
+    """One line per claim: the verdict, the claim, and the difference that decided it."""
+    return "\n".join(f"- **{c['verdict']}**: {c['claim']} (difference {format_difference(c['difference'])})"
+                     for c in claims) + "\n"
+
+
 def markdown_table(headers, rows) -> str:
     """A GitHub Markdown table; floats with 4 significant digits, everything else as str()."""
     def cell(value):
