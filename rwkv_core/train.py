@@ -280,6 +280,7 @@ def train(task, cfg: TrainConfig, train_data, out_dir, *, val_data=None, resume=
     """Train `task` on windows drawn from `train_data` (anything with `sample_batch(B, T, generator)`);
     `val_data` needs `iter_batches(B, T)`. Writes the run folder; returns the last step's loss.
     `device`: where to train (default: the GPU if there is one, else the CPU; not with DeepSpeed).
+    `progress`: a progress bar and each validation loss on the terminal (False: quiet).
 
     Resuming restores model, optimizer, step, data sampler and RNG: on the CPU the losses of the
     resumed steps are bit-identical to an uninterrupted run's.
@@ -342,7 +343,8 @@ def train(task, cfg: TrainConfig, train_data, out_dir, *, val_data=None, resume=
             val_loss = evaluate(task, val_data, cfg, proc.device, proc.autocast)
             if proc.is_main:
                 metrics.add({"step": step, "val_loss": val_loss})
-                bar.write(f"step {step}: val_loss {val_loss:.4f}")
+                if progress:
+                    bar.write(f"step {step}: val_loss {val_loss:.4f}")
     bar.close()
     if proc.is_main:
         metrics.flush()   # the last validation, after the last checkpoint
