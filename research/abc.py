@@ -15,7 +15,7 @@ from eaglefinch.music.abc import ARCHS, compare_archs, write_abc_data
 from eaglefinch.rwkv_core import RunConfig
 from eaglefinch.rwkv_core.data import TokenDataset
 
-from .lm import runs_bar, seeds_of
+from .lm import add_steps_argument, runs_bar, seeds_of
 from .report import (claim, claims_markdown, format_difference, format_mean_spread, markdown_table,
                      paired_difference, pyplot, save_figure, write_report)
 
@@ -33,7 +33,7 @@ SCALES = {
 
 
 def add_arguments(parser):
-    parser.add_argument("--steps", type=int, help="training steps of each model (default: the scale's)")
+    add_steps_argument(parser)
     parser.add_argument("--data", type=Path, help="byte shards written by `eaglefinch music abc` (default: written "
                         "from music21's tunes into a temporary folder)")
 

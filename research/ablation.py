@@ -9,7 +9,8 @@ the corpus, mean and spread over seeds, each variant's difference to Finch paire
 """
 import statistics
 
-from .lm import (corpus, heldout_loss, mean_curve, model_config, runs_bar, seeds_of, train_model)
+from .lm import (add_steps_argument, corpus, heldout_loss, mean_curve, model_config, runs_bar, seeds_of,
+                 train_model)
 from .report import (claim, claims_markdown, format_difference, format_mean_spread, markdown_table,
                      paired_difference, pyplot, save_figure, write_report)
 from .variants import build_variant
@@ -45,7 +46,7 @@ CLAIMS = [  # (the paper's claim, the model that lacks the part, the direction o
 
 
 def add_arguments(parser):
-    parser.add_argument("--steps", type=int, help="training steps of every model (default: the scale's)")
+    add_steps_argument(parser)
 
 
 def build(name: str, setting: dict):

@@ -12,7 +12,7 @@ import numpy as np
 
 from eaglefinch.rwkv_core.heldout import log_edges, position_losses, span_means
 
-from .lm import EVAL_BATCH, corpus, model_config, runs_bar, seeds_of, train_model
+from .lm import EVAL_BATCH, add_steps_argument, corpus, model_config, runs_bar, seeds_of, train_model
 from .report import (claim, claims_markdown, format_mean_spread, markdown_table, pyplot, save_figure,
                      write_report)
 from .variants import build_variant
@@ -32,7 +32,7 @@ PLOT_BUCKETS = 40
 
 
 def add_arguments(parser):
-    parser.add_argument("--steps", type=int, help="training steps of each model (default: the scale's)")
+    add_steps_argument(parser)
 
 
 def spans(T: int, length: int) -> list[tuple[int, int]]:

@@ -9,7 +9,7 @@ held-out loss in nats per byte, mean and spread over seeds.
 """
 import statistics
 
-from .lm import corpus, heldout_loss, model_config, runs_bar, seeds_of, train_model
+from .lm import add_steps_argument, corpus, heldout_loss, model_config, runs_bar, seeds_of, train_model
 from .report import (claim, claims_markdown, format_difference, format_mean_spread, markdown_table,
                      paired_difference, pyplot, save_figure, write_report)
 from .variants import build_variant
@@ -29,7 +29,7 @@ SWEEPS = {"decay": ("decay_lora_dim", "static-decay"), "ddlerp": ("mix_lora_dim"
 
 
 def add_arguments(parser):
-    parser.add_argument("--steps", type=int, help="training steps of every model (default: the scale's)")
+    add_steps_argument(parser)
 
 
 def models_of(setting: dict):
