@@ -30,8 +30,9 @@ def add_commands(parser, common):
 
 
 def cmd_run(args):
-    from .report import device_of
+    from .report import device_of, run_start
     device_of(args.device)   # an unusable --device fails before any work
+    args.started = run_start()
     if args.out.exists() and not args.out.is_dir():
         raise ValueError(f"--out {args.out}: exists and is not a folder")
     args.out.mkdir(parents=True, exist_ok=True)

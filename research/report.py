@@ -2,9 +2,11 @@
 results.md (a Markdown table a reader can paste) and plots, all into the experiment's --out folder."""
 import datetime
 import math
+import os
 import platform
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -19,11 +21,23 @@ def device_of(name: str) -> torch.device:
     return torch.device(name)
 
 
+def run_start() -> dict:
+    """What a run records as it starts: the commit (so that files edited during a long run do not
+    change it), the date, a clock for its duration, and the machine's load (1, 5, 15-minute averages:
+    a shared machine's timings say how busy it was)."""
+    return {"commit": git_commit(), "date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "clock": time.monotonic(), "load": os.getloadavg()}
+
+
 def environment(args) -> dict:
-    """Where and when: device, date, commit, versions, the command line, and the common options."""
+    """Where and when: device, date, commit, versions, the command line, the common options, the
+    run's duration so far and the load at its start and now. `args.started` is `run_start()`'s
+    record (the command line sets it; without it, now)."""
+    start = getattr(args, "started", None) or run_start()
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
     return {"experiment": args.experiment, "scale": args.scale, "seeds": args.seeds, "device": device,
-            "date": datetime.datetime.now().isoformat(timespec="seconds"), "commit": git_commit(),
+            "date": start["date"], "commit": start["commit"], "seconds": round(time.monotonic() - start["clock"], 1),
+            "load_average": {"start": list(start["load"]), "end": list(os.getloadavg())},
             "torch": torch.__version__, "python": platform.python_version(), "command": " ".join(sys.argv)}
 
 
@@ -120,7 +134,9 @@ def write_report(out, args, title: str, results: dict, table: str, plots=(), not
     out = Path(out)
     env = environment(args)
     write_json_atomic(out / "results.json", {"environment": env, "results": results, "plots": list(plots)})
-    where = f"{env['device']}, torch {env['torch']}, {env['date']}, commit {env['commit']}, seeds {env['seeds']}, scale {env['scale']}"
+    where = (f"{env['device']}, torch {env['torch']}, {env['date']}, commit {env['commit']}, seeds {env['seeds']}, "
+             f"scale {env['scale']}, {env['seconds']:.0f} s (load average {env['load_average']['start'][0]:.1f} at "
+             f"the start, {env['load_average']['end'][0]:.1f} at the end)")
     md = [f"# {title}", "", f"`{env['command']}`", "", where, "", table]
     if notes:
         md += [notes.strip(), ""]
