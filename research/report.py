@@ -5,7 +5,6 @@ import math
 import os
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -29,6 +28,20 @@ def run_start() -> dict:
             "clock": time.monotonic(), "load": os.getloadavg()}
 
 
+def command_line(args) -> str:
+    """The command that repeats this run, rebuilt from its parsed options (sys.argv may be a test
+    runner's): `eaglefinch research EXPERIMENT --out DIR --device cpu ...`, every option spelled out."""
+    internal = {"func", "experiment_module", "started", "domain", "debug", "experiment"}
+    parts = ["eaglefinch", "research", args.experiment]
+    for key, value in vars(args).items():
+        if key in internal or value is None or value is False:
+            continue
+        flag = "--" + key.replace("_", "-")
+        values = value if isinstance(value, (list, tuple)) else [value]
+        parts += [flag] if value is True else [flag, *map(str, values)]
+    return " ".join(parts)
+
+
 def environment(args) -> dict:
     """Where and when: device, date, commit, versions, the command line, the common options, the
     run's duration so far and the load at its start and now. `args.started` is `run_start()`'s
@@ -38,7 +51,7 @@ def environment(args) -> dict:
     return {"experiment": args.experiment, "scale": args.scale, "seeds": args.seeds, "device": device,
             "date": start["date"], "commit": start["commit"], "seconds": round(time.monotonic() - start["clock"], 1),
             "load_average": {"start": list(start["load"]), "end": list(os.getloadavg())},
-            "torch": torch.__version__, "python": platform.python_version(), "command": " ".join(sys.argv)}
+            "torch": torch.__version__, "python": platform.python_version(), "command": command_line(args)}
 
 
 def mean_spread(values) -> tuple[float, float]:

@@ -26,7 +26,9 @@ def run_experiment(argv, out, capsys):
     assert set(report) == {"environment", "results", "plots"}
     env = report["environment"]
     assert env["experiment"] == argv[0] and env["seeds"] == 2 and env["scale"] == "tiny" and env["device"].startswith("cpu")
-    assert env["commit"] and env["date"]
+    assert env["commit"] and env["date"] and env["seconds"] > 0
+    assert env["command"] == f"eaglefinch research {argv[0]} --out {out} --device cpu --scale tiny --seeds 2" + \
+        "".join(f" {a}" for a in argv[1:])
     md = (out / "results.md").read_text()
     for name in report["plots"]:
         assert (out / name).read_bytes()[:8] == PNG
@@ -84,7 +86,7 @@ def test_abc(tmp_path, capsys, monkeypatch):
                                                 ctx_len=32),
             "train": dict(batch_size=2, ctx_len=32, val_batches=1, warmup_steps=1), "eval_tokens": 512}
     monkeypatch.setitem(abc.SCALES, "tiny", tiny)
-    results, md = run_experiment(["abc", "--data", str(data), "--steps", "2"], tmp_path / "out", capsys)
+    results, md = run_experiment(["abc", "--steps", "2", "--data", str(data)], tmp_path / "out", capsys)
     assert results["steps"] == 2 and results["config"]["model"]["n_embd"] == 32
     for arch in ("eagle", "finch"):
         bpb = results["models"][arch]["bits_per_byte"]
