@@ -105,6 +105,20 @@ def position_losses(model, stream, length: int, chunk_len: int, batch_size: int 
     return (position_nats / n_windows).numpy(), n_windows
 
 
+@torch.no_grad()
+def losses_at(model, stream, starts, length: int, chunk_len: int, batch_size: int = 8) -> torch.Tensor:
+    """Cross-entropy in nats of every target, [len(starts), length] fp32 on the CPU: the windows of
+    `length` targets that start at the stream offsets `starts` (any, overlapping or not), each from
+    the model's initial state, read chunk_len tokens at a time with the state carried."""
+    device = model.emb.weight.device
+    model.eval()
+    losses = []
+    for a in range(0, len(starts), batch_size):
+        w = torch.from_numpy(np.stack([stream.window(int(s), length + 1) for s in starts[a:a + batch_size]]))
+        losses.append(window_losses(model, w[:, :-1].to(device), w[:, 1:].to(device), chunk_len).cpu())
+    return torch.cat(losses)
+
+
 def log_edges(length: int, n_buckets: int) -> list[int]:
     """Edges of about n_buckets log-spaced spans of positions 0..length-1: [0, 1, 2, ..., length]."""
     return np.unique(np.concatenate([[0], np.round(np.geomspace(1, length, n_buckets)).astype(int)])).tolist()

@@ -72,11 +72,16 @@ def test_longctx(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(longctx.SCALES, "tiny", {**LM, "length_factor": 8})
     results, md = run_experiment(["longctx"], tmp_path / "out", capsys)
     assert results["ctx_len"] == 16 and results["length"] == 128
+    assert results["spans"] == [[8, 16], [16, 32], [32, 64], [64, 128]]
     for r in results["models"].values():
         assert len(r["curves"]) == 2 and all(len(c) == 128 and finite(c) for c in r["curves"])
-        # spans [8, 16), [16, 32), [32, 64), [64, 128): their means are the curve's
-        assert r["spans"][0][-1] == pytest.approx(sum(r["curves"][0][64:]) / 64)
-    assert "loss at 64-127" in md
+        for curve, short_curve, long, short in zip(r["curves"], r["short_curves"], r["long"], r["short"]):
+            assert long[3] == pytest.approx(sum(curve[64:]) / 64)       # a span's loss is its positions' mean
+            assert short[3] == pytest.approx(sum(short_curve[64:]) / 64)
+            # positions 16-31 are read from the window's start both ways: the same context, the same loss
+            assert short[1] == pytest.approx(long[1], abs=1e-5) and short[0] == long[0]
+            assert short[3] != pytest.approx(long[3], abs=1e-5)           # positions 64-127: not the same context
+    assert "loss at 64-127" in md and "64-127: all minus 17-32 bytes of context" in md
 
 
 def test_abc(tmp_path, capsys, monkeypatch):
