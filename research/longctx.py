@@ -26,8 +26,8 @@ from .variants import build_variant
 SCALES = {
     # 2 CPU cores: 2 models x 3 seeds in about 8 minutes (RESEARCH.md)
     "tiny": {"model": dict(n_layer=2, n_embd=128, head_size=64, mix_lora_dim=16, decay_lora_dim=16),
-             "train": dict(max_steps=800, batch_size=8, ctx_len=64, lr_init=3e-3, lr_final=3e-4, warmup_steps=30),
-             "data_mb": 2, "eval_tokens": 2 ** 17, "length_factor": 8},
+             "train": dict(max_steps=600, batch_size=8, ctx_len=64, lr_init=3e-3, lr_final=3e-4, warmup_steps=30),
+             "data_mb": 2, "eval_tokens": 2 ** 16, "length_factor": 8},
     # one GPU: trained at 512 bytes, read to 4096
     "small": {"model": dict(n_layer=6, n_embd=512, head_size=64, mix_lora_dim=32, decay_lora_dim=64),
               "train": dict(max_steps=2000, batch_size=16, ctx_len=512, lr_init=6e-4, lr_final=6e-5, warmup_steps=100),
