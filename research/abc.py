@@ -78,7 +78,7 @@ def run(args, out):
              format_difference(results["finch_minus_eagle"]) if arch == "finch" else "",
              format_mean_spread(r["train_loss"])] for arch, r in per_arch.items()]
     table = markdown_table(["model", "params", "held-out bits/byte", "minus Eagle's (95% interval)",
-                            "final train loss (nats/byte)"], rows)
+                            "train loss at the last step (nats/byte)"], rows)
     notes = (f"{results['steps']} steps of {config.train.batch_size} x {config.train.ctx_len} bytes; "
              f"{per_arch['finch']['scored_bytes']:,} held-out bytes scored in windows of {config.train.ctx_len}. "
              "Mean ± standard deviation over seeds; the difference paired by seed, with its 95% interval.\n\n"
