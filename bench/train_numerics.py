@@ -24,35 +24,18 @@ import datetime
 import json
 import math
 import sys
-import sysconfig
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from eaglefinch.rwkv_core import RWKV
 from eaglefinch.rwkv_core.config import RWKVConfig, TrainConfig
-from eaglefinch.rwkv_core.data import TokenStream
 from eaglefinch.rwkv_core.run import Run
 from eaglefinch.rwkv_core.train import NextTokenTask, train
 from eaglefinch.rwkv_core.files import git_commit
-
-
-def stdlib_bytes(limit_mb: float) -> np.ndarray:
-    """The standard library's .py files, sorted by path, concatenated up to limit_mb, as uint8."""
-    root = Path(sysconfig.get_paths()["stdlib"])
-    chunks, size = [], 0
-    for path in sorted(root.rglob("*.py")):
-        if "site-packages" in path.parts or "test" in path.parts:
-            continue
-        data = path.read_bytes()
-        chunks.append(data + b"\n\n")
-        size += len(data) + 2
-        if size >= limit_mb * 2 ** 20:
-            break
-    return np.frombuffer(b"".join(chunks), dtype=np.uint8).copy()
+from eaglefinch.research.data import stdlib_splits
 
 
 def small_model(arch, seed, size, decay_shift=0.0):
@@ -127,12 +110,10 @@ def main():
             dict(n_layer=6, n_embd=512, batch=16, ctx_len=512))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tokens = stdlib_bytes(args.data_mb)
-    cut = int(len(tokens) * 0.95)
-    data, val = TokenStream([tokens[:cut]], "stdlib train"), TokenStream([tokens[cut:]], "stdlib val")
+    data, val = stdlib_splits(args.data_mb)   # the last 5% held out
     res = {"size": size, "device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__,
            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-           "git_commit": git_commit(), "command": " ".join(sys.argv), "data_bytes": len(tokens), "runs": []}
+           "git_commit": git_commit(), "command": " ".join(sys.argv), "data_bytes": len(data) + len(val), "runs": []}
 
     def save():
         (out / "results.json").write_text(json.dumps(res, indent=1))

@@ -53,26 +53,31 @@ def bits_per_byte(model, data, ctx_len: int, batch_size: int = 8, max_tokens: in
 
 
 def compare_archs(config, data_dir, out_dir, *, max_steps=None, seed=None, eval_tokens=None,
-                  archs=ARCHS, progress=True) -> dict:
+                  archs=ARCHS, progress=True, device=None) -> dict:
     """Train each architecture from scratch on the same data and budget; score the val split.
+
+    `config`: a shipped config's name or a JSON file (model and train sections), or a RunConfig.
+    `device`: where to train (default: the GPU if there is one).
 
     Runs go to `<out_dir>/<arch>`; the results, also returned, to `<out_dir>/abc.json`:
     {"config", "steps", "batch_size", "ctx_len", "tokens_seen", <arch>: {"params", "train_loss",
     "bytes", "tokens", "bits_per_byte"}}.
     """
-    run_config = RunConfig.load(config, "music")
+    named = not isinstance(config, RunConfig)
+    run_config = RunConfig.load(config, "music") if named else config
     train_cfg = run_config.train.with_overrides(max_steps, seed)
     train_data, val_data = TokenDataset(data_dir, "train"), TokenDataset(data_dir, "val")
     if train_data.metadata.get("tokenizer") != "bytes":
         raise DataError(f"{data_dir}: not byte-level ABC data (write it with `eaglefinch music abc`)")
     out_dir = Path(out_dir)
-    results = {"config": str(config), "steps": train_cfg.max_steps, "batch_size": train_cfg.batch_size,
+    results = {"config": str(config) if named else run_config.to_dict(), "steps": train_cfg.max_steps,
+               "batch_size": train_cfg.batch_size,
                "ctx_len": train_cfg.ctx_len, "tokens_seen": train_cfg.max_steps * train_cfg.batch_size * train_cfg.ctx_len}
     for arch in archs:
         torch.manual_seed(train_cfg.seed)  # every architecture starts from the same random stream
         model = RWKV(run_config.model_config(arch=arch, vocab_size=VOCAB_SIZE))
         loss = train(NextTokenTask(model, train_cfg.l2wrap), train_cfg, train_data, out_dir / arch,
-                     val_data=val_data, progress=progress)
+                     val_data=val_data, progress=progress, device=device)
         scores = bits_per_byte(model, val_data, train_cfg.ctx_len, train_cfg.batch_size, eval_tokens)
         results[arch] = {"params": sum(p.numel() for p in model.parameters()), "train_loss": loss, **scores}
     write_json_atomic(out_dir / RESULTS_FILE, results)

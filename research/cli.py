@@ -8,9 +8,13 @@ from pathlib import Path
 
 from eaglefinch.rwkv_core.cli import int_at_least
 
-EXPERIMENTS = {  # command: (module, one line of help); each helper adds its own
+EXPERIMENTS = {  # command: (module, one line of help)
+    "ablation": ("ablation", "Finch without token shift, with static shift or decay, Eagle, head sizes: held-out loss"),
     "mqar": ("mqar", "multi-query associative recall: accuracy against sequence length and width, Eagle, Finch, transformer"),
+    "longctx": ("longctx", "Eagle and Finch trained at ctx T: held-out loss by position up to 8 x T"),
     "efficiency": ("efficiency", "time and peak memory against sequence length (prefill, then decode at T): Eagle, Finch, a KV-cache transformer"),
+    "lora-rank": ("lora_rank", "the decay-LoRA and ddlerp-LoRA dimensions swept: held-out loss against rank"),
+    "abc": ("abc", "Eagle against Finch on ABC music notation, bits per byte, over seeds"),
 }
 
 
@@ -28,8 +32,9 @@ def add_commands(parser, common):
 
 
 def cmd_run(args):
-    from .report import device_of
+    from .report import device_of, run_start
     device_of(args.device)   # an unusable --device fails before any work
+    args.started = run_start()
     if args.out.exists() and not args.out.is_dir():
         raise ValueError(f"--out {args.out}: exists and is not a folder")
     args.out.mkdir(parents=True, exist_ok=True)

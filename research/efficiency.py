@@ -42,7 +42,7 @@ class EfficiencySettings:
 
 
 SCALES = {
-    # 2 CPU cores, fp32, a minute or two (RESEARCH-mqar-efficiency.md has the measured time)
+    # 2 CPU cores, fp32, a minute or two (RESEARCH.md has the measured time)
     "tiny": EfficiencySettings(lengths=(256, 512, 1024, 2048, 4096, 8192, 16384), width=128, n_layer=2, head_size=64,
                                vocab_size=1024, prefill_repeats=3, decode_repeats=15),
     # one GPU, bf16: a Finch-0.17B-sized model (12 layers, width 768, the World vocabulary)

@@ -43,7 +43,7 @@ class MQARSettings:
 
 
 SCALES = {
-    # 2 CPU cores, under 10 minutes for 3 seeds (RESEARCH-mqar-efficiency.md has the measured time)
+    # 2 CPU cores, under 10 minutes for 3 seeds (RESEARCH.md has the measured time)
     "tiny": MQARSettings(lengths=(32, 64), widths=(16, 32), pairs_divisor=8, vocab_size=64, n_layer=2,
                          head_size=16, steps=300, batch_size=32, lr=3e-3, test_sequences=256),
     # the GPU setting: Zoology's lengths, widths, vocabulary and pairs (length / 16), 2 layers

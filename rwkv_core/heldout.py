@@ -2,11 +2,13 @@
 
     nats, counts = heldout_nats(model, TokenDataset("runs/data", "val"), ctx_len=256)
     loss = nats / counts.sum()        # nats per token; counts[i] = how many targets are id i
+    curve, n = position_losses(model, stream, length=1024, chunk_len=256)   # mean loss at each position
 
 Windows are non-overlapping and laid end to end from the start of the token stream (as the
 trainer's validation does), each scored from the model's initial state; every target is scored
 exactly once, the document separator included.
 """
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -80,3 +82,49 @@ def heldout_nats(model, stream, ctx_len: int, batch_size: int = 8, max_tokens: i
             counts += torch.bincount(y.flatten(), minlength=vocab)
             bar.update(y.numel())
     return nats, counts
+
+
+@torch.no_grad()
+def position_losses(model, stream, length: int, chunk_len: int, batch_size: int = 8, max_tokens: int | None = None,
+                    map_ids=None, progress: bool = False, option: str = "length"):
+    """(mean loss in nats at each position [length] float64, number of windows) over windows of
+    `length` targets, each from the model's initial state and read chunk_len tokens at a time with
+    the state carried (memory does not grow with the window). Position p's loss is the prediction
+    made after p + 1 tokens of context: a curve still falling past the training ctx_len means the
+    model uses more context than it was trained on. `option` names the setting to lower when the
+    stream is too short for one window."""
+    n_windows = count_windows(stream, length, max_tokens, option)
+    device = model.emb.weight.device
+    model.eval()
+    position_nats = torch.zeros(length, dtype=torch.float64)
+    with tqdm(total=n_windows * length, unit="tok", desc=f"{stream.name} by position", disable=not progress) as bar:
+        for x, y in first_windows(stream, length, batch_size, n_windows):
+            x, y = map_ids(x, y) if map_ids else (x, y)
+            position_nats += window_losses(model, x.to(device), y.to(device), chunk_len).double().sum(0).cpu()
+            bar.update(y.numel())
+    return (position_nats / n_windows).numpy(), n_windows
+
+
+@torch.no_grad()
+def losses_at(model, stream, starts, length: int, chunk_len: int, batch_size: int = 8) -> torch.Tensor:
+    """Cross-entropy in nats of every target, [len(starts), length] fp32 on the CPU: the windows of
+    `length` targets that start at the stream offsets `starts` (any, overlapping or not), each from
+    the model's initial state, read chunk_len tokens at a time with the state carried."""
+    device = model.emb.weight.device
+    model.eval()
+    losses = []
+    for a in range(0, len(starts), batch_size):
+        w = torch.from_numpy(np.stack([stream.window(int(s), length + 1) for s in starts[a:a + batch_size]]))
+        losses.append(window_losses(model, w[:, :-1].to(device), w[:, 1:].to(device), chunk_len).cpu())
+    return torch.cat(losses)
+
+
+def log_edges(length: int, n_buckets: int) -> list[int]:
+    """Edges of about n_buckets log-spaced spans of positions 0..length-1: [0, 1, 2, ..., length]."""
+    return np.unique(np.concatenate([[0], np.round(np.geomspace(1, length, n_buckets)).astype(int)])).tolist()
+
+
+def span_means(curve, edges) -> list[dict]:
+    """{"start", "end", "loss"}: the mean of a per-position curve over each span [edges[i], edges[i + 1])."""
+    curve = np.asarray(curve)
+    return [{"start": int(a), "end": int(b), "loss": float(curve[a:b].mean())} for a, b in zip(edges[:-1], edges[1:])]

@@ -276,9 +276,11 @@ def train_step(proc, task, forward, batch, segment_len=None) -> float:
 
 
 def train(task, cfg: TrainConfig, train_data, out_dir, *, val_data=None, resume=False, extra=None,
-          progress=True, deepspeed_config=None):
+          progress=True, deepspeed_config=None, device=None):
     """Train `task` on windows drawn from `train_data` (anything with `sample_batch(B, T, generator)`);
     `val_data` needs `iter_batches(B, T)`. Writes the run folder; returns the last step's loss.
+    `device`: where to train (default: the GPU if there is one, else the CPU; not with DeepSpeed).
+    `progress`: a progress bar and each validation loss on the terminal (False: quiet).
 
     Resuming restores model, optimizer, step, data sampler and RNG: on the CPU the losses of the
     resumed steps are bit-identical to an uninterrupted run's.
@@ -294,11 +296,13 @@ def train(task, cfg: TrainConfig, train_data, out_dir, *, val_data=None, resume=
 
     if cfg.segment_len is not None and not isinstance(task, NextTokenTask):
         raise ValueError(f"train segment_len: {type(task).__name__} cannot read its samples in segments; remove it")
+    if device is not None and deepspeed_config is not None:
+        raise ValueError("DeepSpeed places each rank on its own GPU: give no device")
     if cfg.segment_len is not None and deepspeed_config is not None:
         raise ValueError("train segment_len is not supported under DeepSpeed; remove it or train without --deepspeed")
     run = Run(out_dir)
     run.folder.mkdir(parents=True, exist_ok=True)
-    proc = DeepSpeedProcess(deepspeed_config, cfg) if deepspeed_config is not None else LocalProcess(cfg)
+    proc = DeepSpeedProcess(deepspeed_config, cfg) if deepspeed_config is not None else LocalProcess(cfg, device)
     if proc.is_main:  # what a run killed mid-write left: the folder is this run's alone
         remove_stale_temporaries(run.folder)
         remove_stale_temporaries(run.deepspeed)
@@ -339,7 +343,8 @@ def train(task, cfg: TrainConfig, train_data, out_dir, *, val_data=None, resume=
             val_loss = evaluate(task, val_data, cfg, proc.device, proc.autocast)
             if proc.is_main:
                 metrics.add({"step": step, "val_loss": val_loss})
-                bar.write(f"step {step}: val_loss {val_loss:.4f}")
+                if progress:
+                    bar.write(f"step {step}: val_loss {val_loss:.4f}")
     bar.close()
     if proc.is_main:
         metrics.flush()   # the last validation, after the last checkpoint
@@ -373,14 +378,14 @@ def is_main_process() -> bool:
 
 
 class LocalProcess:
-    """The plain trainer: one process, the GPU if there is one (bf16 autocast unless the config's
-    precision is "fp32"), else the CPU (fp32)."""
+    """The plain trainer: one process on `device`, by default the GPU if there is one (bf16 autocast
+    unless the config's precision is "fp32"), else the CPU (fp32)."""
 
     rank, world_size, is_main = 0, 1, True
 
-    def __init__(self, cfg: TrainConfig):
+    def __init__(self, cfg: TrainConfig, device=None):
         self.cfg = cfg
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16,
                                        enabled=self.device.type == "cuda" and cfg.precision == "bf16")
         self.fused_optimizer = self.device.type == "cuda"

@@ -27,11 +27,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from eaglefinch.rwkv_core.files import atomic_path
 from eaglefinch.rwkv_core.data import MAX_TOKEN_ID, SEPARATOR, DataError, TokenDataset
-from eaglefinch.rwkv_core.heldout import count_windows, first_windows, heldout_nats, window_losses
+from eaglefinch.rwkv_core.heldout import heldout_nats, log_edges, position_losses, span_means
 
 from .subset import SubsetTokenizer
 from .tokenizer import WorldTokenizer
@@ -67,11 +66,6 @@ def _id_map(tokenizer, model_vocab: int, data_name: str):
     return map_ids
 
 
-def _buckets(curve: np.ndarray, edges) -> list[dict]:
-    """Mean of the per-position curve over each span [edges[i], edges[i + 1])."""
-    return [{"start": int(a), "end": int(b), "loss": float(curve[a:b].mean())} for a, b in zip(edges[:-1], edges[1:])]
-
-
 def evaluate(model, data_dir, split: str = "val", tokenizer=None, ctx_len: int | None = None,
              max_len: int | None = None, batch_size: int = 8, max_tokens: int | None = None,
              progress: bool = True) -> dict:
@@ -99,7 +93,6 @@ def evaluate(model, data_dir, split: str = "val", tokenizer=None, ctx_len: int |
         raise ValueError(f"batch_size, ctx_len and max_len must be >= 1, got {batch_size}, {ctx_len}, {max_len}")
     stream = TokenDataset(data_dir, split)
     map_ids = _id_map(tokenizer, model.cfg.vocab_size, stream.name)
-    device = model.emb.weight.device
 
     # pass 1: training-length windows, each from a fresh state
     nats, counts = heldout_nats(model, stream, ctx_len, batch_size, max_tokens, map_ids, progress)
@@ -107,15 +100,8 @@ def evaluate(model, data_dir, split: str = "val", tokenizer=None, ctx_len: int |
     n_bytes = sum(int(counts[i]) * len(tokenizer.decode_bytes([i])) for i in counts.nonzero().flatten().tolist())
 
     # pass 2: long windows in ctx_len chunks with the state carried
-    n_long = count_windows(stream, max_len, max_tokens, "--max-len")
-    position_nats = torch.zeros(max_len, dtype=torch.float64)
-    with tqdm(total=n_long * max_len, unit="tok", desc=f"{split} by position", disable=not progress) as bar:
-        for x, y in first_windows(stream, max_len, batch_size, n_long):
-            x, y = map_ids(x, y)
-            position_nats += window_losses(model, x.to(device), y.to(device), ctx_len).double().sum(0).cpu()
-            bar.update(y.numel())
-    curve = (position_nats / n_long).numpy()
-    log_edges = np.unique(np.concatenate([[0], np.round(np.geomspace(1, max_len, PLOT_BUCKETS)).astype(int)]))
+    curve, n_long = position_losses(model, stream, max_len, ctx_len, batch_size, max_tokens, map_ids, progress,
+                                    option="--max-len")
 
     return {
         "split": split,
@@ -131,8 +117,8 @@ def evaluate(model, data_dir, split: str = "val", tokenizer=None, ctx_len: int |
         "positions": {
             "windows": n_long,
             "loss": curve.tolist(),
-            "segments": _buckets(curve, [*range(0, max_len, ctx_len), max_len]),
-            "buckets": _buckets(curve, log_edges),
+            "segments": span_means(curve, [*range(0, max_len, ctx_len), max_len]),
+            "buckets": span_means(curve, log_edges(max_len, PLOT_BUCKETS)),
         },
     }
 
