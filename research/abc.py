@@ -20,8 +20,8 @@ from .report import (claim, claims_markdown, format_difference, format_mean_spre
                      paired_difference, pyplot, save_figure, write_report)
 
 SCALES = {
-    # the shipped abc-tiny as it is (2 layers, width 128, 300 steps of 8 x 256 bytes); 2 CPU cores: 3 seeds
-    # in about 9 minutes (RESEARCH.md)
+    # the shipped abc-tiny as it is (2 layers, width 128, 300 steps of 8 x 256 bytes); 2 models x 3 seeds:
+    # 526 s on 2 CPU cores of a busy shared machine (RESEARCH.md)
     "tiny": {"config": "abc-tiny", "model": {}, "train": {}, "eval_tokens": None},
     # one GPU: 6 layers x 512, 3000 steps of 16 x 1024 bytes (49M bytes, 13 passes over the 3.8M training bytes)
     "small": {"config": "abc-tiny",

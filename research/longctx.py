@@ -24,7 +24,7 @@ from .report import (claim, claims_markdown, format_mean_spread, markdown_table,
 from .variants import build_variant
 
 SCALES = {
-    # 2 CPU cores: 2 models x 3 seeds in about 8 minutes (RESEARCH.md)
+    # 2 models x 3 seeds: 301 s on 2 CPU cores of a busy shared machine (RESEARCH.md)
     "tiny": {"model": dict(n_layer=2, n_embd=128, head_size=64, mix_lora_dim=16, decay_lora_dim=16),
              "train": dict(max_steps=600, batch_size=8, ctx_len=64, lr_init=3e-3, lr_final=3e-4, warmup_steps=30),
              "data_mb": 2, "eval_tokens": 2 ** 16, "length_factor": 8},

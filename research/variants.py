@@ -16,8 +16,8 @@ equal parameter counts).
 A variant swaps each block's `att` (and for `no-shift` its `ffn`) for a module from this file and
 keeps the official parameter names, so the trainer's parameter groups treat it as they treat
 Finch. Parameters a variant does not use are removed (the parameter counts are honest). Variants
-are trained and scored through the model's forward only: the inference engine restates Finch's
-block and knows nothing of them.
+are trained and scored through the model's forward only, never through the inference engine, whose
+decode step restates the core blocks and knows nothing of them.
 """
 import torch
 import torch.nn as nn
