@@ -35,27 +35,29 @@ class StatePool:
 
     def __init__(self, model, size: int):
         self.model = model
-        fresh = model.initial_state(size)
-        self.att_shift = fresh.att_shift.contiguous()
-        self.wkv = fresh.wkv.contiguous()
-        self.ffn_shift = fresh.ffn_shift.contiguous()
+        self.att_shift, self.wkv, self.ffn_shift = (t.contiguous() for t in model.initial_state(size).tensors)
 
     @property
     def size(self) -> int:
         return self.wkv.shape[1]
 
     def bytes_per_slot(self) -> int:
-        return sum(t[:, 0].numel() * t.element_size() for t in (self.att_shift, self.wkv, self.ffn_shift))
+        return sum(t[:, 0].numel() * t.element_size() for t in self.tensors)
+
+    @property
+    def tensors(self) -> tuple:
+        """(att_shift, wkv, ffn_shift), in the order of `RWKVState.tensors`."""
+        return self.att_shift, self.wkv, self.ffn_shift
 
     def read(self, slots) -> RWKVState:
         index = self._index(slots)
-        return RWKVState(self.att_shift[:, index], self.wkv[:, index], self.ffn_shift[:, index])
+        return RWKVState(*(pool[:, index] for pool in self.tensors))
 
     def write(self, slots, state: RWKVState) -> None:
         index = self._index(slots)
         if state.batch_size != len(index):
             raise ValueError(f"state is for {state.batch_size} sequences, got {len(index)} slots")
-        for pool, part in ((self.att_shift, state.att_shift), (self.wkv, state.wkv), (self.ffn_shift, state.ffn_shift)):
+        for pool, part in zip(self.tensors, state.tensors):
             if pool[:, 0].shape != part[:, 0].shape:
                 raise ValueError(f"state shape {tuple(part.shape)} does not fit this model's pool "
                                  f"{tuple(pool.shape)}")
@@ -66,9 +68,7 @@ class StatePool:
         self.write(slots, self.model.initial_state(len(slots), self.wkv.device))
 
     def _index(self, slots):
-        if isinstance(slots, torch.Tensor):
-            return slots.to(self.wkv.device, torch.long).view(-1)
-        return to_device(torch.tensor(slots, dtype=torch.long).view(-1), self.wkv.device)
+        return to_device(slots, self.wkv.device, torch.long).view(-1)
 
 
 def batch_buckets(max_batch: int) -> list[int]:
@@ -215,7 +215,7 @@ class Engine:
         """One packed forward of the pieces, from and back into the slots; the last hidden of each [S, C]."""
         # made on the host and copied without a sync: the forward's host work overlaps the GPU's
         cu_seqlens = device_offsets([len(p) for p in pieces], self.device)
-        idx = to_device(torch.tensor([t for p in pieces for t in p]), self.device)[None]
+        idx = to_device([t for p in pieces for t in p], self.device)[None]
         return last_positions(self._forward(slots, idx=idx, cu_seqlens=cu_seqlens), cu_seqlens)
 
     def _forward(self, slots, **inputs):
@@ -235,16 +235,16 @@ class Engine:
         if n == 0:
             raise ValueError("decode needs at least one slot")
         self._check_slots(slots)
-        ids = (ids if isinstance(ids, torch.Tensor) else to_device(torch.tensor(ids), self.device)).to(self.device, torch.long).view(-1)
+        ids = to_device(ids, self.device, torch.long).view(-1)
         if ids.numel() != n:
             raise ValueError(f"{ids.numel()} token ids for {n} slots")
         bucket = next(b for b in self.buckets if b >= n)
         if not self._graphs:  # eager (CPU, or graphs off): no padding needed
-            return self._step(ids, to_device(torch.tensor(slots), self.device)).float()
+            return self._step(ids, to_device(slots, self.device)).float()
         graph, static_ids, static_slots, static_logits = self._graphs[bucket]
         static_ids[:n].copy_(ids)
         static_ids[n:].zero_()
-        static_slots.copy_(to_device(torch.tensor(list(slots) + self.scratch[:bucket - n]), self.device))
+        static_slots.copy_(to_device(list(slots) + self.scratch[:bucket - n], self.device))
         graph.replay()
         return static_logits[:n].clone()
 

@@ -329,7 +329,7 @@ class Scheduler:
         that is late (another thread holding the GIL) finds that step already queued. A sequence
         that ends at this token wastes its share of the step: its slot is released after it."""
         slots = list(self.active)
-        rows = to_device(torch.tensor(slots), self.engine.device)   # no sync: the last step may still run
+        rows = to_device(slots, self.engine.device)   # no sync: the last step may still run
         ids = self.sampler.sample(self.next_logits[rows], rows)
         read_ids = self._ids_to_host(ids)
         self.next_logits[rows] = self.engine.decode(slots, ids)

@@ -9,12 +9,15 @@ host tensors go to the device from pinned memory, asynchronously.
 import torch
 
 
-def to_device(t: torch.Tensor, device) -> torch.Tensor:
-    """t (on the host) on `device`; to a GPU from pinned memory without waiting for its queued work."""
+def to_device(values, device, dtype=None) -> torch.Tensor:
+    """`values` (a list of numbers, or a tensor anywhere) as a tensor on `device`; from the host to a
+    GPU through pinned memory, without waiting for the GPU's queued work."""
     device = torch.device(device)
-    if device.type != "cuda":
-        return t.to(device)
-    return t.pin_memory().to(device, non_blocking=True)
+    if not isinstance(values, torch.Tensor):
+        values = torch.tensor(values, dtype=dtype)
+    if values.device.type != "cpu" or device.type != "cuda":
+        return values.to(device, dtype)
+    return values.to(dtype=dtype).pin_memory().to(device, non_blocking=True)
 
 
 def host_offsets(cu_seqlens: torch.Tensor) -> torch.Tensor:

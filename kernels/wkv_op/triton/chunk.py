@@ -55,7 +55,7 @@ def prepare_chunks(cu_seqlens, chunk_size, cu_seqlens_cpu=None):
     local = torch.arange(int(n_chunks.sum())) - torch.repeat_interleave(offsets, n_chunks)
     table = torch.stack([seq, local], dim=1).to(torch.int32)
     dev = cu_seqlens.device
-    tables = (to_device(offsets.to(torch.int32), dev), to_device(table.contiguous(), dev), int(n_chunks.sum()))
+    tables = (to_device(offsets, dev, torch.int32), to_device(table.contiguous(), dev), int(n_chunks.sum()))
     cu_seqlens._chunk_tables = (key, tables)
     return tables
 
