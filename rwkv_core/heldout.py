@@ -10,7 +10,6 @@ exactly once, the document separator included.
 """
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from .data import DataError
@@ -18,23 +17,34 @@ from .data import DataError
 HEAD_ELEMENTS = 1 << 24  # logits materialised at once (64 MB in fp32), whatever the vocabulary
 
 
+def target_logprobs(model, hidden, targets, *, with_argmax=False):
+    """Log-probability of each target [N] fp32 under the model's head on hidden [N, C] (after ln_out),
+    and with `with_argmax` whether each target is the most likely token ([N] bool; else None). The
+    head and softmax run on slices of at most HEAD_ELEMENTS logits, so a 65,536-token vocabulary fits."""
+    rows = max(1, HEAD_ELEMENTS // model.cfg.vocab_size)
+    logprobs, best = [], []
+    for a in range(0, hidden.shape[0], rows):
+        logp = model.head(hidden[a:a + rows]).float().log_softmax(-1)
+        wanted = targets[a:a + rows]
+        logprobs.append(logp.gather(1, wanted[:, None])[:, 0])
+        if with_argmax:
+            best.append(logp.argmax(-1) == wanted)
+    return torch.cat(logprobs), (torch.cat(best) if with_argmax else None)
+
+
 @torch.no_grad()
 def window_losses(model, x, y, chunk_len: int) -> torch.Tensor:
     """Cross-entropy in nats of every target: [B, T] fp32 for inputs x and targets y, both [B, T].
 
     The model reads the window chunk_len tokens at a time and carries its state from chunk to
-    chunk, which gives the same losses as one pass over the whole window; the head and softmax
-    run on slices of at most HEAD_ELEMENTS logits, so a 65,536-token vocabulary fits too.
+    chunk, which gives the same losses as one pass over the whole window; the head runs on slices
+    (`target_logprobs`).
     """
-    batch, length = x.shape
-    rows = max(1, HEAD_ELEMENTS // (batch * model.cfg.vocab_size))  # positions per head slice
     state, losses = None, []
-    for start in range(0, length, chunk_len):
+    for start in range(0, x.shape[1], chunk_len):
         hidden, state = model.forward_hidden(x[:, start:start + chunk_len], state)
-        for a in range(0, hidden.shape[1], rows):
-            logits = model.head(hidden[:, a:a + rows]).float()
-            targets = y[:, start + a:start + a + logits.shape[1]]
-            losses.append(F.cross_entropy(logits.transpose(1, 2), targets, reduction="none"))
+        targets = y[:, start:start + hidden.shape[1]]
+        losses.append(-target_logprobs(model, hidden.flatten(0, 1), targets.flatten())[0].view(targets.shape))
     return torch.cat(losses, dim=1)
 
 

@@ -47,7 +47,7 @@ try:
 except ImportError as e:
     raise ImportError(f"the lm-evaluation-harness model needs lm-eval ({e}): pip install 'eaglefinch[lm-eval]'") from None
 
-from eaglefinch.rwkv_core.heldout import HEAD_ELEMENTS
+from eaglefinch.rwkv_core.heldout import target_logprobs
 from eaglefinch.rwkv_core.sampling import SamplerConfig
 
 from .generate import generate_text
@@ -91,7 +91,7 @@ def read_sequences(model, sequences, state, forward_tokens, targets=None):
         if targets is not None:
             wanted = torch.tensor([t for i, a, p in zip(rows, starts, pieces) for t in targets[i][a:a + len(p)]],
                                   device=device)
-            token_logprob, best = score_hidden(model, hidden[0], wanted)
+            token_logprob, best = target_logprobs(model, hidden[0], wanted, with_argmax=True)
             owner = torch.repeat_interleave(torch.tensor(rows), lengths)
             logprob.index_add_(0, owner, token_logprob.double().cpu())
             misses.index_add_(0, owner, (~best).long().cpu())
@@ -101,19 +101,6 @@ def read_sequences(model, sequences, state, forward_tokens, targets=None):
     if targets is None:
         return state, None, None
     return state, logprob, misses == 0
-
-
-def score_hidden(model, hidden, targets):
-    """(log-probability of each target [N] fp32, whether it is the argmax [N] bool) for hidden [N, C];
-    the head runs on slices of at most HEAD_ELEMENTS logits, so a 65,536-token vocabulary fits."""
-    rows = max(1, HEAD_ELEMENTS // model.cfg.vocab_size)
-    logprobs, best = [], []
-    for a in range(0, hidden.shape[0], rows):
-        logp = model.head(hidden[a:a + rows]).float().log_softmax(-1)
-        wanted = targets[a:a + rows]
-        logprobs.append(logp.gather(1, wanted[:, None])[:, 0])
-        best.append(logp.argmax(-1) == wanted)
-    return torch.cat(logprobs), torch.cat(best)
 
 
 def sampler_for(gen_kwargs: dict) -> SamplerConfig:

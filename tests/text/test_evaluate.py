@@ -96,7 +96,8 @@ def test_loss_bits_per_byte_and_positions_match_a_direct_computation(tmp_path):
 
 @pytest.mark.parametrize("arch", ["eagle", "finch"])
 def test_chunks_with_the_state_carried_equal_one_pass(arch, monkeypatch):
-    # 50 tokens in chunks of 16 (the last one 2 long); the head in slices of 7 positions, across chunk edges
+    # 50 tokens in chunks of 16 (the last one 2 long); the head in slices of 21 of a chunk's 3 x 16 rows,
+    # across the edges between sequences
     monkeypatch.setattr("eaglefinch.rwkv_core.heldout.HEAD_ELEMENTS", 3 * 7 * VOCAB)
     model = random_model(arch)
     g = torch.Generator().manual_seed(0)
