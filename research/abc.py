@@ -15,7 +15,8 @@ from eaglefinch.music.abc import ARCHS, compare_archs, write_abc_data
 from eaglefinch.rwkv_core import RunConfig
 from eaglefinch.rwkv_core.data import TokenDataset
 
-from .lm import add_steps_argument, runs_bar, seeds_of
+from .cli import add_steps_argument
+from .lm import runs_bar, seeds_of
 from .report import (claim, claims_markdown, format_difference, format_mean_spread, markdown_table,
                      paired_difference, pyplot, save_figure, write_report)
 

@@ -9,7 +9,8 @@ the corpus, mean and spread over seeds, each variant's difference to Finch paire
 """
 import statistics
 
-from .lm import (add_steps_argument, corpus, heldout_loss, mean_curve, model_config, runs_bar, seeds_of,
+from .cli import add_steps_argument
+from .lm import (corpus, heldout_loss, mean_curve, model_config, runs_bar, seeds_of,
                  train_model)
 from .report import (claim, claims_markdown, format_difference, format_mean_spread, markdown_table,
                      paired_difference, pyplot, save_figure, write_report)

@@ -1,8 +1,10 @@
 """`eaglefinch research <experiment> --out DIR [--device cpu|cuda] [--scale tiny|small] [--seeds N]`.
 
-Each experiment is a module of this package with `add_arguments(parser)` (its own options, if any)
-and `run(args, out: Path)`, which trains and measures and then writes its report (`report.write_report`).
+Each experiment is a module of this package with `add_arguments(parser)` (its own options, if any;
+the option types and options they share are here) and `run(args, out: Path)`, which trains and
+measures and then writes its report (`report.write_report`).
 """
+import argparse
 from importlib import import_module
 from pathlib import Path
 
@@ -40,3 +42,25 @@ def cmd_run(args):
     args.out.mkdir(parents=True, exist_ok=True)
     import_module(f"eaglefinch.research.{args.experiment_module}").run(args, args.out)
     print(f"wrote {args.out / 'results.md'} and {args.out / 'results.json'}")
+
+
+def int_list(text: str) -> tuple:
+    """An argparse type: comma-separated positive integers ("32,64")."""
+    parse = int_at_least(1)
+    return tuple(parse(part) for part in text.split(","))
+
+
+def choice_list(choices, what: str):
+    """An argparse type: comma-separated names among `choices` (each a `what`, for the error)."""
+    def parse(text: str) -> tuple:
+        names = tuple(text.split(","))
+        unknown = [n for n in names if n not in choices]
+        if unknown:
+            raise argparse.ArgumentTypeError(f"unknown {what} {', '.join(unknown)}; choose from {', '.join(choices)}")
+        return names
+    return parse
+
+
+def add_steps_argument(parser):
+    parser.add_argument("--steps", type=int_at_least(1),
+                        help="training steps of every model (default: the scale's; fewer for a quick check)")

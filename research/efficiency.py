@@ -23,7 +23,8 @@ from tqdm import tqdm
 
 from eaglefinch.rwkv_core.cli import int_at_least
 
-from .mqar import arch_list, cpu_flush_denormal, int_list
+from .cli import choice_list, int_list
+from .mqar import cpu_flush_denormal
 from .report import device_of, markdown_table, pyplot, save_figure, write_report
 from .transformer import ARCHS, KVCache, Transformer, build_model
 
@@ -185,7 +186,7 @@ def fitted_slope(lengths, values) -> float:
 def add_arguments(parser):
     parser.add_argument("--lengths", type=int_list, help="sequence lengths T, comma-separated (default: the scale's)")
     parser.add_argument("--width", type=int_at_least(2), help="model width n_embd (default: the scale's)")
-    parser.add_argument("--archs", type=arch_list, default=ARCHS, help=f"models, comma-separated (default: {','.join(ARCHS)})")
+    parser.add_argument("--archs", type=choice_list(ARCHS, "model"), default=ARCHS, help=f"models, comma-separated (default: {','.join(ARCHS)})")
 
 
 def run(args, out: Path):

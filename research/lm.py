@@ -16,7 +16,6 @@ import torch
 from tqdm import tqdm
 
 from eaglefinch.rwkv_core import RWKVConfig
-from eaglefinch.rwkv_core.cli import int_at_least
 from eaglefinch.rwkv_core.config import TrainConfig
 from eaglefinch.rwkv_core.heldout import heldout_nats
 from eaglefinch.rwkv_core.run import Run
@@ -71,11 +70,6 @@ def heldout_loss(model, setting: dict, data: dict) -> float:
     nats, counts = heldout_nats(model, data["val"], setting["train"]["ctx_len"], EVAL_BATCH,
                                 max_tokens=setting["eval_tokens"])
     return nats / int(counts.sum())
-
-
-def add_steps_argument(parser):
-    parser.add_argument("--steps", type=int_at_least(1),
-                        help="training steps of every model (default: the scale's; fewer for a quick check)")
 
 
 def runs_bar(total: int, desc: str):

@@ -18,7 +18,8 @@ import numpy as np
 
 from eaglefinch.rwkv_core.heldout import count_windows, log_edges, losses_at, span_means
 
-from .lm import EVAL_BATCH, add_steps_argument, corpus, model_config, runs_bar, seeds_of, train_model
+from .cli import add_steps_argument
+from .lm import EVAL_BATCH, corpus, model_config, runs_bar, seeds_of, train_model
 from .report import (claim, claims_markdown, format_mean_spread, markdown_table, pyplot, save_figure,
                      write_report)
 from .variants import build_variant

@@ -9,7 +9,8 @@ held-out loss in nats per byte, mean and spread over seeds.
 """
 import statistics
 
-from .lm import add_steps_argument, corpus, heldout_loss, model_config, runs_bar, seeds_of, train_model
+from .cli import add_steps_argument
+from .lm import corpus, heldout_loss, model_config, runs_bar, seeds_of, train_model
 from .report import (claim, claims_markdown, format_difference, format_mean_spread, markdown_table,
                      paired_difference, pyplot, save_figure, write_report)
 from .variants import build_variant

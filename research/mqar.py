@@ -9,7 +9,6 @@ The queries are spread uniformly over the rest of the sequence (Zoology draws th
 power law instead), and the number of pairs grows with the length, as in Zoology's figure (length / 16
 at the small scale). Only the answer positions carry a loss and count in the accuracy.
 """
-import argparse
 import contextlib
 import dataclasses
 import math
@@ -22,6 +21,7 @@ from tqdm import tqdm
 from eaglefinch.rwkv_core import RWKV
 from eaglefinch.rwkv_core.cli import int_at_least
 
+from .cli import add_steps_argument, choice_list, int_list
 from .report import device_of, format_mean_spread, markdown_table, mean_spread, pyplot, save_figure, write_report
 from .transformer import ARCHS, build_model
 
@@ -155,30 +155,15 @@ def train_recall(arch: str, width: int, seq_len: int, num_pairs: int, seed: int,
     return {"accuracy": accuracy, "final_train_loss": loss.item(), "params": sum(p.numel() for p in model.parameters())}
 
 
-def int_list(text: str) -> tuple:
-    """An argparse type: comma-separated positive integers ("32,64")."""
-    parse = int_at_least(1)
-    return tuple(parse(part) for part in text.split(","))
-
-
-def arch_list(text: str) -> tuple:
-    """An argparse type: models among ARCHS, comma-separated."""
-    archs = tuple(text.split(","))
-    unknown = [a for a in archs if a not in ARCHS]
-    if unknown:
-        raise argparse.ArgumentTypeError(f"unknown model {', '.join(unknown)}; choose from {', '.join(ARCHS)}")
-    return archs
-
-
 def add_arguments(parser):
     parser.add_argument("--lengths", type=int_list, help="sequence lengths, comma-separated (default: the scale's)")
     parser.add_argument("--widths", type=int_list, help="model widths n_embd, comma-separated (default: the scale's)")
     parser.add_argument("--pairs", type=int_at_least(1),
                         help="key-value pairs per sequence at every length (default: length / the scale's divisor, 8 tiny, 16 small)")
     parser.add_argument("--vocab", type=int_at_least(3), help="vocabulary size: filler, keys, values (default: the scale's)")
-    parser.add_argument("--steps", type=int_at_least(1), help="training steps per model (default: the scale's)")
+    add_steps_argument(parser)
     parser.add_argument("--test-sequences", type=int_at_least(1), help="held-out sequences per model (default: the scale's)")
-    parser.add_argument("--archs", type=arch_list, default=ARCHS,
+    parser.add_argument("--archs", type=choice_list(ARCHS, "model"), default=ARCHS,
                         help=f"models, comma-separated (default: {','.join(ARCHS)})")
 
 
