@@ -18,7 +18,7 @@ from eaglefinch.rwkv_core.data import TokenDataset
 from .cli import add_steps_argument
 from .lm import runs_bar, seeds_of
 from .report import (claim, claims_markdown, format_difference, format_mean_spread, markdown_table,
-                     paired_difference, pyplot, save_figure, write_report)
+                     paired_difference, pyplot, resumable, save_figure, write_report)
 
 SCALES = {
     # the shipped abc-tiny as it is (2 layers, width 128, 300 steps of 8 x 256 bytes); 2 models x 3 seeds:
@@ -60,16 +60,20 @@ def run(args, out):
             for seed in seeds:
                 for arch in ARCHS:
                     bar.set_postfix_str(f"{arch}, seed {seed}")
-                    r = compare_archs(config, data, Path(work) / f"seed{seed}", max_steps=args.steps, seed=seed,
-                                      eval_tokens=setting["eval_tokens"], archs=(arch,), progress=False,
-                                      device=args.device)
-                    per_arch[arch]["params"] = r[arch]["params"]
-                    per_arch[arch]["bits_per_byte"].append(r[arch]["bits_per_byte"])
-                    per_arch[arch]["train_loss"].append(r[arch]["train_loss"])
-                    per_arch[arch]["scored_bytes"] = r[arch]["bytes"]
+                    def one_run():
+                        r = compare_archs(config, data, Path(work) / f"seed{seed}", max_steps=args.steps, seed=seed,
+                                          eval_tokens=setting["eval_tokens"], archs=(arch,), progress=False,
+                                          device=args.device)
+                        return {**r[arch], "steps": r["steps"]}
+                    r = resumable(args, out, f"{arch}-seed{seed}", one_run)
+                    steps = r["steps"]
+                    per_arch[arch]["params"] = r["params"]
+                    per_arch[arch]["bits_per_byte"].append(r["bits_per_byte"])
+                    per_arch[arch]["train_loss"].append(r["train_loss"])
+                    per_arch[arch]["scored_bytes"] = r["bytes"]
                     bar.update(1)
     bpb = {arch: r["bits_per_byte"] for arch, r in per_arch.items()}
-    results = {"setting": setting, "config": config.to_dict(), "steps": r["steps"], "seeds": seeds,
+    results = {"setting": setting, "config": config.to_dict(), "steps": steps, "seeds": seeds,
                "data": {"corpus": "music21 ABC tunes (ASCII), bytes", "source": str(args.data or "music21"),
                         **{f"{s}_bytes": len(d) for s, d in splits.items()}},
                "models": per_arch, "finch_minus_eagle": paired_difference(bpb["finch"], bpb["eagle"]),

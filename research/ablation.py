@@ -13,7 +13,7 @@ from .cli import add_steps_argument
 from .lm import (corpus, heldout_loss, mean_curve, model_config, runs_bar, seeds_of,
                  train_model)
 from .report import (claim, claims_markdown, format_difference, format_mean_spread, markdown_table,
-                     paired_difference, pyplot, save_figure, write_report)
+                     paired_difference, pyplot, resumable, save_figure, write_report)
 from .variants import build_variant
 
 SCALES = {
@@ -65,9 +65,10 @@ def run(args, out):
         for seed in seeds:
             for name in MODELS:
                 bar.set_postfix_str(f"{name}, seed {seed}")
-                model, record = train_model(build(name, setting), setting, seed, data, args.device, args.steps)
-                record["heldout_loss"] = heldout_loss(model, setting, data)
-                records[name].append(record)
+                def one_run():
+                    model, record = train_model(build(name, setting), setting, seed, data, args.device, args.steps)
+                    return {**record, "heldout_loss": heldout_loss(model, setting, data)}
+                records[name].append(resumable(args, out, f"{name}-seed{seed}", one_run))
                 bar.update(1)
 
     heldout = {name: [r["heldout_loss"] for r in rs] for name, rs in records.items()}

@@ -20,8 +20,8 @@ from eaglefinch.rwkv_core.heldout import count_windows, log_edges, losses_at, sp
 
 from .cli import add_steps_argument
 from .lm import EVAL_BATCH, corpus, model_config, runs_bar, seeds_of, train_model
-from .report import (claim, claims_markdown, format_mean_spread, markdown_table, pyplot, save_figure,
-                     write_report)
+from .report import (claim, claims_markdown, format_mean_spread, markdown_table, pyplot, resumable,
+                     save_figure, write_report)
 from .variants import build_variant
 
 SCALES = {
@@ -80,19 +80,22 @@ def run(args, out):
         for seed in seeds:
             for arch in ARCHS:
                 bar.set_postfix_str(f"{arch}, seed {seed}")
-                cfg = model_config(setting)
-                model, record = train_model(lambda: build_variant(arch, cfg), setting, seed, data, args.device,
-                                            args.steps)
-                long, short = long_and_short(model, data["val"], T, length, n_windows)
+                def one_run():
+                    cfg = model_config(setting)
+                    model, record = train_model(lambda: build_variant(arch, cfg), setting, seed, data, args.device,
+                                                args.steps)
+                    long, short = long_and_short(model, data["val"], T, length, n_windows)
+                    return {**record, "curve": long.double().mean(0).tolist(), "short_curve": short.double().mean(0).tolist(),
+                            # per span: the mean loss of its bytes, read long and read short
+                            "long": [long[:, a:b].double().mean().item() for a, b in table_spans],
+                            "short": [short[:, a:b].double().mean().item() for a, b in table_spans]}
+                record = resumable(args, out, f"{arch}-seed{seed}", one_run)
                 r = results["models"][arch]
                 r["params"] = record["params"]
-                r["curves"].append(long.double().mean(0).tolist())
-                r["short_curves"].append(short.double().mean(0).tolist())
-                # per span: the mean loss of its bytes, read long and read short
-                r["long"].append([long[:, a:b].double().mean().item() for a, b in table_spans])
-                r["short"].append([short[:, a:b].double().mean().item() for a, b in table_spans])
-                r["train_loss"].append(record["train_loss"])
-                r["seconds"].append(record["seconds"])
+                r["curves"].append(record["curve"])
+                r["short_curves"].append(record["short_curve"])
+                for key in ("long", "short", "train_loss", "seconds"):
+                    r[key].append(record[key])
                 bar.update(1)
 
     def per_span(arch, reading):   # [span][seed]

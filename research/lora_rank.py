@@ -12,7 +12,7 @@ import statistics
 from .cli import add_steps_argument
 from .lm import corpus, heldout_loss, model_config, runs_bar, seeds_of, train_model
 from .report import (claim, claims_markdown, format_difference, format_mean_spread, markdown_table,
-                     paired_difference, pyplot, save_figure, write_report)
+                     paired_difference, pyplot, resumable, save_figure, write_report)
 from .variants import build_variant
 
 SCALES = {
@@ -55,9 +55,12 @@ def run(args, out):
         for seed in seeds:
             for name, (variant, cfg) in models.items():
                 bar.set_postfix_str(f"{name}, seed {seed}")
-                model, record = train_model(lambda: build_variant(variant, cfg), setting, seed, data, args.device,
-                                            args.steps)
-                heldout[name].append(heldout_loss(model, setting, data))
+                def one_run():
+                    model, record = train_model(lambda: build_variant(variant, cfg), setting, seed, data, args.device,
+                                                args.steps)
+                    return {**record, "heldout_loss": heldout_loss(model, setting, data)}
+                record = resumable(args, out, f"{name}-seed{seed}", one_run)
+                heldout[name].append(record["heldout_loss"])
                 params[name] = record["params"]
                 seconds[name].append(record["seconds"])
                 bar.update(1)

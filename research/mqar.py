@@ -22,7 +22,8 @@ from eaglefinch.rwkv_core import RWKV
 from eaglefinch.rwkv_core.cli import int_at_least
 
 from .cli import add_steps_argument, choice_list, int_list
-from .report import device_of, format_mean_spread, markdown_table, mean_spread, pyplot, save_figure, write_report
+from .report import (device_of, format_mean_spread, markdown_table, mean_spread, pyplot, resumable,
+                     save_figure, write_report)
 from .transformer import ARCHS, build_model
 
 IGNORE = -100   # the target of every position that is not a query (F.cross_entropy's ignore_index)
@@ -189,7 +190,10 @@ def run(args, out: Path):
     results = []
     with cpu_flush_denormal(), tqdm(total=len(runs) * settings.steps, desc="mqar", unit="step", dynamic_ncols=True) as bar:
         for arch, C, T, seed in runs:
-            r = train_recall(arch, C, T, pairs[T], seed, settings, device, bar)
+            before = bar.n
+            r = resumable(args, out, f"{arch}-C{C}-T{T}-seed{seed}",
+                          lambda: train_recall(arch, C, T, pairs[T], seed, settings, device, bar))
+            bar.update(settings.steps - (bar.n - before))   # a run read back from its file counts its steps too
             results.append({"arch": arch, "width": C, "seq_len": T, "num_pairs": pairs[T], "seed": seed, **r})
 
     rows, summary = [], []

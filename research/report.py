@@ -1,6 +1,7 @@
 """What every experiment writes: results.json (the numbers, the settings, where and when they ran),
 results.md (a Markdown table a reader can paste) and plots, all into the experiment's --out folder."""
 import datetime
+import json
 import math
 import os
 import platform
@@ -28,13 +29,39 @@ def run_start() -> dict:
             "clock": time.monotonic(), "load": os.getloadavg()}
 
 
+def run_options(args) -> dict:
+    """The options that decide what each run of an experiment computes: all but where the results go
+    (--out), how many seeds there are (each run names its own) and the bookkeeping the CLI adds."""
+    skip = INTERNAL_OPTIONS | {"out", "seeds"}
+    return json.loads(json.dumps({k: v for k, v in vars(args).items() if k not in skip}, default=str))
+
+
+def resumable(args, out: Path, name: str, compute) -> dict:
+    """One run's record (a JSON-able dict): `compute()`, written to out/runs/<name>.json as soon as it
+    is done, or read back from there when an earlier start of the experiment with the same options
+    wrote it. An experiment stopped midway (a time limit, Ctrl-C) and started again computes only the
+    runs it lacks; a record made under other options is computed again."""
+    path = out / "runs" / f"{name}.json"
+    options = run_options(args)
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if saved.get("options") == options:
+            return saved["record"]
+    record = json.loads(json.dumps(compute()))   # as it reads back: lists, not tuples
+    path.parent.mkdir(exist_ok=True)
+    write_json_atomic(path, {"options": options, "record": record})
+    return record
+
+
+INTERNAL_OPTIONS = {"func", "experiment_module", "started", "domain", "debug", "experiment"}
+
+
 def command_line(args) -> str:
     """The command that repeats this run, rebuilt from its parsed options (sys.argv may be a test
     runner's): `eaglefinch research EXPERIMENT --out DIR --device cpu ...`, every option spelled out."""
-    internal = {"func", "experiment_module", "started", "domain", "debug", "experiment"}
     parts = ["eaglefinch", "research", args.experiment]
     for key, value in vars(args).items():
-        if key in internal or value is None or value is False:
+        if key in INTERNAL_OPTIONS or value is None or value is False:
             continue
         flag = "--" + key.replace("_", "-")
         values = value if isinstance(value, (list, tuple)) else [value]

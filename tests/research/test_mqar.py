@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from eaglefinch.cli import main
+from eaglefinch.research import mqar
 from eaglefinch.research.mqar import IGNORE, check_task, mqar_batch, query_accuracy
 from tests.research.fixtures import one_thread  # noqa: F401  (a fixture)
 
@@ -78,10 +79,11 @@ def test_query_accuracy_counts_the_answer_positions_only():
 
 
 @pytest.mark.usefixtures("one_thread")
-def test_the_experiment_writes_its_results(tmp_path, capsys):
+def test_the_experiment_writes_its_results_and_resumes(tmp_path, capsys, monkeypatch):
     out = tmp_path / "mqar"
-    code = main(["research", "mqar", "--out", str(out), "--seeds", "2", "--steps", "2", "--lengths", "12,15",
-                 "--widths", "16", "--vocab", "16", "--test-sequences", "8"])
+    argv = ["research", "mqar", "--out", str(out), "--seeds", "2", "--steps", "2", "--lengths", "12,15",
+            "--widths", "16", "--vocab", "16", "--test-sequences", "8"]
+    code = main(argv)
     assert code == 0, capsys.readouterr().err
     results = json.loads((out / "results.json").read_text())
     summary = results["results"]["summary"]
@@ -93,6 +95,11 @@ def test_the_experiment_writes_its_results(tmp_path, capsys):
     md = (out / "results.md").read_text()
     assert "| seq len | pairs | width | model | params | query accuracy |" in md and "![mqar_accuracy.png]" in md
     assert (out / "mqar_accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # started again (as after a time limit), every run is read back from out/runs/, none trained again
+    monkeypatch.setattr(mqar, "train_recall", lambda *a: pytest.fail("a finished run was trained again"))
+    assert main(argv) == 0, capsys.readouterr().err
+    assert json.loads((out / "results.json").read_text())["results"]["runs"] == results["results"]["runs"]
 
 
 def test_bad_options_are_refused(tmp_path, capsys):

@@ -1,9 +1,11 @@
 """The statistics the experiments judge claims by (research/report.py), against hand-computed values."""
+import argparse
+import json
 import math
 
 import pytest
 
-from eaglefinch.research.report import claim, format_difference, markdown_table, paired_difference, t_95
+from eaglefinch.research.report import claim, format_difference, markdown_table, paired_difference, resumable, t_95
 
 
 def test_paired_difference_is_a_t_interval_of_the_per_seed_differences():
@@ -38,3 +40,20 @@ def test_claims_take_the_direction_into_account():
 def test_markdown_table():
     assert markdown_table(["a", "b"], [[1, 0.123456], ["x", float("nan")]]) == \
         "| a | b |\n|---|---|\n| 1 | 0.1235 |\n| x | nan |\n"
+
+
+def test_a_run_is_computed_once_per_options_and_read_back_after(tmp_path):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"loss": 1.5, "curve": (1, 2), "nan": float("nan")}
+
+    args = argparse.Namespace(experiment="ablation", scale="tiny", steps=2, seeds=3, out=tmp_path, started={})
+    first = resumable(args, tmp_path, "finch-seed0", compute)
+    again = resumable(argparse.Namespace(**{**vars(args), "seeds": 5, "out": tmp_path / "x"}), tmp_path, "finch-seed0", compute)
+    assert len(calls) == 1 and first["curve"] == again["curve"] == [1, 2] and math.isnan(again["nan"])
+    # other options that change what a run computes: computed again, and the file now holds the new record
+    resumable(argparse.Namespace(**{**vars(args), "steps": 3}), tmp_path, "finch-seed0", compute)
+    assert len(calls) == 2
+    assert json.loads((tmp_path / "runs" / "finch-seed0.json").read_text())["options"]["steps"] == 3
