@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
+from eaglefinch.kernels import to_device
+
 
 @dataclass(frozen=True)
 class SamplerConfig:
@@ -302,20 +304,18 @@ class BatchSampler:
             raise ValueError(f"seed must be an integer in [0, 2**64 - 1], got {seed}")
         _check_banned(cfg.banned_tokens, self.vocab_size)
         row = int(row)
-        self.temperature[row] = cfg.temperature
-        self.top_p[row] = cfg.top_p
-        self.top_k[row] = cfg.top_k
-        self.presence[row] = cfg.presence_penalty
-        self.frequency[row] = cfg.frequency_penalty
-        self.penalty_decay[row] = cfg.penalty_decay
-        self.seed[row] = _as_int64(int(seed))
-        self.step[row] = 0
+        # fill_ hands the value to the kernel as an argument; `tensor[row] = value` would copy a host
+        # scalar to the device, which waits for everything queued there (a decode step in flight)
+        for tensor, value in ((self.temperature, cfg.temperature), (self.top_p, cfg.top_p), (self.top_k, cfg.top_k),
+                              (self.presence, cfg.presence_penalty), (self.frequency, cfg.frequency_penalty),
+                              (self.penalty_decay, cfg.penalty_decay), (self.seed, _as_int64(int(seed))),
+                              (self.step, 0), (self.configured, True)):
+            tensor[row].fill_(value)
         self.counts[row] = 0.0
         self.seen[row] = False
         self.banned[row] = False
-        if cfg.banned_tokens:   # (an index list is a copy to the device, which waits for its queue)
-            self.banned[row, list(cfg.banned_tokens)] = True
-        self.configured[row] = True
+        if cfg.banned_tokens:
+            self.banned[row].index_fill_(0, to_device(cfg.banned_tokens, self.device, torch.long), True)
         self._configs[row] = cfg
         configs = [c for c in self._configs if c is not None]
         self.any_truncating = any(c.top_k > 0 or c.top_p < 1 for c in configs)

@@ -11,6 +11,7 @@ if not torch.cuda.is_available():
 from eaglefinch.rwkv_core import RWKV                                   # noqa: E402
 from eaglefinch.rwkv_core.checkpoint import infer_config                # noqa: E402
 from eaglefinch.rwkv_core.engine import Engine                          # noqa: E402
+from eaglefinch.rwkv_core.sampling import BatchSampler, SamplerConfig   # noqa: E402
 
 from ..core.official_ckpt import random_official_state_dict             # noqa: E402
 from ..core.test_engine import check_joining_batch, reference_greedy    # noqa: E402
@@ -145,22 +146,29 @@ def test_scheduler_on_the_gpu_gives_the_plain_models_greedy_tokens():
 
 @pytest.mark.parametrize("arch", ["eagle", "finch"])
 def test_prefill_and_decode_never_make_the_host_wait_for_the_gpu(arch):
-    """A blocking copy or read-back in prefill or decode stalls the host until the GPU has run all it
-    has queued: the host's work stops overlapping the GPU's (a wait per layer made prefill host-bound).
-    Under torch's sync debug mode "error" any such call raises; both paths must run through it."""
+    """A blocking copy or read-back in prefill, decode or the sampler stalls the host until the GPU has
+    run all it has queued: the host's work stops overlapping the GPU's (a wait per layer made prefill
+    host-bound; nine per request in `BatchSampler.configure` held the scheduler's admissions). Under
+    torch's sync debug mode "error" any such call raises; every path must run through it."""
     model = gpu_model(arch, torch.bfloat16)
     engine = Engine(model, max_batch=4)
+    sampler = BatchSampler(4, model.cfg.vocab_size, device="cuda")
     slots = engine.allocate(3)
+    rows = torch.tensor(slots, device="cuda")
     prompts = [list(range(5, 5 + n)) for n in (70, 3, 130)]   # packed, with chunks of 64 and a remainder
-    engine.prefill(slots, prompts)                            # compiles; not checked
-    ids = engine.decode(slots, [1, 2, 3]).argmax(-1)
-    engine.pool.reset(slots)
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        logits = engine.prefill(slots, prompts)
-        for _ in range(3):
-            ids = engine.decode(slots, ids).argmax(-1)
-    finally:
-        torch.cuda.set_sync_debug_mode(0)
-    assert torch.isfinite(logits).all()
+    settings = [SamplerConfig(temperature=0), SamplerConfig(temperature=1.0, top_p=0.9, top_k=10),
+                SamplerConfig(temperature=0.7, presence_penalty=0.5, frequency_penalty=0.2, banned_tokens=(0,))]
+    for _ in range(2):                                        # the first round compiles; the second is checked
+        engine.pool.reset(slots)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error" if _ else 0)
+        try:
+            logits = engine.prefill(slots, prompts)
+            for slot, cfg in zip(slots, settings):
+                sampler.configure(slot, cfg, seed=slot)
+            ids = sampler.sample(logits, rows)
+            for _step in range(3):
+                ids = sampler.sample(engine.decode(slots, ids), rows)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    assert torch.isfinite(logits).all() and ids.shape == (3,)
