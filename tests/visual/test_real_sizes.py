@@ -76,11 +76,12 @@ def plain_greedy(vlm, tokenizer, image, max_tokens):
     """The slow obvious twin of captioning: the whole sequence recomputed by the plain model for every
     new token, the argmax taken, until a stop id."""
     layout = prompt_ids(vlm, tokenizer)
-    pixels = vlm.encoder.preprocess(image)[None]
+    device = vlm.model.emb.weight.device
+    pixels = vlm.encoder.preprocess(image)[None].to(device)
     tokens = []
     with torch.no_grad():
         for _ in range(max_tokens):
-            logits, _ = vlm(torch.tensor([layout.ids + tokens]), pixels, [layout.image_span])
+            logits, _ = vlm(torch.tensor([layout.ids + tokens], device=device), pixels, [layout.image_span])
             token = int(logits[0, -1].argmax())
             if token in stop_ids_of(tokenizer):
                 break
