@@ -204,12 +204,25 @@ class Engine:
         return self.model.head(torch.stack(last_hidden)).float()
 
     @torch.no_grad()
-    def prefill_embeds(self, slot, embeds, reverse_span=None) -> torch.Tensor:
-        """Feed one slot input embeddings [T, C] instead of token ids (an image's tokens, for a
-        visual model; `reverse_span` as the model's forward takes it); returns the last logits [V] fp32."""
-        self._check_slots([slot])
-        hidden = self._forward([slot], embeds=embeds[None], reverse_span=reverse_span)
-        return self.model.head(hidden[0, -1]).float()
+    def prefill_embeds(self, slots, embeds, reverse_span=None) -> torch.Tensor:
+        """Feed each slot a prompt of input embeddings instead of token ids (a visual model's text
+        with image tokens spliced in), continuing from the slot's state; returns each prompt's last
+        logits [n, V] fp32.
+
+        embeds: [n, T, C], prompts of one length (rows of a batch, not packed: the reversed span of a
+        bidirectional scan is positions of the row). reverse_span: as the model's forward takes it, one
+        (start, end) for every row or a list of n. Rows go through in forwards of at most
+        `prefill_tokens` tokens (at least one row each); a row is never split."""
+        if len(slots) != embeds.shape[0]:
+            raise ValueError(f"{len(slots)} slots for {embeds.shape[0]} prompts")
+        self._check_slots(slots)
+        rows = max(1, self.prefill_tokens // embeds.shape[1])
+        per_row = reverse_span is not None and not isinstance(reverse_span[0], int)
+        last = []
+        for a in range(0, len(slots), rows):
+            span = reverse_span[a:a + rows] if per_row else reverse_span
+            last.append(self._forward(slots[a:a + rows], embeds=embeds[a:a + rows], reverse_span=span)[:, -1])
+        return self.model.head(torch.cat(last)).float()
 
     def _prefill_packed(self, slots, pieces):
         """One packed forward of the pieces, from and back into the slots; the last hidden of each [S, C]."""

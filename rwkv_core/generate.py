@@ -45,33 +45,35 @@ class Generation:
     seed: an int (sequence `row` samples with seed + row, so a prompt samples the same alone with
     seed s as at row i of a batch with seed s - i), a list of one seed per sequence, or None
     (random). Sequences never affect each other's samples.
-    `prefilled=(logits [B, V], state)` starts from prompts the caller has already fed (for example
-    with image embeddings spliced in); `prompts` and `state` are then None. `progress` shows a bar
-    while long prompts are read. `engine` runs it (default: the model's shared engine).
+    `embeds` [B, T, C] gives the prompts as input embeddings instead of ids (`prompts` is then None;
+    a visual model's text with the image tokens spliced in), with the model's `reverse_span` (see
+    `Engine.prefill_embeds`). `progress` shows a bar while long prompts are read. `engine` runs it
+    (default: the model's shared engine).
     """
 
     def __init__(self, model, prompts, max_new_tokens, sampler=SamplerConfig(), *, state=None,
-                 stop_ids=(), seed=None, uncounted_ids=(), prefilled=None, progress=False, engine=None):
+                 stop_ids=(), seed=None, uncounted_ids=(), embeds=None, reverse_span=None, progress=False,
+                 engine=None):
         self.max_new_tokens = max_new_tokens
         self.stop_ids = set(stop_ids)
-        if prefilled is not None and (prompts is not None or state is not None):
-            raise ValueError("give either prompts (and a state) or prefilled=(logits, state), not both")
-        B = len(prompts) if prefilled is None else prefilled[0].shape[0]
+        if (prompts is None) == (embeds is None):
+            raise ValueError("give the prompts as token ids or as embeds, one of the two")
+        B = len(prompts) if embeds is None else embeds.shape[0]
         if B == 0:
             raise ValueError("no prompts given")
         if state is not None and state.batch_size != B:
             raise ValueError(f"state is for {state.batch_size} sequences, got {B} prompts")
         self.engine = engine or engine_for(model, B)
-        self.slots = self.engine.allocate(B, prefilled[1] if prefilled is not None else state)
+        self.slots = self.engine.allocate(B, state)
         self._state = None
-        if prefilled is not None:
-            self.logits = prefilled[0].float().to(self.engine.device)
-        else:
-            try:
+        try:
+            if embeds is None:
                 self.logits = self.engine.prefill(self.slots, prompts, progress)
-            except BaseException:
-                self._release()
-                raise
+            else:
+                self.logits = self.engine.prefill_embeds(self.slots, embeds, reverse_span)
+        except BaseException:
+            self._release()
+            raise
         self.tokens = [[] for _ in range(B)]
         self.finished = [False] * B
         samplers = list(sampler) if isinstance(sampler, (list, tuple)) else [sampler] * B

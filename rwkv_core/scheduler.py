@@ -13,7 +13,7 @@ streams go on, a request never waits for the others to end, and finished or canc
 at the next step.
 
 A prompt is a list of segments (message boundaries: token-id lists, or `ImageSegment`s for the
-embeddings of an image). The state after every segment is kept in a `PrefixCache` (an LRU bounded in
+embeddings of an image). The state after every segment is kept in an `LRUCache` (bounded in
 bytes), keyed by a digest of the segments so far and of the initial state; a request whose first
 segments are cached starts from their state and reads only the rest. A prefill forward never
 crosses a segment boundary, so a cached state is exactly the state the prefill would reach.
@@ -65,30 +65,35 @@ def segment_digests(segments, start: str = "") -> list[str]:
     return keys
 
 
-class PrefixCache:
-    """States after prompt prefixes, least recently used first out, within `max_bytes`."""
+def tensor_bytes(*tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+class LRUCache:
+    """Values by key, least recently used first out, within `max_bytes` (the caller gives each
+    value's size). The scheduler's states after prompt prefixes, and a visual model's image
+    features (`VisualRWKV.cached_image_embeds`). `hits` and `misses` are counted by the user."""
 
     def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes
-        self.entries: collections.OrderedDict[str, tuple[RWKVState, torch.Tensor, int]] = collections.OrderedDict()
+        self.entries: collections.OrderedDict[str, tuple[object, int]] = collections.OrderedDict()
         self.bytes = 0
         self.hits = self.misses = 0
 
     def get(self, key):
-        """(state, logits after it) or None; a hit becomes the most recently used."""
+        """The value, or None; a hit becomes the most recently used."""
         entry = self.entries.get(key)
         if entry is None:
             return None
         self.entries.move_to_end(key)
-        return entry[0], entry[1]
+        return entry[0]
 
-    def put(self, key, state: RWKVState, logits: torch.Tensor) -> None:
-        size = sum(t.numel() * t.element_size() for t in (state.att_shift, state.wkv, state.ffn_shift, logits))
+    def put(self, key, value, size: int) -> None:
         if size > self.max_bytes or key in self.entries:
             return
         while self.bytes + size > self.max_bytes:
-            self.bytes -= self.entries.popitem(last=False)[1][2]
-        self.entries[key] = (state, logits, size)
+            self.bytes -= self.entries.popitem(last=False)[1][1]
+        self.entries[key] = (value, size)
         self.bytes += size
 
 
@@ -141,7 +146,7 @@ class Scheduler:
         V, device = model.cfg.vocab_size, self.engine.device
         self.sampler = BatchSampler(max_batch, V, device=device)
         self.next_logits = torch.zeros(max_batch, V, device=device)   # of each slot in use
-        self.cache = PrefixCache(int(cache_mb * 2 ** 20))
+        self.cache = LRUCache(int(cache_mb * 2 ** 20))   # key -> (state, logits after it)
         self.prefill_chunk = prefill_chunk or self.engine.prefill_tokens
         self.read_image = read_image
         self.after_step = after_step or (lambda: None)
@@ -290,7 +295,7 @@ class Scheduler:
     def _read_image(self, group, segment):
         try:
             embeds, reverse_span = self.read_image(segment.pixels)
-            logits = self.engine.prefill_embeds(group.slots[0], embeds, reverse_span)
+            logits = self.engine.prefill_embeds(group.slots[:1], embeds[None], reverse_span)[0]
         except Exception:
             self.reading.remove(group)
             self._fail(group, "error")
@@ -305,7 +310,8 @@ class Scheduler:
             return
         group.segment, group.offset = group.segment + 1, 0
         if self.cache.max_bytes:
-            self.cache.put(group.keys[group.segment - 1], self.engine.read_state(group.slots[:1]), logits.clone())
+            state = self.engine.read_state(group.slots[:1])
+            self.cache.put(group.keys[group.segment - 1], (state, logits.clone()), tensor_bytes(*state.tensors, logits))
         if group.segment == len(group.segments):
             self.reading.remove(group)
             self._start(group, logits)

@@ -1,9 +1,11 @@
-"""Captioning and visual question answering with the recurrent state.
+"""Captioning and visual question answering with the recurrent state, on the inference engine.
 
 The prompt (image and question) is read once; each new token then costs one recurrent step with
 the carried state, where VisualRWKV's own code re-reads the whole sequence for every token.
 Odd blocks reverse the image span only inside the prompt, which is read whole, so the result is
-the same as recomputing the full sequence at every step (tested).
+the same as recomputing the full sequence at every step (tested). A batch of images is one
+prefill of embeddings and one batched decode; each distinct image goes through the encoder once
+(`VisualRWKV.cached_image_embeds`: an image seen before, under any question, is not encoded again).
 """
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
@@ -28,21 +30,35 @@ def prompt_ids(vlm: VisualRWKV, tokenizer, prompt: str = DEFAULT_PROMPT):
     return encode_conversation([(prompt, None)], tokenizer.encode, vlm.n_image_tokens, vlm.cfg.image_position)
 
 
+def stop_ids_of(tokenizer) -> set[int]:
+    """What ends an answer: token 0 and the end-of-turn "\\n\\n" (when it is one token)."""
+    turn_end = tokenizer.encode(TURN_END)
+    return {0} | ({turn_end[0]} if len(turn_end) == 1 else set())
+
+
 @torch.no_grad()
+def start_answers(vlm: VisualRWKV, tokenizer, image_embeds: torch.Tensor, prompt: str = DEFAULT_PROMPT,
+                  max_tokens: int = 60, sampler: SamplerConfig = GREEDY, seed: Optional[int] = 0,
+                  stop_ids=None) -> Generation:
+    """The prompt read once for each image, on the engine: a Generation ready to decode the answers.
+
+    image_embeds: [B, N, n_embd] projected image tokens (`vlm.cached_image_embeds`). Every row has
+    the same layout, so the B prompts are one batch of embeddings (text embedded, image spliced in)
+    that the engine prefills together (`Engine.prefill_embeds`). stop_ids: default `stop_ids_of`.
+    """
+    layout = prompt_ids(vlm, tokenizer, prompt)
+    B = image_embeds.shape[0]
+    spans = [layout.image_span] * B
+    embeds = vlm.input_embeds(torch.tensor([layout.ids] * B, device=image_embeds.device), spans, image_embeds)
+    return Generation(vlm.model, None, max_tokens, sampler, embeds=embeds, reverse_span=vlm.scan_spans(spans),
+                      stop_ids=stop_ids_of(tokenizer) if stop_ids is None else stop_ids, seed=seed)
+
+
 def answer_ids(vlm: VisualRWKV, tokenizer, images: Sequence[Image.Image], prompt: str = DEFAULT_PROMPT,
                max_tokens: int = 60, sampler: SamplerConfig = GREEDY, seed: Optional[int] = 0) -> list[list[int]]:
     """The generated token ids for each RGB image (the stop token excluded); see `answer`."""
-    layout = prompt_ids(vlm, tokenizer, prompt)
-    device = vlm.model.emb.weight.device
-    pixels = torch.stack([vlm.encoder.preprocess(image) for image in images]).to(device)
-    inputs = torch.tensor([layout.ids] * len(images), device=device)
-    hidden, state = vlm.forward_hidden(inputs, pixels, [layout.image_span] * len(images))  # one batched prefill
-    stop_ids = {0}
-    turn_end = tokenizer.encode(TURN_END)
-    if len(turn_end) == 1:
-        stop_ids.add(turn_end[0])
-    generation = Generation(vlm.model, None, max_tokens, sampler, prefilled=(vlm.model.head(hidden[:, -1]), state),
-                            stop_ids=stop_ids, seed=seed)
+    pixels = torch.stack([vlm.encoder.preprocess(image) for image in images])
+    generation = start_answers(vlm, tokenizer, vlm.cached_image_embeds(pixels), prompt, max_tokens, sampler, seed)
     for _ in generation:
         pass
     return generation.tokens

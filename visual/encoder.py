@@ -87,10 +87,15 @@ class VisionEncoder(nn.Module):
             self.tower.eval()
         return self
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.tower.parameters()).dtype
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """images [B, 3, H, W] normalised as by `preprocess` -> tokens [B, n_tokens, width]."""
+        """images [B, 3, H, W] normalised as by `preprocess` (fp32) -> tokens [B, n_tokens, width] in
+        the tower's dtype (the images are cast to it: a bf16 tower takes `preprocess`'s output)."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
-            return self._tokens(images)
+            return self._tokens(images.to(self.dtype))
 
     def _tokens(self, images: torch.Tensor) -> torch.Tensor:
         out = self.tower.forward_intermediates(

@@ -14,6 +14,7 @@ one file, written at once, so a run killed at any moment never pairs a backbone 
 of another step.
 """
 import dataclasses
+import hashlib
 import json
 from dataclasses import dataclass
 
@@ -25,11 +26,13 @@ from eaglefinch.rwkv_core.checkpoint import (CheckpointError, domain_tensors, mo
                                               save_model)
 from eaglefinch.rwkv_core.config import dataclass_from_dict
 from eaglefinch.rwkv_core.files import write_json_atomic
+from eaglefinch.rwkv_core.scheduler import LRUCache, tensor_bytes
 from eaglefinch.visual.encoder import DEFAULT_MODEL, VisionEncoder
 from eaglefinch.visual.projector import PROJECTOR_KINDS, build_projector
 from eaglefinch.visual.prompt import IMAGE_POSITIONS, splice_image_tokens
 
 CONFIG_FILE = "visual.json"
+FEATURE_CACHE_MB = 256   # encoder tokens kept for inference: ~220 ViT-L/14-336 images in bf16 (577 x 1024 x 2 bytes each)
 
 
 @dataclass
@@ -67,6 +70,7 @@ class VisualRWKV(nn.Module):
         super().__init__()
         self.model, self.encoder, self.cfg = model, encoder, cfg
         self.projector = build_projector(cfg.projector, encoder.width, model.cfg.n_embd)
+        self.features = LRUCache(FEATURE_CACHE_MB * 2 ** 20)   # see cached_image_embeds; no part of the weights
 
     @property
     def n_image_tokens(self) -> int:
@@ -75,6 +79,36 @@ class VisualRWKV(nn.Module):
     def image_embeds(self, pixels: torch.Tensor) -> torch.Tensor:
         """[B, 3, H, W] -> [B, N, n_embd]."""
         return self.projector(self.encoder(pixels))
+
+    @torch.no_grad()
+    def cached_image_embeds(self, pixels: torch.Tensor) -> torch.Tensor:
+        """`image_embeds` for inference, the tower run once per distinct image: [B, 3, H, W] -> [B, N, n_embd].
+
+        Each image's encoder tokens are kept in `self.features` (an LRU of FEATURE_CACHE_MB on the
+        encoder's device) under the SHA-256 of its pixels and the tower's dtype; an image seen
+        before, in this batch or an earlier call (the same image under another question), skips the
+        tower and only the projector runs. `features.hits` / `misses` count images. For inference
+        only: the encoder's weights must not change while the cache is in use."""
+        keys = [pixel_digest(image, self.encoder.dtype) for image in pixels]
+        found = {key: self.features.get(key) for key in keys}
+        misses = [key for key, tokens in found.items() if tokens is None]
+        self.features.hits += len(keys) - len(misses)
+        self.features.misses += len(misses)
+        device = next(self.encoder.parameters()).device
+        if misses:
+            first = {key: i for i, key in reversed(list(enumerate(keys)))}
+            tokens = self.encoder(pixels[[first[key] for key in misses]].to(device))
+            for key, t in zip(misses, tokens):
+                found[key] = t.clone()   # not a view: the batch's tensor is not kept alive
+                self.features.put(key, found[key], tensor_bytes(found[key]))
+        return self.projector(torch.stack([found[key].to(device) for key in keys]))
+
+    def input_embeds(self, inputs: torch.Tensor, spans, image_embeds=None) -> torch.Tensor:
+        """The embedded token ids [B, T] with each sample's image tokens [B, N, n_embd] (or None) in its span."""
+        embeds = self.model.emb(inputs)
+        if image_embeds is None:
+            return embeds
+        return splice_image_tokens(embeds, image_embeds.to(embeds.dtype), spans)
 
     def scan_spans(self, spans):
         """The spans odd blocks reverse: the patch tokens only (the class token is the last image token)."""
@@ -86,9 +120,7 @@ class VisualRWKV(nn.Module):
     def forward_hidden(self, inputs, pixels, spans, state=None):
         """(hidden [B, T, C] after ln_out, new state): `forward` without the head, so that a prefill
         can apply the head to its last position only."""
-        embeds = self.model.emb(inputs)
-        if pixels is not None:
-            embeds = splice_image_tokens(embeds, self.image_embeds(pixels).to(embeds.dtype), spans)
+        embeds = self.input_embeds(inputs, spans, None if pixels is None else self.image_embeds(pixels))
         return self.model.forward_hidden(embeds=embeds, state=state, reverse_span=self.scan_spans(spans))
 
     def forward(self, inputs, pixels, spans, state=None):
@@ -134,3 +166,11 @@ class VisualRWKV(nn.Module):
                 raise CheckpointError(f"{run.model_file}: visual {prefix.rstrip('.')} weights do not fit "
                                       f"the config: {str(e).splitlines()[0]}") from None
         return vlm.to(device).eval()
+
+
+def pixel_digest(image: torch.Tensor, dtype: torch.dtype) -> str:
+    """The feature cache's key of one image [3, H, W]: SHA-256 of its pixels (on the host; ~0.7 ms
+    for 336 x 336 here) and the dtype its tokens are computed in."""
+    h = hashlib.sha256(str(dtype).encode())
+    h.update(image.detach().to("cpu", torch.float32).contiguous().numpy())
+    return h.hexdigest()

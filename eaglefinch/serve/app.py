@@ -235,9 +235,10 @@ class Server:
             self.loop.call_soon_threadsafe(_deliver, told)
 
     def _read_image(self, pixels):
-        """The scheduler's hook for an image it has not cached: its embeddings and its scan span."""
-        device = self.model.emb.weight.device
-        embeds = self.vlm.image_embeds(pixels[None].to(device))[0]
+        """The scheduler's hook for an image whose prefix state it has not cached: its embeddings (the
+        encoder's tokens from the model's feature cache when it saw this image before, e.g. under
+        another question) and its scan span."""
+        embeds = self.vlm.cached_image_embeds(pixels[None])[0]
         spans = self.vlm.scan_spans([(0, len(embeds))])
         return embeds, spans[0] if spans else None
 

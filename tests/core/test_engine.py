@@ -154,3 +154,25 @@ def test_packed_forward_equals_separate_forwards():
             assert torch.allclose(new.ffn_shift[:, i], ref_state.ffn_shift[:, 0], rtol=1e-5, atol=1e-5)
         with pytest.raises(ValueError, match="non-empty"):
             model(torch.tensor([[1, 2]]), model.initial_state(2), cu_seqlens=torch.tensor([0, 0, 2]))
+
+
+def test_prefill_embeds_reads_rows_of_embeddings_as_the_model_does():
+    """Prompts given as embeddings (a visual model's), rows split across forwards, a reversed span for
+    every row or one per row, each continuing from its slot's state."""
+    model = random_model("finch", seed=5)
+    embeds = torch.randn(3, 6, model.cfg.n_embd, generator=torch.Generator().manual_seed(0))
+    engine = Engine(model, max_batch=4, prefill_tokens=12)   # two rows of 6 per forward: 3 rows in 2
+    for span in ((1, 5), [(1, 5), (0, 0), (2, 6)]):
+        slots = engine.allocate(3)
+        engine.prefill(slots, [[7], [8, 9], [10]])   # a state to continue from
+        start = engine.read_state(slots)
+        logits = engine.prefill_embeds(slots, embeds, span)
+        with torch.no_grad():
+            ref, ref_state = model(embeds=embeds, state=start, reverse_span=span)
+            one_way = model(embeds=embeds, state=start)[0]
+        torch.testing.assert_close(logits, ref[:, -1], rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(logits, one_way[:, -1], atol=1e-3)   # the span was reversed
+        state = engine.read_state(slots)
+        for ours, want in zip(state.tensors, ref_state.tensors):
+            torch.testing.assert_close(ours, want, rtol=1e-5, atol=1e-5)
+        engine.release(slots)
