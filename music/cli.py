@@ -77,10 +77,12 @@ def cmd_long_eval(args):
 
     run = MusicRun.open(args.checkpoint)
     model, tokenizer = run.load()
+    out = Path(args.out) if args.out else run.folder
+    out.mkdir(exist_ok=True)
     results = long_eval(model, tokenizer, args.data, args.split, ctx_len=run.ctx_len or model.cfg.ctx_len,
                         windows=args.windows, seconds=args.seconds, segment=args.segment, sampler=sampler_from(args),
                         seed=args.seed, batch_size=args.batch_size, max_tokens=args.max_tokens)
-    json_path, png_path = save_long_eval(results, args.out or run.folder)
+    json_path, png_path = save_long_eval(results, out)
     print(summary(results))
     print(f"wrote {json_path} and {png_path}")
 

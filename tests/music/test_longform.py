@@ -59,11 +59,11 @@ def test_segment_stats_and_pieces_end_to_end():
 
 def test_long_eval_command(untrained_run, scale_data, tmp_path, capsys):
     args = ["music", "long-eval", "--checkpoint", str(untrained_run), "--data", str(scale_data), "--windows", "2",
-            "--seconds", "3", "--segment", "1", "--out", str(tmp_path)]
+            "--seconds", "3", "--segment", "1", "--out", str(tmp_path / "long")]
     assert main(args) == 0
     out = capsys.readouterr().out
-    results = json.loads((tmp_path / "long_eval.json").read_text())
-    assert (tmp_path / "long_eval.png").stat().st_size > 10_000
+    results = json.loads((tmp_path / "long" / "long_eval.json").read_text())  # the folder is made
+    assert (tmp_path / "long" / "long_eval.png").stat().st_size > 10_000
     assert results["window_tokens"] == 2 * 64 and [s["start"] for s in results["loss"]["spans"]] == [0, 64]
     assert len(results["generated"]["segments"]) == 3 and results["heldout"]["pieces"] >= 1
     assert "state carried / reset every 64" in out and "wrote" in out
