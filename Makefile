@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # torch first (CI-notes: this pair imports together on a CPU-only Linux machine); override for other platforms
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
-EXTRAS ?= test,data,distributed,lm-eval
+EXTRAS ?= test,data,music,distributed,lm-eval
 
 .PHONY: install demo test gpu-test bench clean
 

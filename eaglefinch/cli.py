@@ -12,7 +12,8 @@ def build_parser():
     from eaglefinch.text.cli import add_commands as add_text
     add_text(domains.add_parser("text", help="text models: prepare, train, generate, chat, eval", parents=[common]), common)
     from eaglefinch.music.cli import add_commands as add_music
-    add_music(domains.add_parser("music", help="music models (MIDI and ABC): prepare, train, generate, eval, abc", parents=[common]), common)
+    add_music(domains.add_parser("music", help="music models (MIDI and ABC): prepare, train, generate, continue, render, "
+                                 "eval, long-eval, abc", parents=[common]), common)
     from eaglefinch.visual.cli import add_commands as add_visual
     add_visual(domains.add_parser("visual", help="image-to-text models: shapes, prepare, clip-train, train, caption, eval",
                                   parents=[common]), common)

@@ -1,4 +1,4 @@
-"""`eaglefinch music ...` subcommands: prepare, train, generate, eval, abc."""
+"""`eaglefinch music ...` subcommands: prepare, train, generate, continue, render, eval, long-eval, abc."""
 import json
 from pathlib import Path
 
@@ -24,12 +24,15 @@ def cmd_train(args):
 
 
 def cmd_generate(args):
+    """`generate`, and `continue` (its prompt_midi is the positional IN.mid)."""
+    from .audio import check_audio, render_wav
     from .generate import generate_music, prompt_ids
     from .metrics import piece_report
     from .pianoroll import save_midi_and_pianoroll
     from .run import MusicRun
     from .tokenizer import midi_to_notes
 
+    soundfont = check_audio(args.soundfont) if args.audio else None  # a missing FluidSynth costs no generation
     model, tokenizer = MusicRun.open(args.checkpoint).load()
     prompt = prompt_ids(tokenizer, args.prompt_midi)  # before anything is written: a bad prompt leaves no file
     ids = generate_music(model, tokenizer, [prompt], args.seconds, sampler_from(args), seed=args.seed,
@@ -38,6 +41,18 @@ def cmd_generate(args):
     # the length and notes of the file as written, prompt included
     print(f"wrote {midi_path}: {piece_report(midi_to_notes(midi_path))} "
           f"({tokenizer.count_notes(ids[len(prompt):])} new notes, {len(ids) - len(prompt)} tokens); {png_path}")
+    if args.audio:
+        print(f"wrote {render_wav(midi_path, args.audio, soundfont)}")
+
+
+def cmd_render(args):
+    import wave
+
+    from .audio import render_wav
+
+    path = render_wav(args.midi, args.out, args.soundfont)
+    with wave.open(str(path)) as wav:
+        print(f"wrote {path}: {wav.getnframes() / wav.getframerate():.1f} s of audio")
 
 
 def cmd_eval(args):
@@ -56,6 +71,22 @@ def cmd_eval(args):
     print(f"wrote {path}")
 
 
+def cmd_long_eval(args):
+    from .longform import long_eval, save_long_eval, summary
+    from .run import MusicRun
+
+    run = MusicRun.open(args.checkpoint)
+    model, tokenizer = run.load()
+    out = Path(args.out) if args.out else run.folder
+    out.mkdir(exist_ok=True)
+    results = long_eval(model, tokenizer, args.data, args.split, ctx_len=run.ctx_len or model.cfg.ctx_len,
+                        windows=args.windows, seconds=args.seconds, segment=args.segment, sampler=sampler_from(args),
+                        seed=args.seed, batch_size=args.batch_size, max_tokens=args.max_tokens)
+    json_path, png_path = save_long_eval(results, out)
+    print(summary(results))
+    print(f"wrote {json_path} and {png_path}")
+
+
 def cmd_abc(args):
     from .abc import compare_archs, write_abc_data
 
@@ -67,6 +98,19 @@ def cmd_abc(args):
                             eval_tokens=args.eval_tokens)
     print(json.dumps({arch: results[arch]["bits_per_byte"] for arch in ("eagle", "finch")}))
     print(f"wrote {Path(args.out) / 'abc.json'}")
+
+
+def add_piece_args(parser):
+    """The options of `generate` and `continue`: the run, the outputs, the length and the sampler."""
+    parser.add_argument("--checkpoint", required=True, help="a music run folder")
+    parser.add_argument("--out", required=True, type=output_path, help="the .mid to write; the .png goes beside it")
+    parser.add_argument("--seconds", type=float_in(0, 3600, low_open=True), default=30.0, help="length of the continuation")
+    parser.add_argument("--stop-at-end", action="store_true",
+                        help="end the piece where the model ends it (its <end>), if that comes before --seconds")
+    parser.add_argument("--audio", metavar="OUT.wav", type=output_path,
+                        help="also render the piece to this WAV (FluidSynth and a General MIDI SoundFont)")
+    parser.add_argument("--soundfont", metavar="SF2", help="for --audio (default: the system's General MIDI SoundFont)")
+    add_sampling_args(parser)
 
 
 def add_commands(parser, common):
@@ -89,14 +133,21 @@ def add_commands(parser, common):
     t.set_defaults(func=cmd_train)
 
     g = sub.add_parser("generate", parents=[common], help="write a generated .mid and its piano roll (.png)")
-    g.add_argument("--checkpoint", required=True, help="a music run folder")
-    g.add_argument("--out", required=True, type=output_path, help="the .mid to write; the .png goes beside it")
     g.add_argument("--prompt-midi", help="continue this MIDI file (default: start a new piece)")
-    g.add_argument("--seconds", type=float_in(0, 3600, low_open=True), default=30.0, help="length of the continuation")
-    g.add_argument("--stop-at-end", action="store_true",
-                   help="end the piece where the model ends it (its <end>), if that comes before --seconds")
-    add_sampling_args(g)
+    add_piece_args(g)
     g.set_defaults(func=cmd_generate)
+
+    c = sub.add_parser("continue", parents=[common],
+                       help="read a whole MIDI file of any length into the state, then continue it")
+    c.add_argument("prompt_midi", metavar="IN.mid", help="the piece to continue (read in chunks, the state carried)")
+    add_piece_args(c)
+    c.set_defaults(func=cmd_generate)
+
+    r = sub.add_parser("render", parents=[common], help="a MIDI file to a WAV, with FluidSynth and a General MIDI SoundFont")
+    r.add_argument("midi", metavar="IN.mid")
+    r.add_argument("out", metavar="OUT.wav", type=output_path)
+    r.add_argument("--soundfont", metavar="SF2", help="default: the system's General MIDI SoundFont (fluid-soundfont-gm)")
+    r.set_defaults(func=cmd_render)
 
     e = sub.add_parser("eval", parents=[common], help="held-out loss per token and note; generated vs held-out statistics")
     e.add_argument("--checkpoint", required=True, help="a music run folder")
@@ -109,6 +160,20 @@ def add_commands(parser, common):
     e.add_argument("--out", type=output_path, help="folder for eval.json (default: the run folder)")
     add_sampling_args(e, seed=0)
     e.set_defaults(func=cmd_eval)
+
+    lg = sub.add_parser("long-eval", parents=[common],
+                        help="past the training window: held-out loss by position, a long piece's density and pitch drift")
+    lg.add_argument("--checkpoint", required=True, help="a music run folder")
+    lg.add_argument("--data", required=True, help="folder written by `eaglefinch music prepare`")
+    lg.add_argument("--split", default="val")
+    lg.add_argument("--windows", type=int_at_least(1), default=8, help="held-out windows this many ctx_len long")
+    lg.add_argument("--batch-size", type=int_at_least(1), default=8)
+    lg.add_argument("--max-tokens", type=int_at_least(1), help="score at most this many held-out tokens (default: all)")
+    lg.add_argument("--seconds", type=float_in(0, 3600, low_open=True), default=600.0, help="length of the generated piece")
+    lg.add_argument("--segment", type=float_in(0, 3600, low_open=True), default=30.0, help="seconds per segment")
+    lg.add_argument("--out", type=output_path, help="folder for long_eval.json and long_eval.png (default: the run folder)")
+    add_sampling_args(lg, seed=0)
+    lg.set_defaults(func=cmd_long_eval)
 
     a = sub.add_parser("abc", parents=[common], help="byte-level ABC models: Eagle vs Finch bits per byte")
     a.add_argument("--config", required=True, help="a shipped config's name or a JSON file with model/train sections (abc-tiny)")

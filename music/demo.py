@@ -1,7 +1,8 @@
 """The music part of `make demo`: Bach chorales -> a tiny Finch trained on the CPU -> a generated piece.
 
 Writes under runs/demo/: music-data/ (shards, kept between runs), music/ (the run folder, with
-loss.png) and music/sample.mid with its piano roll sample.png.
+loss.png) and music/sample.mid with its piano roll sample.png, and sample.wav where FluidSynth and a
+General MIDI SoundFont are installed (`music.audio`; otherwise the demo says what to install).
 """
 import shutil
 import time
@@ -18,6 +19,7 @@ def music_demo():
     from eaglefinch.rwkv_core.heldout import heldout_nats
     from eaglefinch.rwkv_core.sampling import SamplerConfig
 
+    from .audio import AudioError, render_wav
     from .corpus import default_midi_folder
     from .evaluate import split_pieces, unigram_entropy
     from .generate import generate_music
@@ -49,3 +51,7 @@ def music_demo():
     # measured on the file as written, as a listener gets it
     print(f"generated a piece of {SECONDS} s asked for: {piece_report(midi_to_notes(midi_path), training_range)}; "
           f"{midi_path} and {png_path}")
+    try:
+        print(f"listen to it: {render_wav(midi_path, run / 'sample.wav')}")
+    except AudioError as e:  # audio is a bonus: the demo goes on without it
+        print(f"no sample.wav: {e}")

@@ -42,6 +42,13 @@ def unigram_entropy(counts) -> float:
     return float(-(p * np.log(p)).sum())
 
 
+def check_data_tokenizer(data_dir, split: str, tokenizer) -> None:
+    """DataError unless the split was tokenized with `tokenizer`'s settings (else its ids mean other events)."""
+    if data_tokenizer(data_dir, split).to_dict() != tokenizer.to_dict():
+        raise DataError(f"{data_dir} was tokenized with another MIDI tokenizer config than the run's; "
+                        f"prepare it with the run's tokenizer settings")
+
+
 def split_pieces(tokenizer, data, max_tokens: int = REFERENCE_TOKENS, progress: bool = False) -> list:
     """Note lists of the pieces in the first max_tokens tokens of a split (the last one may be cut)."""
     tokens = data.window(0, min(len(data), max_tokens))
@@ -65,9 +72,7 @@ def evaluate_music(model, tokenizer, data_dir, split: str = "val", *, ctx_len: i
     output, or None when the generated pieces hold no pitched note}.
     """
     ctx_len = ctx_len or model.cfg.ctx_len
-    if data_tokenizer(data_dir, split).to_dict() != tokenizer.to_dict():  # else the ids mean other events
-        raise DataError(f"{data_dir} was tokenized with another MIDI tokenizer config than the run's; "
-                        f"prepare it with the run's tokenizer settings")
+    check_data_tokenizer(data_dir, split, tokenizer)
     data = TokenDataset(data_dir, split)
     nats, counts = heldout_nats(model, data, ctx_len, batch_size, max_tokens, progress=progress)
     tokens = int(counts.sum())

@@ -73,7 +73,7 @@ def test_shell_examples_run_as_written(session):
     reply = subprocess.run(["eaglefinch", "text", "generate", "--checkpoint", "run", "--prompt", "User: Hi\\n\\nAssistant:",
                             "--max-tokens", "3"], cwd=folder, env=ENV, capture_output=True, text=True, timeout=300)
     assert reply.stdout.startswith("User: Hi\n\nAssistant:"), reply
-    for made in ("run/model.safetensors", "chat.safetensors", "run/eval.json", "song.mid", "music-run/eval.json",
+    for made in ("run/model.safetensors", "chat.safetensors", "run/eval.json", "song.mid", "longer.mid", "music-run/eval.json",
                  "clip.pt", "visual-run/model.safetensors", "visual-run/captions.png", "lora-run/adapters.safetensors",
                  "merged.pth", "state-run/model.safetensors"):
         assert (folder / made).is_file(), made

@@ -133,3 +133,18 @@ def make_music_run():
 def untrained_run(tmp_path_factory) -> Path:
     """A music run folder with an untrained tiny model (see `write_music_run`)."""
     return write_music_run(tmp_path_factory.mktemp("untrained") / "run")
+
+
+@pytest.fixture(scope="session")
+def scale_data(tmp_path_factory) -> Path:
+    """Prepared data from six short scale pieces of different speeds, both splits filled."""
+    from eaglefinch.music.prepare import prepare
+
+    tmp = tmp_path_factory.mktemp("scales")
+    (tmp / "midi").mkdir()
+    for i in range(6):
+        MidiKit.scale(40 + 10 * i, seconds_per_note=0.2 + 0.05 * i, first_pitch=40 + i).save(tmp / "midi" / f"scale{i}.mid")
+    stats = prepare(tmp / "midi", tmp / "data", transpositions=(0,), tempo_factors=(1.0,), val_fraction=0.5,
+                    progress=False)
+    assert stats["splits"]["train"]["docs"] and stats["splits"]["val"]["docs"]
+    return tmp / "data"

@@ -1,30 +1,12 @@
 """Music generation and evaluation on untrained or rigged tiny models (fast): progress bars, the
 length of a generated piece, what `generate` and the demo report."""
-from pathlib import Path
-
-import pytest
-
 from eaglefinch.cli import main
 from eaglefinch.music.evaluate import split_pieces
 from eaglefinch.music.generate import generate_music
 from eaglefinch.music.metrics import density_range, note_density, piece_report
-from eaglefinch.music.prepare import prepare
 from eaglefinch.music.run import MusicRun
 from eaglefinch.music.tokenizer import MidiTokenizer, Note, midi_to_notes
 from eaglefinch.rwkv_core.data import TokenDataset
-
-
-@pytest.fixture(scope="module")
-def scale_data(tmp_path_factory, kit) -> Path:
-    """Prepared data from six short scale pieces of different speeds, both splits filled."""
-    tmp = tmp_path_factory.mktemp("scales")
-    (tmp / "midi").mkdir()
-    for i in range(6):
-        kit.scale(40 + 10 * i, seconds_per_note=0.2 + 0.05 * i, first_pitch=40 + i).save(tmp / "midi" / f"scale{i}.mid")
-    stats = prepare(tmp / "midi", tmp / "data", transpositions=(0,), tempo_factors=(1.0,), val_fraction=0.5,
-                    progress=False)
-    assert stats["splits"]["train"]["docs"] and stats["splits"]["val"]["docs"]
-    return tmp / "data"
 
 
 # -- progress -------------------------------------------------------------------------------------
