@@ -1,6 +1,6 @@
 """Music control (issue 22): does a tiny conditioned Finch play the instruments, tempo and key asked for?
 
-    python bench/music_control.py --out runs/music-control [--steps 300] [--pieces 41] [--seconds 10]
+    python bench/music_control.py --out runs/music-control [--steps 1000] [--pieces 41] [--seconds 10]
 
 Data: music21's Bach chorales as MIDI (converted once and cached, as `make demo` does), each
 re-orchestrated once, because as converted every chorale is one piano at 75-120 BPM: each voice
@@ -8,10 +8,11 @@ re-orchestrated once, because as converted every chorale is one piano at 75-120 
 oboe, trumpet, clarinet or piano; ... ; bass: cello, contrabass, bassoon, trombone, tuba or piano),
 and the chorale a tempo drawn log-uniformly in 60-160 BPM, both seeded by the file name. Prepared
 with --conditioning (transpositions -2..2, one tempo; a tenth of the chorales held out by the hash
-of their name), `music-tiny` trained for --steps, then `music.evaluate.evaluate_control` on the
-held-out chorales: each asks for its own header and a piece of --seconds is generated from
-`<start>` alone, from the header, and from the header with other instruments banned.
-Writes <out>/midi, <out>/data, <out>/run and <out>/control.json; prints a Markdown table.
+of their name), `music-tiny` trained for --steps (its cosine schedule that long), then
+`music.evaluate.evaluate_control` on the held-out chorales: each asks for its own header and a
+piece of --seconds is generated from `<start>` alone, from the header, and from the header with
+other instruments banned. Writes <out>/midi, <out>/data, <out>/run-<steps> (with its config.json)
+and <out>/control-<steps>.json; prints a Markdown table. Data and a trained run are reused.
 """
 import argparse
 import json
@@ -29,6 +30,7 @@ from eaglefinch.music.prepare import prepare
 from eaglefinch.music.run import MusicRun
 from eaglefinch.music.tokenizer import DRUM_CHANNEL, MidiTokenizer, TokenizerConfig
 from eaglefinch.music.train import train_music
+from eaglefinch.rwkv_core.config import read_config
 from eaglefinch.rwkv_core.sampling import SamplerConfig
 
 # GM programs by voice, highest first: instruments that can play that register
@@ -68,14 +70,14 @@ def reorchestrate(source: Path, target: Path) -> None:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, type=Path)
-    ap.add_argument("--steps", type=int, default=300, help="training steps of music-tiny")
+    ap.add_argument("--steps", type=int, default=1000, help="training steps of music-tiny")
     ap.add_argument("--pieces", type=int, default=41, help="held-out chorales to ask for")
     ap.add_argument("--seconds", type=float, default=10.0, help="length of each generated piece")
     ap.add_argument("--temperature", type=float, default=0.9)
     args = ap.parse_args()
 
     t0 = time.time()
-    midi_dir, data, run = args.out / "midi", args.out / "data", args.out / "run"
+    midi_dir, data, run = args.out / "midi", args.out / "data", args.out / f"run-{args.steps}"
     if not data.exists():
         for path in sorted(default_midi_folder().glob("*.mid")):
             reorchestrate(path, midi_dir / path.name)
@@ -83,7 +85,11 @@ def main():
                 tempo_factors=(1.0,))
     t1 = time.time()
     if not (run / "model.safetensors").exists():
-        train_music("music-tiny", data, run, max_steps=args.steps)
+        config = read_config("music-tiny")
+        config["train"]["max_steps"] = args.steps
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "music-tiny.json").write_text(json.dumps(config, indent=1))
+        train_music(run / "music-tiny.json", data, run)
     t2 = time.time()
     model, tokenizer = MusicRun.open(run).load()
     results = evaluate_control(model, tokenizer, data, pieces=args.pieces, seconds=args.seconds,
@@ -91,7 +97,7 @@ def main():
     t3 = time.time()
     results |= {"steps": args.steps, "temperature": args.temperature,
                 "minutes": {"data": (t1 - t0) / 60, "training": (t2 - t1) / 60, "evaluation": (t3 - t2) / 60}}
-    (args.out / "control.json").write_text(json.dumps(results, indent=1))
+    (args.out / f"control-{args.steps}.json").write_text(json.dumps(results, indent=1))
 
     print(f"{results['pieces']} held-out chorales, {args.seconds:g} s each, temperature {args.temperature:g}; "
           f"minutes: data {(t1 - t0) / 60:.1f}, training {(t2 - t1) / 60:.1f}, evaluation {(t3 - t2) / 60:.1f}")

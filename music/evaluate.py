@@ -115,8 +115,8 @@ def evaluate_control(model, tokenizer, data_dir, split: str = "val", *, pieces: 
         "header":     the header as the prompt, nothing enforced: what the model learned from it
         "header+ban": the header, and other instruments banned (`conditioning.condition`)
 
-    Piece i samples with seed + i in every mode. Returns {"split", "pieces", "seconds", "modes": {mode:
-    {"notes": generated notes, "on_requested": their share on the requested instruments,
+    A mode's pieces are generated as one batch, piece i with seed + i in every mode. Returns {"split",
+    "pieces", "seconds", "modes": {mode: {"notes": generated notes, "on_requested": their share on the requested instruments,
     "tempo_bins_off" / "tempo_bpm_off": mean absolute distance of the generated piece's main tempo
     (`MidiTokenizer.header_of` of the decoded file) from the requested one, in bins and BPM,
     "tempo_exact": share of pieces in the requested bin, "key_match": share of pieces whose estimated
@@ -132,23 +132,29 @@ def evaluate_control(model, tokenizer, data_dir, split: str = "val", *, pieces: 
         raise DataError(f"{data_dir}/{split}: no piece with a conditioning header")
     modes = {}
     for mode in CONTROL_MODES:
-        notes = on_requested = 0
-        tempo_bins, tempo_bpm, keys = [], [], []
-        for i, request in enumerate(tqdm(requests, desc=f"control: {mode}", unit="piece", disable=not progress,
-                                         leave=False)):
+        prompts, samplers = [], []
+        for request in requests:
             prompt, piece_sampler = [tokenizer.START], sampler
-            bpm = None if request.tempo_bin is None else tokenizer.bin_tempo(request.tempo_bin)
             if mode != "unasked":
+                bpm = None if request.tempo_bin is None else tokenizer.bin_tempo(request.tempo_bin)
                 prompt, piece_sampler = condition(tokenizer, prompt, sampler, instruments=request.instruments, bpm=bpm,
                                                   key=request.key, ban=mode == "header+ban")
-            midi = tokenizer.decode(generate_music(model, tokenizer, [prompt], seconds, piece_sampler, seed=seed + i)[0])
+            prompts.append(prompt)
+            samplers.append(piece_sampler)
+        if progress:
+            print(f"control: {mode}")
+        pieces_ids = generate_music(model, tokenizer, prompts, seconds, samplers, seed=seed, progress=progress)
+        notes = on_requested = 0
+        tempo_bins, tempo_bpm, keys = [], [], []
+        for request, ids in zip(requests, pieces_ids):
+            midi = tokenizer.decode(ids)
             generated = midi_to_notes(midi)
             notes += len(generated)
             on_requested += sum(n.instrument in request.instruments for n in generated)
             got = tokenizer.header_of(midi)
-            if bpm is not None:
+            if request.tempo_bin is not None:
                 tempo_bins.append(abs(got.tempo_bin - request.tempo_bin))
-                tempo_bpm.append(abs(tokenizer.bin_tempo(got.tempo_bin) - bpm))
+                tempo_bpm.append(abs(tokenizer.bin_tempo(got.tempo_bin) - tokenizer.bin_tempo(request.tempo_bin)))
             if request.key is not None:
                 keys.append(got.key == request.key)
         modes[mode] = {
