@@ -3,7 +3,7 @@
     python bench/music_control.py --out runs/music-control [--steps 1000] [--pieces 41] [--seconds 10]
 
 Data: music21's Bach chorales as MIDI (converted once and cached, as `make demo` does), each
-re-orchestrated once, because as converted every chorale is one piano at 75-120 BPM: each voice
+re-orchestrated once, because as converted nearly every chorale is one piano: each voice
 (track) gets a channel of its own and an instrument drawn for its register (soprano: violin, flute,
 oboe, trumpet, clarinet or piano; ... ; bass: cello, contrabass, bassoon, trombone, tuba or piano),
 and the chorale a tempo drawn log-uniformly in 60-160 BPM, both seeded by the file name. Prepared
@@ -11,7 +11,7 @@ with --conditioning (transpositions -2..2, one tempo; a tenth of the chorales he
 of their name), `music-tiny` trained for --steps (its cosine schedule that long), then
 `music.evaluate.evaluate_control` on the held-out chorales: each asks for its own header and a
 piece of --seconds is generated from `<start>` alone, from the header, and from the header with
-other instruments banned. Writes <out>/midi, <out>/data, <out>/run-<steps> (with its config.json)
+other instruments banned. Writes <out>/midi, <out>/data, <out>/run-<steps> (with music-tiny.json, its config)
 and <out>/control-<steps>.json; prints a Markdown table. Data and a trained run are reused.
 """
 import argparse

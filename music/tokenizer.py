@@ -296,10 +296,12 @@ class MidiTokenizer:
     def _header(self, notes, tempos, ticks_per_beat, transpose, tempo_factor) -> Header:
         """The Header of parsed notes (instrument, pitch, start tick, end tick, velocity) and tempo map."""
         end = max((note[3] for note in notes), default=0)
-        seconds_in_bin = defaultdict(float)  # in order of first use: ties go to the earlier tempo
+        # time in each bin, as ticks x microseconds per beat (in proportion to seconds); in order of
+        # first use, so that ties go to the earlier tempo
+        time_in_bin = defaultdict(float)
         for (tick, tempo), next_tick in zip(tempos, [t for t, _ in tempos[1:]] + [end]):
-            seconds_in_bin[self.tempo_bin(60e6 / tempo * tempo_factor)] += max(0, min(next_tick, end) - tick) * tempo
-        main_bin = max(seconds_in_bin, key=seconds_in_bin.get)  # the tempo at tick 0 when nothing sounds
+            time_in_bin[self.tempo_bin(60e6 / tempo * tempo_factor)] += max(0, min(next_tick, end) - tick) * tempo
+        main_bin = max(time_in_bin, key=time_in_bin.get)  # the tempo at tick 0 when nothing sounds
         durations = [0.0] * 12
         for inst, pitch, start, stop, _ in notes:
             if inst != DRUMS:
