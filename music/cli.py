@@ -1,9 +1,12 @@
 """`eaglefinch music ...` subcommands: prepare, train, generate, continue, render, eval, long-eval, abc."""
+import argparse
 import json
 from pathlib import Path
 
 from eaglefinch.rwkv_core.cli import (SEED_LIMIT, add_sampling_args, add_train_args, float_in, int_at_least, int_in,
                                         output_path, sampler_from)
+
+from .tokenizer import MAX_BPM, MIN_BPM
 
 
 def cmd_prepare(args):
@@ -12,7 +15,7 @@ def cmd_prepare(args):
     from .tokenizer import MidiTokenizer, TokenizerConfig
 
     folder = args.folder or default_midi_folder()
-    tokenizer = MidiTokenizer(TokenizerConfig(beat_relative=args.beat_relative))
+    tokenizer = MidiTokenizer(TokenizerConfig(beat_relative=args.beat_relative, conditioning=args.conditioning))
     prepare(folder, args.out, tokenizer, transpositions=args.transpose, tempo_factors=args.tempo,
             val_fraction=args.val_fraction, overwrite=args.overwrite)
 
@@ -26,6 +29,7 @@ def cmd_train(args):
 def cmd_generate(args):
     """`generate`, and `continue` (its prompt_midi is the positional IN.mid)."""
     from .audio import check_audio, render_wav
+    from .conditioning import condition
     from .generate import generate_music, prompt_ids
     from .metrics import piece_report
     from .pianoroll import save_midi_and_pianoroll
@@ -35,7 +39,9 @@ def cmd_generate(args):
     soundfont = check_audio(args.soundfont) if args.audio else None  # a missing FluidSynth costs no generation
     model, tokenizer = MusicRun.open(args.checkpoint).load()
     prompt = prompt_ids(tokenizer, args.prompt_midi)  # before anything is written: a bad prompt leaves no file
-    ids = generate_music(model, tokenizer, [prompt], args.seconds, sampler_from(args), seed=args.seed,
+    prompt, sampler = condition(tokenizer, prompt, sampler_from(args), instruments=args.instruments or (),
+                                bpm=args.tempo, key=args.key)
+    ids = generate_music(model, tokenizer, [prompt], args.seconds, sampler, seed=args.seed,
                          stop_at_end=args.stop_at_end, progress=True)[0]
     midi_path, png_path = save_midi_and_pianoroll(tokenizer.decode(ids), args.out, title=Path(args.out).name)
     # the length and notes of the file as written, prompt included
@@ -100,6 +106,26 @@ def cmd_abc(args):
     print(f"wrote {Path(args.out) / 'abc.json'}")
 
 
+def _parsed_by(parse):
+    """An argparse type from a parser that raises ValueError with the message to show."""
+    def argument_type(text):
+        try:
+            return parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return argument_type
+
+
+def instrument_list(text):
+    from .conditioning import parse_instruments
+    return _parsed_by(parse_instruments)(text)
+
+
+def key_name(text):
+    from .conditioning import key_index
+    return _parsed_by(key_index)(text)
+
+
 def add_piece_args(parser):
     """The options of `generate` and `continue`: the run, the outputs, the length and the sampler."""
     parser.add_argument("--checkpoint", required=True, help="a music run folder")
@@ -110,6 +136,11 @@ def add_piece_args(parser):
     parser.add_argument("--audio", metavar="OUT.wav", type=output_path,
                         help="also render the piece to this WAV (FluidSynth and a General MIDI SoundFont)")
     parser.add_argument("--soundfont", metavar="SF2", help="for --audio (default: the system's General MIDI SoundFont)")
+    parser.add_argument("--instruments", type=instrument_list, metavar="LIST",
+                        help="play only these, e.g. piano,violin,cello (GM names, drums, or programs 0-127): other "
+                             "instruments are banned while sampling; a --conditioning run also gets them in its header")
+    parser.add_argument("--tempo", type=float_in(MIN_BPM, MAX_BPM), metavar="BPM", help="ask for this tempo (a --conditioning run)")
+    parser.add_argument("--key", type=key_name, help="ask for this key, e.g. D, Bm, F#, Ebm (a --conditioning run)")
     add_sampling_args(parser)
 
 
@@ -124,6 +155,8 @@ def add_commands(parser, common):
     p.add_argument("--tempo", type=float_in(0.25, 4.0), nargs="+", default=[0.9, 1.0, 1.1], help="speed factors of the training copies")
     p.add_argument("--val-fraction", type=float_in(0, 1), default=0.1)
     p.add_argument("--beat-relative", action="store_true", help="count time in beats instead of 8 ms steps")
+    p.add_argument("--conditioning", action="store_true",
+                   help="open every piece with a header of its instruments, tempo and key, to ask for them when generating")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing output folder (the old one is removed only once the new one is complete)")
     p.set_defaults(func=cmd_prepare)

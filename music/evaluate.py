@@ -13,6 +13,9 @@ can do better on them.
 Music: `samples` pieces generated from `<start>` and the held-out pieces (decoded from the split)
 are compared with `music.metrics.compare_note_sets`: pitch-class histograms, note density and
 inter-onset intervals.
+
+Control (`evaluate_control`, a run prepared with `--conditioning`): held-out pieces ask for their
+own header, and the generated pieces are checked against it (instruments, tempo, key).
 """
 import json
 import math
@@ -26,6 +29,7 @@ from eaglefinch.rwkv_core.data import SEPARATOR, DataError, TokenDataset
 from eaglefinch.rwkv_core.heldout import heldout_nats
 from eaglefinch.rwkv_core.sampling import SamplerConfig
 
+from .conditioning import condition
 from .generate import generate_music
 from .metrics import compare_note_sets
 from .tokenizer import DRUMS, midi_to_notes
@@ -49,11 +53,16 @@ def check_data_tokenizer(data_dir, split: str, tokenizer) -> None:
                         f"prepare it with the run's tokenizer settings")
 
 
-def split_pieces(tokenizer, data, max_tokens: int = REFERENCE_TOKENS, progress: bool = False) -> list:
-    """Note lists of the pieces in the first max_tokens tokens of a split (the last one may be cut)."""
+def split_documents(data, max_tokens: int = REFERENCE_TOKENS) -> list[np.ndarray]:
+    """The token ids of the pieces in the first max_tokens tokens of a split (the last one may be cut)."""
     tokens = data.window(0, min(len(data), max_tokens))
     ends = np.flatnonzero(tokens == SEPARATOR)
-    docs = [doc for doc in np.split(tokens, ends + 1) if len(doc) > 1]
+    return [doc for doc in np.split(tokens, ends + 1) if len(doc) > 1]
+
+
+def split_pieces(tokenizer, data, max_tokens: int = REFERENCE_TOKENS, progress: bool = False) -> list:
+    """Note lists of the pieces in the first max_tokens tokens of a split (the last one may be cut)."""
+    docs = split_documents(data, max_tokens)
     return [midi_to_notes(tokenizer.decode(doc))
             for doc in tqdm(docs, desc=f"reading the pieces of {data.name}", unit="piece", disable=not progress,
                             leave=False)]
@@ -97,6 +106,70 @@ def evaluate_music(model, tokenizer, data_dir, split: str = "val", *, ctx_len: i
         "reference": {"pieces": len(reference), "notes": sum(map(len, reference))},
         "music": compare_note_sets(generated, reference) if pitched else None,
     }
+
+
+CONTROL_MODES = ("unasked", "header", "header+ban")
+
+
+def evaluate_control(model, tokenizer, data_dir, split: str = "val", *, pieces: int = 32, seconds: float = 10.0,
+                     sampler=SamplerConfig(), seed: int = 0, progress: bool = True) -> dict:
+    """How a conditioning run follows a request: the first `pieces` held-out pieces each ask for
+    their own header (instruments, tempo bin, key), and a piece of `seconds` is generated three ways:
+
+        "unasked":    from `<start>` alone, the model choosing its own header (the baseline)
+        "header":     the header as the prompt, nothing enforced: what the model learned from it
+        "header+ban": the header, and other instruments banned (`conditioning.condition`)
+
+    A mode's pieces are generated as one batch, piece i with seed + i in every mode. Returns {"split",
+    "pieces", "seconds", "modes": {mode: {"notes": generated notes, "on_requested": their share on the requested instruments,
+    "tempo_bins_off" / "tempo_bpm_off": mean absolute distance of the generated piece's main tempo
+    (`MidiTokenizer.header_of` of the decoded file) from the requested one, in bins and BPM,
+    "tempo_exact": share of pieces in the requested bin, "key_match": share of pieces whose estimated
+    key is the requested one}}}.
+    """
+    if not tokenizer.config.conditioning:
+        raise DataError("the run's tokenizer has no conditioning header: prepare its data with --conditioning")
+    check_data_tokenizer(data_dir, split, tokenizer)
+    data = TokenDataset(data_dir, split)
+    requests = [tokenizer.read_header(doc) for doc in split_documents(data, max_tokens=len(data))][:pieces]
+    if not requests or None in requests:
+        raise DataError(f"{data_dir}/{split}: no piece with a conditioning header")
+    modes = {}
+    for mode in CONTROL_MODES:
+        prompts, samplers = [], []
+        for request in requests:
+            prompt, piece_sampler = [tokenizer.START], sampler
+            if mode != "unasked":
+                bpm = None if request.tempo_bin is None else tokenizer.bin_tempo(request.tempo_bin)
+                prompt, piece_sampler = condition(tokenizer, prompt, sampler, instruments=request.instruments, bpm=bpm,
+                                                  key=request.key, ban=mode == "header+ban")
+            prompts.append(prompt)
+            samplers.append(piece_sampler)
+        if progress:
+            print(f"control: {mode}")
+        pieces_ids = generate_music(model, tokenizer, prompts, seconds, samplers, seed=seed, progress=progress)
+        notes = on_requested = 0
+        tempo_bins, tempo_bpm, keys = [], [], []
+        for request, ids in zip(requests, pieces_ids):
+            midi = tokenizer.decode(ids)
+            generated = midi_to_notes(midi)
+            notes += len(generated)
+            on_requested += sum(n.instrument in request.instruments for n in generated)
+            got = tokenizer.header_of(midi)
+            if request.tempo_bin is not None:
+                tempo_bins.append(abs(got.tempo_bin - request.tempo_bin))
+                tempo_bpm.append(abs(tokenizer.bin_tempo(got.tempo_bin) - tokenizer.bin_tempo(request.tempo_bin)))
+            if request.key is not None:
+                keys.append(got.key == request.key)
+        modes[mode] = {
+            "notes": notes,
+            "on_requested": on_requested / notes if notes else None,
+            "tempo_bins_off": float(np.mean(tempo_bins)) if tempo_bins else None,
+            "tempo_bpm_off": float(np.mean(tempo_bpm)) if tempo_bpm else None,
+            "tempo_exact": float(np.mean([b == 0 for b in tempo_bins])) if tempo_bins else None,
+            "key_match": float(np.mean(keys)) if keys else None,
+        }
+    return {"split": split, "data": str(data_dir), "pieces": len(requests), "seconds": seconds, "modes": modes}
 
 
 def save_results(results: dict, out_dir) -> Path:

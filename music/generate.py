@@ -85,14 +85,16 @@ def generate_music(model, tokenizer: MidiTokenizer, prompts, seconds: float = 30
 
     Returns, for each prompt, the prompt followed by its continuation and `<end>`: ready for
     `tokenizer.decode`. `stop_at_end` lets the model end a piece earlier with its `<end>`.
-    `max_tokens` (default 200 per second) bounds a model that never advances time.
+    `max_tokens` (default 200 per second) bounds a model that never advances time. `sampler` may be
+    a list, one SamplerConfig per prompt.
     `progress` shows bars while long prompts are read and over the seconds of music generated.
     """
     if not seconds > 0:
         raise ValueError(f"seconds must be positive, got {seconds}")
     if model.cfg.vocab_size != tokenizer.vocab_size:
         raise ValueError(f"the model has {model.cfg.vocab_size} outputs but the tokenizer {tokenizer.vocab_size} ids")
-    gen = Generation(model, prompts, max_tokens or token_budget(seconds), music_sampler(tokenizer, sampler, stop_at_end), stop_ids=(tokenizer.END,), seed=seed, progress=progress)
+    samplers = [music_sampler(tokenizer, s, stop_at_end) for s in (sampler if isinstance(sampler, list) else [sampler] * len(prompts))]
+    gen = Generation(model, prompts, max_tokens or token_budget(seconds), samplers, stop_ids=(tokenizer.END,), seed=seed, progress=progress)
     clocks = [MusicClock(tokenizer, prompt) for prompt in prompts]
     pieces = [[] for _ in prompts]
     with tqdm(total=seconds * len(prompts), unit="s", desc="generating", disable=not progress, leave=False,

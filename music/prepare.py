@@ -12,11 +12,16 @@ Each file goes whole to one split, chosen by `split_of` on its path, so augmente
 leak across. Training files are encoded once per (transposition, tempo factor); validation files
 once, unchanged. Unusable files (unreadable, truncated, a tempo of 0, too long: any MidiError) are
 counted, named on stderr and skipped.
+
+With a conditioning tokenizer, each field of a training copy's header (instruments, tempo, key)
+is left out with probability `header_dropout` (drawn from a stable hash of the path and copy), so
+that the model learns to follow a request naming any of them; held-out copies keep the whole header.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import sys
 from collections.abc import Iterable
 from contextlib import ExitStack
@@ -24,12 +29,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from eaglefinch.music.tokenizer import DRUMS, MidiError, MidiTokenizer, midi_to_notes, read_midi
+from eaglefinch.music.tokenizer import DRUMS, Header, MidiError, MidiTokenizer, midi_to_notes, read_midi
 from eaglefinch.rwkv_core.data import DEFAULT_SHARD_TOKENS, DataError, ShardWriter, folder_written_whole, split_of
 
 MIDI_SUFFIXES = (".mid", ".midi")
 DEFAULT_TRANSPOSITIONS = (-3, -2, -1, 0, 1, 2, 3)
 DEFAULT_TEMPO_FACTORS = (0.9, 1.0, 1.1)
+HEADER_DROPOUT = 0.2  # chance that a training copy's header leaves out a field
 
 
 def find_midi_files(folder: Path | str) -> list[tuple[Path, str]]:
@@ -51,6 +57,7 @@ def prepare(
     shard_tokens: int = DEFAULT_SHARD_TOKENS,
     progress: bool = True,
     overwrite: bool = False,
+    header_dropout: float = HEADER_DROPOUT,
 ) -> dict:
     """Tokenize every MIDI file under `folder` into `<out_dir>/train` and `<out_dir>/val`.
 
@@ -64,6 +71,8 @@ def prepare(
         tempo_factors: speed factors for training copies (>1 is faster).
         val_fraction: share of files for "val" (by a stable hash of the path).
         shard_tokens, progress: as for `rwkv_core.data.ShardWriter`; a tqdm bar over files.
+        header_dropout: with a conditioning tokenizer, the chance that a training copy's header
+            leaves out each of its fields.
 
     Returns:
         stats: {"files", "docs", "tokens", "notes", "splits": {"train"|"val": {"docs", "tokens",
@@ -80,7 +89,8 @@ def prepare(
     augmentations = {"train": [(t, f) for t in transpositions for f in tempo_factors], "val": [(0, 1.0)]}
     metadata = {"tokenizer": tokenizer.to_dict(), "vocab_size": tokenizer.vocab_size}
     with folder_written_whole(out_dir, overwrite) as tmp_dir:
-        stats = _tokenize(files, tmp_dir, tokenizer, augmentations, val_fraction, shard_tokens, metadata, progress)
+        stats = _tokenize(files, tmp_dir, tokenizer, augmentations, val_fraction, shard_tokens, metadata, progress,
+                          header_dropout)
         if stats["docs"] == 0:
             raise DataError(f"no usable MIDI file under {folder}; skipped: {stats['skipped']}")
         (tmp_dir / "stats.json").write_text(json.dumps(stats, indent=1), encoding="utf-8")
@@ -90,7 +100,8 @@ def prepare(
     return stats
 
 
-def _tokenize(files, out_dir, tokenizer, augmentations, val_fraction, shard_tokens, metadata, progress) -> dict:
+def _tokenize(files, out_dir, tokenizer, augmentations, val_fraction, shard_tokens, metadata, progress,
+              header_dropout) -> dict:
     skipped = {"unreadable": 0, "empty": 0, "transpositions": 0}
     unreadable = {}
     notes = {"train": 0, "val": 0}
@@ -109,7 +120,9 @@ def _tokenize(files, out_dir, tokenizer, augmentations, val_fraction, shard_toke
                 skipped["empty"] += 1
                 continue
             skipped["transpositions"] += out_of_range
-            for ids in copies:
+            for copy, ids in enumerate(copies):
+                if split == "train" and tokenizer.config.conditioning:
+                    ids = _drop_header_fields(tokenizer, ids, random.Random(f"{key}/{copy}"), header_dropout)
                 writers[split].add(ids)
                 notes[split] += tokenizer.count_notes(ids)
         for name, writer in writers.items():
@@ -128,6 +141,14 @@ def _tokenize(files, out_dir, tokenizer, augmentations, val_fraction, shard_toke
         "skipped": skipped,
         "unreadable": unreadable,
     }
+
+
+def _drop_header_fields(tokenizer, ids, rng: random.Random, p: float) -> list[int]:
+    """`ids` with each field of their header left out with probability p."""
+    header = tokenizer.read_header(ids)
+    dropped = [rng.random() < p for _ in range(3)]
+    return tokenizer.with_header(ids, Header(() if dropped[0] else header.instruments,
+                                             None if dropped[1] else header.tempo_bin, None if dropped[2] else header.key))
 
 
 def _encode_copies(path, tokenizer, augmentations) -> tuple[list[list[int]] | None, int]:

@@ -12,6 +12,12 @@ Vocabulary, in id order (default config: 2,501 ids, so every id fits in uint16):
     on:p:v   note-on of pitch p with velocity bin v, for the current instrument
     off:p    note-off of pitch p, for the current instrument
 
+With `conditioning`, ids after those (old ids keep their meaning) name what a piece is, in a
+header right after `<start>`: `cond:inst:i` for each instrument that plays (sorted), `cond:tempo:b`
+(the bin the piece spends the most time in), `cond:key:k` (estimated, see `estimate_key`), then
+`cond:end`. A field may be missing (`prepare` leaves some out of training copies, so a request
+may name any of them); the header carries no events and the decoder skips it.
+
 Time is absolute (steps of `time_step_ms`) or, with `beat_relative`, counted in 1/`steps_per_beat`
 of a quarter note, in which case the tempo tokens carry the seconds.
 
@@ -59,6 +65,12 @@ MAX_SKIP = 4
 ABSOLUTE_TICKS_PER_BEAT = 3840  # decoded files: a tick is at most 0.8 ms, even at 20 BPM
 FORMAT_NAME = "eaglefinch-midi-events"
 FORMAT_VERSION = 1
+# keys of the conditioning header: 0-11 major on C..B, 12-23 minor
+KEY_NAMES = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B",
+             "Cm", "C#m", "Dm", "Ebm", "Em", "Fm", "F#m", "Gm", "G#m", "Am", "Bbm", "Bm")
+# Krumhansl and Kessler's probe-tone ratings of the 12 degrees above the tonic (1982), as music21 has them
+MAJOR_PROFILE = (6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88)
+MINOR_PROFILE = (6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17)
 
 
 class MidiError(ValueError):
@@ -80,6 +92,43 @@ class Note:
 
 
 @dataclass(frozen=True)
+class Header:
+    """What a piece is conditioned on: the conditioning header's fields; empty or None = not given.
+
+    `instruments`: sorted instrument ids (GM program 0..127, `DRUMS`); `tempo_bin`: a tempo bin of
+    the tokenizer (`MidiTokenizer.tempo_bin`); `key`: an index into `KEY_NAMES`.
+    """
+
+    instruments: tuple[int, ...] = ()
+    tempo_bin: int | None = None
+    key: int | None = None
+
+
+def estimate_key(durations) -> int | None:
+    """The key of a piece from how long each pitch class sounds (12 numbers, C first): Krumhansl-Schmuckler.
+
+    Each of the 24 keys scores the Pearson correlation between the durations and its profile
+    (`MAJOR_PROFILE` or `MINOR_PROFILE` rotated to the tonic); the best wins, the first in
+    `KEY_NAMES` order among equals. None when all 12 are equal (no pitched note, say): no key to tell.
+    """
+    mean = sum(durations) / 12
+    spread = [d - mean for d in durations]
+    norm = math.sqrt(sum(x * x for x in spread))
+    if norm == 0:
+        return None
+    best_key, best_score = None, -math.inf
+    for mode, profile in enumerate((MAJOR_PROFILE, MINOR_PROFILE)):
+        profile_mean = sum(profile) / 12
+        profile_spread = [w - profile_mean for w in profile]
+        profile_norm = math.sqrt(sum(x * x for x in profile_spread))
+        for tonic in range(12):
+            score = sum(spread[(tonic + degree) % 12] * profile_spread[degree] for degree in range(12)) / (norm * profile_norm)
+            if score > best_score:
+                best_key, best_score = 12 * mode + tonic, score
+    return best_key
+
+
+@dataclass(frozen=True)
 class TokenizerConfig:
     """Settings that fix the vocabulary; saved with the model (see `MidiTokenizer.to_dict`)."""
 
@@ -93,6 +142,7 @@ class TokenizerConfig:
     # time limits, in seconds (beats when beat_relative): a few bytes of MIDI can hold hours of time
     max_silence: float = 4.0  # longer stretches without a sounding note are shortened to this
     max_length: float = 3600.0  # a longer piece (after shortening silences) is refused
+    conditioning: bool = False  # a header of instruments, tempo and key opens every piece (ids after the events')
 
     def __post_init__(self):
         for name in ("time_step_ms", "max_silence", "max_length"):
@@ -123,8 +173,9 @@ class MidiTokenizer:
     Attributes:
         config: the TokenizerConfig.
         vocab_size: number of ids; every id is below it.
-        ranges: token kind ("special", "shift", "tempo", "inst", "skip", "on", "off") -> its ids,
-            e.g. to mask kinds while sampling.
+        ranges: token kind ("special", "shift", "tempo", "inst", "skip", "on", "off", and with
+            conditioning "cond_inst", "cond_tempo", "cond_key", "cond_end") -> its ids, e.g. to mask
+            kinds while sampling.
     """
 
     SEP = 0
@@ -143,6 +194,8 @@ class MidiTokenizer:
             "on": 128 * cfg.velocity_bins,
             "off": 128,
         }
+        if cfg.conditioning:
+            sizes |= {"cond_inst": N_INSTRUMENTS, "cond_tempo": cfg.tempo_bins, "cond_key": len(KEY_NAMES), "cond_end": 1}
         self.ranges: dict[str, range] = {}
         start = 0
         for kind, size in sizes.items():
@@ -195,7 +248,8 @@ class MidiTokenizer:
         """Token ids of a MIDI file (path or `mido.MidiFile`), from `<start>` to `<end>`.
 
         `transpose` shifts every non-drum pitch by that many semitones (a ValueError if a pitch
-        would leave 0..127); `tempo_factor` plays the piece that many times faster.
+        would leave 0..127); `tempo_factor` plays the piece that many times faster. With
+        `conditioning`, the header after `<start>` is that of the piece so changed (`header_of`).
         Raises MidiError when the source is not readable MIDI of type 0 or 1.
         """
         if not tempo_factor > 0:
@@ -223,7 +277,87 @@ class MidiTokenizer:
         for tick, tempo in tempos:
             tempo_at[self._quantize(shortened_time(tick))] = self.tempo_bin(60e6 / tempo * tempo_factor)
         self._check_length(max([end for *_, end, _ in quantized] + list(tempo_at)), midi.filename or "MidiFile")
-        return self._events_to_ids(quantized, tempo_at)
+        ids = self._events_to_ids(quantized, tempo_at)
+        if self.config.conditioning:
+            ids[1:1] = self.header_ids(self._header(notes, tempos, midi.ticks_per_beat, transpose, tempo_factor))
+        return ids
+
+    # -- the conditioning header ----------------------------------------------------------------
+
+    def header_of(self, source, *, transpose: int = 0, tempo_factor: float = 1.0) -> Header:
+        """The header of a MIDI file (path or MidiFile) as `encode` writes it, with the same arguments:
+        its instruments, the tempo bin it spends the most time in, its key (`estimate_key` over the
+        durations in beats; None without a pitched note). Any tokenizer config computes it.
+        """
+        midi = read_midi(source)
+        notes, tempos = _parse(midi, self.config.sustain)
+        return self._header(notes, tempos, midi.ticks_per_beat, transpose, tempo_factor)
+
+    def _header(self, notes, tempos, ticks_per_beat, transpose, tempo_factor) -> Header:
+        """The Header of parsed notes (instrument, pitch, start tick, end tick, velocity) and tempo map."""
+        end = max((note[3] for note in notes), default=0)
+        # time in each bin, as ticks x microseconds per beat (in proportion to seconds); in order of
+        # first use, so that ties go to the earlier tempo
+        time_in_bin = defaultdict(float)
+        for (tick, tempo), next_tick in zip(tempos, [t for t, _ in tempos[1:]] + [end]):
+            time_in_bin[self.tempo_bin(60e6 / tempo * tempo_factor)] += max(0, min(next_tick, end) - tick) * tempo
+        main_bin = max(time_in_bin, key=time_in_bin.get)  # the tempo at tick 0 when nothing sounds
+        durations = [0.0] * 12
+        for inst, pitch, start, stop, _ in notes:
+            if inst != DRUMS:
+                durations[(pitch + transpose) % 12] += (stop - start) / ticks_per_beat
+        return Header(tuple(sorted({note[0] for note in notes})), main_bin, estimate_key(durations))
+
+    def header_ids(self, header: Header) -> list[int]:
+        """The ids of a header, `cond:end` included (a conditioning tokenizer's; ValueError otherwise)."""
+        if not self.config.conditioning:
+            raise ValueError("this tokenizer has no conditioning tokens (TokenizerConfig.conditioning is off)")
+        ids = [self.ranges["cond_inst"][i] for i in sorted(set(header.instruments))]
+        if header.tempo_bin is not None:
+            ids.append(self.ranges["cond_tempo"][header.tempo_bin])
+        if header.key is not None:
+            ids.append(self.ranges["cond_key"][header.key])
+        return ids + [self.ranges["cond_end"][0]]
+
+    def _header_span(self, ids: list[int]) -> tuple[int, int | None]:
+        """(start, stop) of the header in ids: it starts right after `<start>` (leading `<sep>`s
+        skipped); stop is past its `cond:end`, or None when no complete header is there.
+
+        Raises ValueError when ids (after leading `<sep>`s) do not begin with `<start>`."""
+        first = next((i for i, t in enumerate(ids) if t != self.SEP), len(ids))
+        if first == len(ids) or ids[first] != self.START:
+            raise ValueError("a header follows <start>, and these ids do not begin with it")
+        if not self.config.conditioning:
+            return first + 1, None
+        cond = range(self.ranges["cond_inst"].start, self.ranges["cond_end"].stop)
+        stop = first + 1
+        while stop < len(ids) and ids[stop] in cond and ids[stop] != self.ranges["cond_end"][0]:
+            stop += 1
+        return first + 1, (stop + 1 if stop < len(ids) and ids[stop] == self.ranges["cond_end"][0] else None)
+
+    def read_header(self, ids) -> Header | None:
+        """The header of a token sequence (leading `<sep>`s, `<start>`, the header), or None when it has
+        none (no `cond:end` closes it). Raises ValueError when the ids do not begin with `<start>`."""
+        ids = [int(t) for t in ids]
+        start, stop = self._header_span(ids)
+        if stop is None:
+            return None
+        instruments, tempo_bin, key = [], None, None
+        for token in ids[start:stop - 1]:
+            kind, value = self._kind(token)
+            if kind == "cond_inst":
+                instruments.append(value)
+            elif kind == "cond_tempo":
+                tempo_bin = value
+            else:
+                key = value
+        return Header(tuple(sorted(set(instruments))), tempo_bin, key)
+
+    def with_header(self, ids, header: Header) -> list[int]:
+        """`ids` with their header replaced by `header` (or, with none, `header` inserted after `<start>`)."""
+        ids = [int(t) for t in ids]
+        start, stop = self._header_span(ids)
+        return ids[:start] + self.header_ids(header) + ids[stop or start:]
 
     def _check_length(self, last_step: int, name: str) -> None:
         """Raise MidiError when a piece ending at `last_step` is longer than `max_length`."""
@@ -298,8 +432,8 @@ class MidiTokenizer:
 
         Lenient, so that sampled sequences always give valid MIDI: decoding stops at `<end>` or
         at a `<sep>` after the first token (leading ones, as in a prompt, are skipped), `<start>`
-        is ignored, a note-off with no open note is ignored, notes still open at the end close at
-        the last time reached (at least one step after their onset).
+        and the conditioning header are ignored, a note-off with no open note is ignored, notes still
+        open at the end close at the last time reached (at least one step after their onset).
         Raises ValueError for an id outside the vocabulary.
         """
         cfg = self.config
@@ -327,6 +461,8 @@ class MidiTokenizer:
                 tempo_steps.append((now, self.bin_tempo(value)))
             elif kind == "inst":
                 instrument = value
+            elif kind.startswith("cond_"):
+                pass  # the header: what the piece was asked to be, not an event
             elif kind == "skip":
                 skip += value + 1
             elif kind == "on":
@@ -396,6 +532,14 @@ class MidiTokenizer:
             return "inst:drums" if value == DRUMS else f"inst:{value}"
         if kind == "on":
             return f"on:{value // self.config.velocity_bins}:v{value % self.config.velocity_bins}"
+        if kind == "cond_inst":
+            return "cond:inst:drums" if value == DRUMS else f"cond:inst:{value}"
+        if kind == "cond_tempo":
+            return f"cond:tempo:{value}"
+        if kind == "cond_key":
+            return f"cond:key:{KEY_NAMES[value]}"
+        if kind == "cond_end":
+            return "cond:end"
         return f"{kind}:{value}"
 
     def to_dict(self) -> dict:

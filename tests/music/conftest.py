@@ -94,8 +94,8 @@ def kit() -> type[MidiKit]:
 TINY_MODEL = {"n_layer": 1, "n_embd": 32, "head_size": 16, "mix_lora_dim": 4, "decay_lora_dim": 8, "ctx_len": 64}
 
 
-def write_music_run(folder: Path, favourite_tokens=None) -> Path:
-    """A music run folder without training: a tiny model, the default tokenizer and a config.json
+def write_music_run(folder: Path, favourite_tokens=None, tokenizer=None) -> Path:
+    """A music run folder without training: a tiny model, `tokenizer` (default config if None) and a config.json
     with ctx_len 64. The model has random weights or, given `favourite_tokens`, is rigged so that
     its next token is always one of those ids, each as likely (its last LayerNorm puts out a
     constant vector, and only the head rows of those ids see it). Opens with `MusicRun.open`."""
@@ -106,7 +106,7 @@ def write_music_run(folder: Path, favourite_tokens=None) -> Path:
     from eaglefinch.rwkv_core.config import TrainConfig
     from eaglefinch.rwkv_core.run import Run
 
-    tokenizer = MidiTokenizer()
+    tokenizer = tokenizer or MidiTokenizer()
     torch.manual_seed(0)
     model = RWKV(RWKVConfig(**TINY_MODEL, vocab_size=tokenizer.vocab_size))
     if favourite_tokens is not None:
@@ -125,7 +125,7 @@ def write_music_run(folder: Path, favourite_tokens=None) -> Path:
 
 @pytest.fixture(scope="session")
 def make_music_run():
-    """`write_music_run(folder, favourite_tokens=None)`: an untrained (or rigged) tiny music run."""
+    """`write_music_run(folder, favourite_tokens=None, tokenizer=None)`: an untrained (or rigged) tiny music run."""
     return write_music_run
 
 
