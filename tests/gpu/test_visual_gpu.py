@@ -10,29 +10,17 @@ import torch
 if not torch.cuda.is_available():
     pytest.skip("needs CUDA", allow_module_level=True)
 
-from eaglefinch.rwkv_core import RWKV, RWKVConfig                             # noqa: E402
 from eaglefinch.text.tokenizer import WorldTokenizer                           # noqa: E402
 from eaglefinch.visual.caption import answer_ids, prompt_ids, start_answers    # noqa: E402
-from eaglefinch.visual.encoder import VisionEncoder                            # noqa: E402
-from eaglefinch.visual.model import VisualConfig, VisualRWKV                   # noqa: E402
 from tests.gpu.test_engine_gpu import BF16_VS_PLAIN, relative_error            # noqa: E402
-from tests.visual.test_real_sizes import pictures, plain_greedy                # noqa: E402
+from tests.visual.test_real_sizes import pictures, plain_greedy, real_size_vlm # noqa: E402
 
 torch._dynamo.config.cache_size_limit = 64   # each model compiles the engine's layer steps for itself
 
 
 def gpu_vlm(dtype):
-    """The same weights for every dtype: built and perturbed on the CPU (no part a no-op), then moved."""
-    torch.manual_seed(0)
-    cfg = VisualConfig(encoder="ViT-B-16", projector="linear", image_position="first")
-    encoder = VisionEncoder(cfg.encoder, random_init=True)
-    model = RWKV(RWKVConfig(arch="finch", n_layer=4, n_embd=256, head_size=64, vocab_size=65536,
-                            mix_lora_dim=32, decay_lora_dim=64))
-    vlm = VisualRWKV(model, encoder, cfg)
-    with torch.no_grad():
-        for p in list(vlm.model.parameters()) + list(vlm.projector.parameters()):
-            p.add_(torch.randn_like(p) * 0.2)
-    return vlm.to("cuda", dtype).eval()
+    """The same weights for every dtype: built and perturbed on the CPU, then moved."""
+    return real_size_vlm("ViT-B-16", n_layer=4, n_embd=256, head_size=64, lora_dims=(32, 64)).to("cuda", dtype)
 
 
 def test_graphed_engine_captions_equal_the_plain_model_fp32():

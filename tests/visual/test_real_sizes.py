@@ -35,14 +35,14 @@ def world():
     return WorldTokenizer()
 
 
-def real_size_vlm(encoder_name, pool=1):
-    """A VisualRWKV of the named tower (random weights) and a tiny Finch over the World vocabulary,
+def real_size_vlm(encoder_name, pool=1, n_layer=2, n_embd=64, head_size=32, lora_dims=(8, 16)):
+    """A VisualRWKV of the named tower (random weights) and a small Finch over the World vocabulary,
     every weight perturbed so that no part is a no-op (the official init zeroes some outputs)."""
     torch.manual_seed(0)
     cfg = VisualConfig(encoder=encoder_name, pool=pool, projector="linear", image_position="first")
     encoder = VisionEncoder(cfg.encoder, random_init=True, pool=cfg.pool)
-    model = RWKV(RWKVConfig(arch="finch", n_layer=2, n_embd=64, head_size=32, vocab_size=65536,
-                            mix_lora_dim=8, decay_lora_dim=16))
+    model = RWKV(RWKVConfig(arch="finch", n_layer=n_layer, n_embd=n_embd, head_size=head_size, vocab_size=65536,
+                            mix_lora_dim=lora_dims[0], decay_lora_dim=lora_dims[1]))
     vlm = VisualRWKV(model, encoder, cfg)
     with torch.no_grad():
         for p in list(vlm.model.parameters()) + list(vlm.projector.parameters()):
