@@ -126,48 +126,31 @@ def read_zero_checkpoint(folder, rng_file) -> FullState:
         param_shapes = {name: tuple(shape) for group in model_states["param_shapes"] for name, shape in group.items()}
         if stage < 3:
             pieces, steps = zero12_pieces(optim, world_size)
-            frozen = {}
         else:
             pieces, steps = zero3_pieces(optim, model_states["param_shapes"], world_size)
+        # frozen parameters and buffers are whole in the module's state dict, except that ZeRO-3 keeps
+        # empty placeholders there for parameters: their values are its ranks' frozen fragments
+        others = {name: [t.flatten()] for name, t in module.items() if name not in param_shapes}
+        other_shapes = {name: tuple(t.shape) for name, t in module.items() if name not in param_shapes}
+        if stage == 3:
             ranks = [model_states] + [read_deepspeed_file(zero_file(folder, r, "model")) for r in range(1, world_size)]
-            frozen = Assembled({name: [r["frozen_param_fragments"][name].flatten() for r in ranks]
-                                for name in model_states["frozen_param_shapes"]},
-                               {name: tuple(s) for name, s in model_states["frozen_param_shapes"].items()})
-        weights = Assembled(pieces["fp32"], param_shapes)
-        # frozen parameters and buffers: whole in the module's state dict (ZeRO-3 keeps empty
-        # placeholders there for parameters; their values are its frozen fragments)
-        others = {name: (frozen[name] if name in frozen else t.clone()) for name, t in module.items()
-                  if name not in param_shapes}
+            for name, shape in model_states["frozen_param_shapes"].items():
+                others[name] = [r["frozen_param_fragments"][name].flatten() for r in ranks]
+                other_shapes[name] = tuple(shape)
         rng = read_torch_file(rng_file)
         client = {"step": model_states["step"], "batch_size": model_states["train_config"]["batch_size"]}
-    for name in param_shapes:
-        size = sum(p.numel() for p in pieces["fp32"][name])
-        if size < math.prod(param_shapes[name]):
-            raise CheckpointError(f"{folder}: the shards hold {size} values of {name}, whose shape "
-                                  f"{list(param_shapes[name])} needs {math.prod(param_shapes[name])}")
+    every = pieces["fp32"] | others
+    for name, shape in (param_shapes | other_shapes).items():
+        size = sum(p.numel() for p in every[name])
+        if size < math.prod(shape):
+            raise CheckpointError(f"{folder}: the shards hold {size} values of {name}, whose shape {list(shape)} "
+                                  f"needs {math.prod(shape)}")
     with restoring_from(rng_file):
-        return FullState(weights=_Merged(weights, others),
+        return FullState(weights=Assembled(every, param_shapes | other_shapes),
                          moments={key: Assembled(pieces[key], param_shapes) for key in MOMENTS},
                          adam_steps={name: steps[name] for name in param_shapes}, step=int(client["step"]),
                          data_rng=rng["data_rng"], torch_rng=rng["torch_rng"],
                          global_batch=int(client["batch_size"]) * world_size, source=folder)
-
-
-class _Merged(Mapping):
-    """Two mappings with distinct keys seen as one."""
-
-    def __init__(self, first: Mapping, second: Mapping):
-        self.first, self.second = first, second
-
-    def __getitem__(self, name):
-        return self.first[name] if name in self.first else self.second[name]
-
-    def __iter__(self):
-        yield from self.first
-        yield from self.second
-
-    def __len__(self):
-        return len(self.first) + len(self.second)
 
 
 def zero_file(folder: Path, rank: int, kind: str) -> Path:

@@ -48,9 +48,11 @@ NEW_TEXT_CONFIG = {"model": {"arch": "finch", "n_layer": 2, "n_embd": 32, "head_
 PROMPT = "5"   # a byte token of the patterned documents' alphabet
 LOSS_RTOL = 1e-5
 WEIGHT_RTOL = 1e-4
-# the resumes of the second phase: (run, process kind, resumed from, DeepSpeed config or None: the plain trainer)
+LORA = {"train_mode": "lora", "lora_rank": 4}   # frozen base weights: ZeRO-3 keeps them in fragments too
+# the resumes of the second phase, by the kind of process that resumes: (run, resumed from, DeepSpeed config
+# or None: the plain trainer)
 RESUMES = {"single": [("z1_to_plain", "pair_z1_half", None), ("z2_to_one_rank", "pair_z2_half", "zero2"),
-                      ("z3_to_one_rank_z1", "pair_z3_half", "zero1")],
+                      ("z3_to_one_rank_z1", "pair_z3_half", "zero1"), ("lora_z3_to_plain", "pair_lora_z3_half", None)],
            "pair": [("plain_to_two_ranks_z3", "plain_half", "zero3")]}
 
 
@@ -77,6 +79,7 @@ def worker(kind, data_dir, out):
     if kind.startswith("resume_"):   # the fixture copied each stopped run into the resumed run's folder
         for name, _, ds in RESUMES[kind.removeprefix("resume_")]:
             cfg = PAIR_CFG if kind == "resume_single" else CFG   # the same global batch
+            cfg = dataclasses.replace(cfg, **LORA) if name.startswith("lora") else cfg
             train(NextTokenTask(start_model(seed=5)), cfg, train_data, out / name, val_data=val_data, resume=True,
                   progress=False, deepspeed_config=ds and DS_CONFIGS / f"{ds}.json")
         return
@@ -88,10 +91,14 @@ def worker(kind, data_dir, out):
             train(NextTokenTask(start_model(seed=rank)), dataclasses.replace(CFG, **HALF), train_data,
                   out / f"pair_z{stage}_half", val_data=val_data, progress=False,
                   deepspeed_config=DS_CONFIGS / f"zero{stage}.json")
+        train(NextTokenTask(start_model()), dataclasses.replace(CFG, **HALF, **LORA), train_data,
+              out / "pair_lora_z3_half", val_data=val_data, progress=False, deepspeed_config=DS_CONFIGS / "zero3.json")
         return
     train(NextTokenTask(start_model()), CFG, train_data, out / "ref", val_data=val_data, progress=False)
     train(NextTokenTask(start_model()), PAIR_CFG, train_data, out / "ref_pair", val_data=val_data, progress=False)
     train(NextTokenTask(start_model()), dataclasses.replace(PAIR_CFG, **HALF), train_data, out / "plain_half",
+          val_data=val_data, progress=False)
+    train(NextTokenTask(start_model()), dataclasses.replace(PAIR_CFG, **LORA), train_data, out / "lora_ref_pair",
           val_data=val_data, progress=False)
     for stage in (1, 2, 3):
         train(NextTokenTask(start_model()), CFG, train_data, out / f"zero{stage}", val_data=val_data, progress=False,
@@ -285,11 +292,16 @@ def test_two_ranks_equal_one_process_with_the_global_batch(runs):
 def test_resume_on_another_number_of_processes_continues_the_run(runs, name, source, ds):
     """Stopped after 3 steps on two ranks (ZeRO-1, 2, 3) and resumed on one process (the plain
     trainer; DeepSpeed ZeRO-2; ZeRO-1), or stopped in the plain trainer and resumed on two ZeRO-3
-    ranks, at the same global batch: steps 4 to 6 are the uninterrupted run's."""
+    ranks, at the same global batch: steps 4 to 6 are the uninterrupted run's. A LoRA run's frozen
+    base comes back from ZeRO-3's fragments."""
     run = runs / name
     assert [s for s, _ in losses(run)] == list(range(1, 7))
-    assert_same_run(run, runs / "ref_pair")
-    assert_same_run(run, runs / "pair")
+    if name.startswith("lora"):
+        assert_same_run(run, runs / "lora_ref_pair")
+        assert (run / "adapters.safetensors").exists()
+    else:
+        assert_same_run(run, runs / "ref_pair")
+        assert_same_run(run, runs / "pair")
     # one kind of checkpoint is left: the one the resuming process wrote
     assert (run / "checkpoint.pt").exists() == (ds is None)
     assert (run / "deepspeed").exists() == (ds is not None)
