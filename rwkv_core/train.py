@@ -13,7 +13,9 @@ A NaN or infinite loss stops training before it reaches the weights (`NonFiniteL
 The loop is the same on one device and under DeepSpeed; what differs (set-up, backward, step,
 saving and loading a checkpoint) sits behind a small seam, `LocalProcess` and `DeepSpeedProcess`.
 Under the `deepspeed` (or torchrun) launcher, `train(..., deepspeed_config=...)` runs data parallel
-with ZeRO stage 1/2/3 and bf16 (`configs/deepspeed/`).
+with ZeRO stage 1/2/3 and bf16 (`configs/deepspeed/`). The data order does not depend on the number
+of processes (`rank_batch`), and a run resumes on any number of processes, with or without DeepSpeed
+(`rwkv_core.full_state`).
 """
 import contextlib
 import dataclasses
@@ -265,18 +267,28 @@ def train_step(proc, task, forward, batch, segment_len=None) -> float:
     """One optimizer step on `batch`: the loss under the process's autocast (the windows read in
     segments of `segment_len` tokens when given: `NextTokenTask.backward_segments`), backward,
     clipping and the optimizer step. Returns the loss (the mean over ranks). A loss that is not
-    finite returns before the optimizer step, so the weights stay as they were (the caller stops)."""
+    finite returns before the optimizer step, so the weights stay as they were (the caller stops).
+
+    Its parts are named for profiles (`STEP_PARTS`; bench/train.py, bench/deepspeed_scaling.py)."""
+    record = torch.profiler.record_function
     if segment_len is None:
-        with proc.autocast:
+        with record("forward"), proc.autocast:
             loss = forward(batch)
-        proc.backward(loss)
+        with record("backward"):
+            proc.backward(loss)
     else:
-        loss = task.backward_segments(batch, segment_len, proc.autocast)
-    loss = proc.mean(loss)   # the step's one host sync, before the step: a bad loss never reaches the weights
+        with record("forward + backward in segments"):
+            loss = task.backward_segments(batch, segment_len, proc.autocast)
+    with record("loss to host"):   # the step's one host sync, before the step: a bad loss never reaches the weights
+        loss = proc.mean(loss)
     if math.isfinite(loss):
-        with torch.profiler.record_function("optimizer step"):   # named for profiles (bench/train.py)
+        with record("optimizer step"):
             proc.step()
     return loss
+
+
+# the names of a step's parts in a profile: the training loop's "batch" (drawing and moving it), then train_step's
+STEP_PARTS = ("batch", "forward", "backward", "forward + backward in segments", "loss to host", "optimizer step")
 
 
 def train(task, cfg: TrainConfig, train_data, out_dir, *, val_data=None, resume=False, extra=None,
@@ -325,15 +337,15 @@ def train(task, cfg: TrainConfig, train_data, out_dir, *, val_data=None, resume=
         lr = lr_at(step, cfg)
         for group in optimizer.param_groups:  # looked up each step: loading a checkpoint may replace the list
             group["lr"] = lr * group["lr_scale"]
-        batch = rank_batch(train_data, cfg, data_rng, proc.rank, proc.world_size).to(proc.device)
+        batch = next_batch(train_data, cfg, data_rng, proc)
         loss = train_step(proc, task, forward, batch, cfg.segment_len)
         if not math.isfinite(loss):
             bar.close()
             raise NonFiniteLoss(step + 1, loss, proc.checkpoint_path(run), saved_step)
         tokens_per_s = batch.num_tokens * proc.world_size / (time.perf_counter() - t0)
         step += 1
+        bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)   # drawn by update, at its rate
         bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_s:,.0f}")
         if proc.is_main and (step % cfg.log_every == 0 or step == 1 or step == cfg.max_steps):
             metrics.add({"step": step, "loss": loss, "lr": lr, "tokens_per_s": tokens_per_s})
         # the checkpoint comes before validation: a failing validation never costs the interval's work
@@ -354,6 +366,12 @@ def train(task, cfg: TrainConfig, train_data, out_dir, *, val_data=None, resume=
         if run.metrics.exists():
             plot_losses(run)
     return loss
+
+
+def next_batch(data, cfg: TrainConfig, generator, proc):
+    """The step's batch of process `proc` (`rank_batch`), on its device (named "batch" in profiles)."""
+    with torch.profiler.record_function("batch"):
+        return rank_batch(data, cfg, generator, proc.rank, proc.world_size).to(proc.device)
 
 
 def rank_batch(data, cfg: TrainConfig, generator, rank: int = 0, world_size: int = 1):
