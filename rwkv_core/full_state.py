@@ -115,9 +115,9 @@ def read_zero_checkpoint(folder, rng_file) -> FullState:
     if stage not in (1, 2, 3):
         raise CheckpointError(f"{folder}: written with ZeRO stage {stage}; only stages 1, 2 and 3 can be resumed "
                               f"on another number of processes")
-    if list(folder.glob("bf16_zero_pp_rank_*")) or list(folder.glob("*mp_rank_01_*")):
-        raise CheckpointError(f"{folder}: DeepSpeed's bf16 optimizer or model parallel shards cannot be converted; "
-                              f"resume with the DeepSpeed config and number of processes that wrote them")
+    if list(folder.glob("*mp_rank_01_*")):
+        raise CheckpointError(f"{folder}: model parallel shards cannot be converted; resume with the DeepSpeed "
+                              f"config and number of processes that wrote them")
     optim = [read_deepspeed_file(zero_file(folder, rank, "optim")) for rank in range(world_size)]
     model_file = folder / ("mp_rank_00_model_states.pt" if stage < 3 else "zero_pp_rank_0_mp_rank_00_model_states.pt")
     model_states = read_deepspeed_file(model_file)
@@ -154,11 +154,13 @@ def read_zero_checkpoint(folder, rng_file) -> FullState:
 
 
 def zero_file(folder: Path, rank: int, kind: str) -> Path:
-    """Rank `rank`'s optimizer ("optim") or ZeRO-3 model ("model") states file; one clear error if missing."""
-    path = folder / f"zero_pp_rank_{rank}_mp_rank_00_{kind}_states.pt"
-    if not path.is_file():
-        raise CheckpointError(f"{folder}: {path.name} is missing: the checkpoint is incomplete")
-    return path
+    """Rank `rank`'s optimizer ("optim") or ZeRO-3 model ("model") states file; one clear error if missing.
+    A bf16 run's optimizer files carry the prefix "bf16_" (same layout)."""
+    name = f"zero_pp_rank_{rank}_mp_rank_00_{kind}_states.pt"
+    for path in (folder / f"bf16_{name}", folder / name) if kind == "optim" else (folder / name,):
+        if path.is_file():
+            return path
+    raise CheckpointError(f"{folder}: {name} is missing: the checkpoint is incomplete")
 
 
 def zero12_pieces(optim: list, world_size: int):
@@ -263,8 +265,18 @@ def load_into_engine(state: FullState, task, engine) -> None:
     import deepspeed
     from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
 
+    import torch.distributed as dist
+
     names = [name for name, p in task.named_parameters() if p.requires_grad]
     check_covers(state, names)
+    world = dist.get_world_size()
+    if engine.zero_optimization_stage() == 3:
+        # DeepSpeed's safe_set_full_* cut a ZeRO-3 parameter in equal parts, and fail on a padded last one
+        uneven = [name for name, p in task.named_parameters() if p.requires_grad and p.ds_numel % world]
+        if uneven:
+            raise CheckpointError(f"{state.source}: cannot go on under ZeRO-3 on {world} processes: {uneven[0]} "
+                                  f"({len(uneven)} parameters in all) does not divide in {world} equal parts; resume "
+                                  f"on a number of processes that divides its size, or under ZeRO-1 or 2")
     steps = {state.adam_steps[name] for name in names}
     if len(steps) != 1:
         raise CheckpointError(f"{state.source}: its parameters are at different AdamW steps {sorted(steps)[:4]}; "
