@@ -28,13 +28,13 @@ limits them; every number is measured on this machine, the 1-GPU baselines inclu
               (`full_state`): its steps 101-200 must continue the curve. One plot, OUT/loss_curves.png.
 
 `overhead` runs in one process on one GPU, at the same batch, the plain trainer's step (LocalProcess:
-fp32 weights, bf16 autocast, fused AdamW) and single-rank DeepSpeed steps (ZeRO-1, ZeRO-2: bf16
-weights, ZeRO's flat fp32 AdamW), each the trainer's own code: step time and tokens/s (unsynchronised
-steps, timed over many), then one profile of a few steps split by the step's named parts
-(`rwkv_core.train.STEP_PARTS`: batch, forward, backward, loss to host, optimizer step): the host's time
-in each and the GPU kernels launched in each, the GPU's busy share, and every host sync (torch's sync
-debug mode) by the source line that made it, ours or DeepSpeed's. `--traces` also writes each profile
-(Chrome trace, gzipped).
+fp32 weights, bf16 autocast, fused AdamW) and single-rank DeepSpeed steps (ZeRO-1, ZeRO-2, and ZeRO-1
+without contiguous gradients: bf16 weights, ZeRO's flat fp32 AdamW; `OVERHEAD_VARIANTS`), each the
+trainer's own code: step time and tokens/s (unsynchronised steps, timed over many), then one profile of
+a few steps split by the step's named parts (`rwkv_core.train.STEP_PARTS`: batch, forward, backward,
+loss to host, optimizer step): the host's time, the operators dispatched, the GPU's time and the kernels
+launched in each, the GPU's busy share, and every host sync (torch's sync debug mode) by the source line
+that made it, ours or DeepSpeed's. `--traces` also writes each profile (Chrome trace, gzipped).
 
 `--cpu` runs all of it with gloo on the CPU, with tiny models and 1 and 2 processes, in about a minute:
 a check of the script, not a measurement.
@@ -140,12 +140,20 @@ def single_rank_env():
                       MASTER_PORT=os.environ.get("MASTER_PORT", str(port)))
 
 
+# the overhead split's variants: the plain trainer, or one DeepSpeed rank with this config. zero1_nc
+# leaves out ZeRO's copy of every gradient into one buffer as backward makes it: on the CPU that copy
+# doubles the operators backward dispatches (a view, a narrow and a copy per parameter)
+OVERHEAD_VARIANTS = {"plain": None, "zero1": "deepspeed/zero1", "zero2": "deepspeed/zero2",
+                     "zero1_nc": {"zero_optimization": {"stage": 1, "contiguous_gradients": False},
+                                  "bf16": {"enabled": "auto"}}}
+
+
 def make_process(variant: str, cfg):
-    """"plain": the plain trainer's process; "zeroN": one DeepSpeed rank with the shipped zeroN config."""
+    """The process of an OVERHEAD_VARIANTS entry: the plain trainer's, or one DeepSpeed rank's."""
     from eaglefinch.rwkv_core.train import DeepSpeedProcess, LocalProcess
-    if variant == "plain":
+    if OVERHEAD_VARIANTS[variant] is None:
         return LocalProcess(cfg)
-    return DeepSpeedProcess(f"deepspeed/{variant}", cfg)
+    return DeepSpeedProcess(OVERHEAD_VARIANTS[variant], cfg)
 
 
 def overhead_variant(name: str, variant: str, setting: Setting, device, out: Path, traces: bool) -> dict:
@@ -247,15 +255,23 @@ def profile_parts(step, steps: int, on_gpu: bool, trace_path) -> dict:
     wall_ms = (time.perf_counter() - t) * 1e3 / steps
     events = prof.events()
     spans = sorted((e.time_range.start, e.time_range.end, e.name) for e in events if e.name in STEP_PARTS)
+    outside = "outside the parts"
     host = dict.fromkeys(STEP_PARTS, 0.0)
-    gpu = dict.fromkeys(STEP_PARTS + ("outside the parts",), 0.0)
+    gpu, ops, launches = (dict.fromkeys(STEP_PARTS + (outside,), 0.0) for _ in range(3))
+
+    def part_at(t):
+        return next((name for start, end, name in spans if start <= t <= end), outside)
     for start, end, name in spans:
         host[name] += (end - start) / 1e3 / steps
     kernels_ms = 0.0
     for e in events:
+        # the operators the host dispatches (outermost aten calls): what costs host time on any device
+        if e.name.startswith("aten::") and not (e.cpu_parent and e.cpu_parent.name.startswith("aten::")):
+            ops[part_at(e.time_range.start)] += 1 / steps
         for kernel in getattr(e, "kernels", []):
-            part = next((name for start, end, name in spans if start <= e.time_range.start <= end), "outside the parts")
+            part = part_at(e.time_range.start)
             gpu[part] += kernel.duration / 1e3 / steps
+            launches[part] += 1 / steps
             kernels_ms += kernel.duration / 1e3 / steps
     if trace_path is not None:
         with tempfile.NamedTemporaryFile(suffix=".json") as tmp:
@@ -263,7 +279,8 @@ def profile_parts(step, steps: int, on_gpu: bool, trace_path) -> dict:
             with open(tmp.name, "rb") as f, gzip.open(trace_path, "wb") as g:
                 shutil.copyfileobj(f, g)
     parts = {"profiled_wall_ms": wall_ms, "host_ms": {k: v for k, v in host.items() if v},
-             "gpu_ms": {k: v for k, v in gpu.items() if v}}
+             "ops": {k: v for k, v in ops.items() if v}, "gpu_ms": {k: v for k, v in gpu.items() if v},
+             "kernels": {k: v for k, v in launches.items() if v}}
     if on_gpu:
         parts["gpu_busy"] = kernels_ms / wall_ms   # kernels may overlap (streams): an upper bound
     return parts
@@ -277,7 +294,7 @@ def overhead(out: Path, models, cpu: bool, traces: bool) -> list:
         torch.set_num_threads(1)   # as each process of the other cases
     rows = []
     for name in models:
-        for variant in ("plain", "zero1", "zero2"):
+        for variant in OVERHEAD_VARIANTS:
             try:
                 rows.append(overhead_variant(name, variant, OVERHEAD_SETTINGS[name], device, out, traces))
             except Exception as exc:  # noqa: BLE001  a failing variant is reported, the others still run
@@ -297,9 +314,11 @@ def overhead_line(r) -> str:
         line += f", MFU {100 * r['mfu']:.1f}%, peak {r['peak_allocated_GB']:.1f} GB"
     p = r["parts"]
     line += "\n    host ms " + ", ".join(f"{k} {v:.1f}" for k, v in p["host_ms"].items())
+    line += "\n    ops     " + ", ".join(f"{k} {v:.0f}" for k, v in p["ops"].items())
     if p["gpu_ms"]:
         line += "\n    GPU ms  " + ", ".join(f"{k} {v:.1f}" for k, v in p["gpu_ms"].items())
         line += f"; GPU busy {100 * p['gpu_busy']:.0f}% of {p['profiled_wall_ms']:.1f} ms"
+        line += "\n    kernels " + ", ".join(f"{k} {v:.0f}" for k, v in p["kernels"].items())
     if "host_syncs" in r:
         line += f"\n    host syncs per step: {r['host_syncs']['per_step']:g}: " + \
                 "; ".join(f"{k} x{v:g}" for k, v in r["host_syncs"]["sites"].items())
