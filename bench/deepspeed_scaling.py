@@ -723,7 +723,7 @@ def summary(results: dict) -> str:
                 if "vs_1gpu" in r:
                     v = r["vs_1gpu"]
                     text += f"; against 1gpu over steps {v['steps'][0]}-{v['steps'][1]}: largest |diff| " \
-                            f"{v['max_abs_diff']:.4f}"
+                            f"{v['max_abs_diff']:.3g}"
                     if v["mean_last_fifth"] is not None:
                         text += f", last fifth {v['mean_last_fifth']:.4f} vs {v['mean_last_fifth_1gpu']:.4f}"
                         if v["se_last_fifth_1gpu"] is not None:

@@ -8,7 +8,7 @@ states. It lets a run written by N processes continue on M (`--deepspeed` with a
 GPUs or another ZeRO stage, or the plain trainer on one device) and a plain run continue under
 DeepSpeed:
 
-    read_zero_checkpoint(folder)               DeepSpeed's shards of ZeRO-1, 2 or 3, any world size
+    read_zero_checkpoint(folder, rng_file)     DeepSpeed's shards of ZeRO-1, 2 or 3, any world size, bf16 or fp32
     read_plain_checkpoint(path, groups)        the plain trainer's checkpoint.pt
     load_into_optimizer(state, task, optimizer)    into the plain trainer
     load_into_engine(state, task, engine)          into a DeepSpeed engine, any world size and stage
@@ -263,9 +263,8 @@ def load_into_engine(state: FullState, task, engine) -> None:
     and AdamW state of `state`, through DeepSpeed's per-parameter API (`safe_set_full_*`: each rank
     keeps its own fragment of what it is given). Collective: every rank calls it."""
     import deepspeed
-    from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
-
     import torch.distributed as dist
+    from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
 
     names = [name for name, p in task.named_parameters() if p.requires_grad]
     check_covers(state, names)
