@@ -19,8 +19,8 @@ backward alone if the step does not fit. fla is optional: skipped with a message
 On the CPU fast runs eagerly (compile off) and fla is skipped.
 
 Reported per run: tokens/s (B*T over the median step time), MFU = 6 N tokens/s / the GPU's dense bf16
-peak (N: all parameters, as the issue's baseline counts them; `mfu_non_embedding` leaves the embedding
-out), peak memory since the run's start (max_memory_allocated and _reserved: weights, gradients and
+peak (bench/flops.py; N: all parameters, as the issue's baseline counts them; `mfu_non_embedding` leaves
+the embedding out), peak memory since the run's start (max_memory_allocated and _reserved: weights, gradients and
 optimizer state included), the first step's time (compilation, autotuning), or "does not fit". A
 batch a variant could not fit is not tried larger. For fast at the first batch: one step's CUDA time
 by part (torch.profiler), and the fp32 -> bf16 cast of every weight matrix (what autocast pays each
@@ -42,13 +42,12 @@ from eaglefinch.rwkv_core import RWKV, RWKVConfig
 from eaglefinch.rwkv_core.data import Batch
 from eaglefinch.rwkv_core.train import LocalProcess, NextTokenTask, TrainConfig, prepare, train_step
 from eaglefinch.rwkv_core.files import git_commit
+from flops import mfu, peak_bf16   # bench/flops.py, beside this script
 
 # the package is imported installed (`make install`), never from the repository root on sys.path: there
 # the folder `kernels` would shadow the `kernels` package that transformers (fla's models) imports
 REPO = Path(__file__).resolve().parents[1]
 
-# dense bf16 tensor-core peak (no sparsity), by device name; the first match counts
-PEAK_BF16 = [("H100 PCIe", 756e12), ("H100", 989.4e12), ("H200", 989.4e12), ("A100", 312e12)]
 VARIANTS = {  # name: (compile, chunked loss, fused AdamW, gradient checkpointing)
     "plain": (False, False, False, False),
     "fast": (True, True, True, False),
@@ -106,7 +105,7 @@ def throughput(row, B, T, times, n_params, n_non_embedding, peak):
     tokens_per_s = B * T / median
     row.update(status="ok", step_ms=median * 1e3, step_ms_all=[t * 1e3 for t in times], tokens_per_s=tokens_per_s)
     if peak:
-        row.update(mfu=6 * n_params * tokens_per_s / peak, mfu_non_embedding=6 * n_non_embedding * tokens_per_s / peak)
+        row.update(mfu=mfu(n_params, tokens_per_s, peak), mfu_non_embedding=mfu(n_non_embedding, tokens_per_s, peak))
     return row
 
 
@@ -309,8 +308,8 @@ def environment(args, device):
         env["triton"] = None
     if device.type == "cuda":
         env["device"] = torch.cuda.get_device_name()
-        env["peak_bf16_TFLOPs"] = args.peak_tflops or next(
-            (p / 1e12 for key, p in PEAK_BF16 if key in env["device"]), None)
+        peak = peak_bf16(env["device"])
+        env["peak_bf16_TFLOPs"] = args.peak_tflops or (peak / 1e12 if peak else None)
     else:
         env["device"] = f"cpu ({torch.get_num_threads()} threads)"
         env["peak_bf16_TFLOPs"] = None

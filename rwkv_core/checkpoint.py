@@ -53,18 +53,19 @@ def _require_file(path: Path) -> None:
         raise CheckpointError(f"{path}: the file is empty")
 
 
-def read_torch_file(path, map_location="cpu", allowed_classes=()):
+def read_torch_file(path, map_location="cpu", allowed_classes=(), mmap=False):
     """`torch.load(path, weights_only=True)`: tensors and plain containers only, so no code of the
     file's choosing runs. Every failure is one CheckpointError naming the file.
 
     `allowed_classes`: plain data classes the file may also hold (rebuilt from their fields, like a
-    dataclass; never functions or anything that runs code when unpickled)."""
+    dataclass; never functions or anything that runs code when unpickled). `mmap`: the tensors stay
+    in the file, mapped into memory, and are read when touched."""
     path = Path(path)
     _require_file(path)
     allowed = torch.serialization.safe_globals(list(allowed_classes)) if allowed_classes else contextlib.nullcontext()
     try:
         with allowed:
-            return torch.load(path, map_location=map_location, weights_only=True)
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except OSError as e:
         raise CheckpointError(f"{path}: cannot be read ({e.strerror or one_line(e)})") from None
     except Exception as e:  # anything else the loader raises is about the file's content

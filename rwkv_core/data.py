@@ -45,8 +45,9 @@ class DataError(ValueError):
 class Batch:
     """What the trainer feeds a task: input ids [B, T] and their next-token targets [B, T].
 
-    Domains subclass it with fields of their own (visual: images, their spans, a loss mask);
-    `to(device)` moves every tensor field and leaves the others as they are."""
+    Domains subclass it with fields of their own (visual: images, their spans, a loss mask); every
+    tensor or list field has the batch as its first dimension. `to(device)` moves every tensor
+    field and leaves the others as they are; `rows(a, b)` keeps samples a to b of every field."""
 
     inputs: torch.Tensor
     targets: torch.Tensor
@@ -56,9 +57,24 @@ class Batch:
         return self.inputs.numel()
 
     def to(self, device) -> "Batch":
-        moved = {f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)
+        """On `device`. To a GPU the CPU tensors go through pinned memory without blocking: the host
+        queues the copy and goes on, instead of waiting for the GPU's queue to drain."""
+        device = torch.device(device)
+        to_gpu = device.type == "cuda"
+
+        def move(t):
+            if to_gpu and t.device.type == "cpu":
+                return t.pin_memory().to(device, non_blocking=True)
+            return t.to(device)
+        moved = {f.name: move(getattr(self, f.name)) for f in dataclasses.fields(self)
                  if isinstance(getattr(self, f.name), torch.Tensor)}
         return dataclasses.replace(self, **moved)
+
+    def rows(self, start: int, stop: int) -> "Batch":
+        """Samples start .. stop - 1 (every tensor and list field cut along its first dimension)."""
+        cut = {f.name: getattr(self, f.name)[start:stop] for f in dataclasses.fields(self)
+               if isinstance(getattr(self, f.name), (torch.Tensor, list))}
+        return dataclasses.replace(self, **cut)
 
 
 def split_of(key: str, val_fraction: float) -> str:
@@ -284,20 +300,27 @@ class TokenStream:
         if len(self) < ctx_len + 1:
             raise DataError(f"{self.name} has {len(self)} tokens; ctx_len={ctx_len} needs at least {ctx_len + 1}")
 
-    def _batch(self, starts, ctx_len: int):
+    def batch_at(self, starts, ctx_len: int) -> Batch:
+        """The windows of ctx_len + 1 tokens at `starts`, as a Batch of [len(starts), ctx_len] int64 CPU tensors."""
         w = torch.from_numpy(np.stack([self.window(int(s), ctx_len + 1) for s in starts]))
         return Batch(w[:, :-1].contiguous(), w[:, 1:].contiguous())
 
-    def sample_batch(self, batch_size: int, ctx_len: int, generator: torch.Generator | None = None):
-        """Draw batch_size windows at uniformly random starts (a CPU torch.Generator makes it repeatable).
+    def sample_indices(self, batch_size: int, ctx_len: int, generator: torch.Generator | None = None) -> list[int]:
+        """batch_size uniformly random window starts (a CPU torch.Generator makes them repeatable)."""
+        self._check_ctx_len(batch_size, ctx_len)
+        # the last valid start is len - (ctx_len + 1)
+        return torch.randint(0, len(self) - ctx_len, (batch_size,), generator=generator).tolist()
+
+    def sample_batch(self, batch_size: int, ctx_len: int, generator: torch.Generator | None = None) -> Batch:
+        """Draw batch_size windows at uniformly random starts: `batch_at(sample_indices(...))`.
+
+        The two halves exist apart so that the processes of a data-parallel run can draw one global
+        batch's starts alike and each read only its own windows (`rwkv_core.train.rank_batch`).
 
         Returns:
             a Batch of [batch_size, ctx_len] int64 CPU tensors (inputs, targets).
         """
-        self._check_ctx_len(batch_size, ctx_len)
-        # the last valid start is len - (ctx_len + 1)
-        starts = torch.randint(0, len(self) - ctx_len, (batch_size,), generator=generator)
-        return self._batch(starts.tolist(), ctx_len)
+        return self.batch_at(self.sample_indices(batch_size, ctx_len, generator), ctx_len)
 
     def iter_batches(self, batch_size: int, ctx_len: int):
         """Yield Batches over non-overlapping windows in stream order, for validation and evaluation.
@@ -309,7 +332,7 @@ class TokenStream:
         n_windows = (len(self) - 1) // ctx_len
         for first in range(0, n_windows, batch_size):
             last = min(first + batch_size, n_windows)
-            yield self._batch([i * ctx_len for i in range(first, last)], ctx_len)
+            yield self.batch_at([i * ctx_len for i in range(first, last)], ctx_len)
 
 
 class TokenDataset(TokenStream):

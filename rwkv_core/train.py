@@ -13,7 +13,9 @@ A NaN or infinite loss stops training before it reaches the weights (`NonFiniteL
 The loop is the same on one device and under DeepSpeed; what differs (set-up, backward, step,
 saving and loading a checkpoint) sits behind a small seam, `LocalProcess` and `DeepSpeedProcess`.
 Under the `deepspeed` (or torchrun) launcher, `train(..., deepspeed_config=...)` runs data parallel
-with ZeRO stage 1/2/3 and bf16 (`configs/deepspeed/`).
+with ZeRO stage 1/2/3 and bf16 (`configs/deepspeed/`). The data order does not depend on the number
+of processes (`rank_batch`), and a run resumes on any number of processes, with or without DeepSpeed
+(`rwkv_core.full_state`).
 """
 import contextlib
 import dataclasses
@@ -21,6 +23,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -223,10 +226,13 @@ def plot_losses(run: Run):
 
 
 @torch.no_grad()
-def evaluate(task, val_data, cfg: TrainConfig, device, autocast) -> float:
+def evaluate(task, val_data, cfg: TrainConfig, device, autocast, world_size: int = 1) -> float:
+    """The mean loss of the first `cfg.val_batches` batches of the validation windows in order, each
+    of the global batch size (batch_size x world_size): the same windows whatever the number of
+    processes. Under DeepSpeed every rank reads every batch (a ZeRO-3 forward is a collective)."""
     task.eval()
     losses = []
-    for i, batch in enumerate(val_data.iter_batches(cfg.batch_size, cfg.ctx_len)):
+    for i, batch in enumerate(val_data.iter_batches(cfg.batch_size * world_size, cfg.ctx_len)):
         if i >= cfg.val_batches:
             break
         batch = batch.to(device)
@@ -261,18 +267,28 @@ def train_step(proc, task, forward, batch, segment_len=None) -> float:
     """One optimizer step on `batch`: the loss under the process's autocast (the windows read in
     segments of `segment_len` tokens when given: `NextTokenTask.backward_segments`), backward,
     clipping and the optimizer step. Returns the loss (the mean over ranks). A loss that is not
-    finite returns before the optimizer step, so the weights stay as they were (the caller stops)."""
+    finite returns before the optimizer step, so the weights stay as they were (the caller stops).
+
+    Its parts are named for profiles (`STEP_PARTS`; bench/train.py, bench/deepspeed_scaling.py)."""
+    record = torch.profiler.record_function
     if segment_len is None:
-        with proc.autocast:
+        with record("forward"), proc.autocast:
             loss = forward(batch)
-        proc.backward(loss)
+        with record("backward"):
+            proc.backward(loss)
     else:
-        loss = task.backward_segments(batch, segment_len, proc.autocast)
-    loss = proc.mean(loss)   # the step's one host sync, before the step: a bad loss never reaches the weights
+        with record("forward + backward in segments"):
+            loss = task.backward_segments(batch, segment_len, proc.autocast)
+    with record("loss to host"):   # the step's one host sync, before the step: a bad loss never reaches the weights
+        loss = proc.mean(loss)
     if math.isfinite(loss):
-        with torch.profiler.record_function("optimizer step"):   # named for profiles (bench/train.py)
+        with record("optimizer step"):
             proc.step()
     return loss
+
+
+# the names of a step's parts in a profile: the training loop's "batch" (drawing and moving it), then train_step's
+STEP_PARTS = ("batch", "forward", "backward", "forward + backward in segments", "loss to host", "optimizer step")
 
 
 def train(task, cfg: TrainConfig, train_data, out_dir, *, val_data=None, resume=False, extra=None,
@@ -307,7 +323,7 @@ def train(task, cfg: TrainConfig, train_data, out_dir, *, val_data=None, resume=
         remove_stale_temporaries(run.folder)
         remove_stale_temporaries(run.deepspeed)
     torch.manual_seed(cfg.seed)
-    data_rng = torch.Generator().manual_seed(rank_seed(cfg.seed, proc.rank))
+    data_rng = torch.Generator().manual_seed(cfg.seed)   # the same on every rank: see `rank_batch`
     forward, optimizer = prepare(task, cfg, proc)
     step = proc.load(run, data_rng) if resume else 0
     saved_step = step if resume else None   # the step of the run folder's checkpoint
@@ -321,15 +337,15 @@ def train(task, cfg: TrainConfig, train_data, out_dir, *, val_data=None, resume=
         lr = lr_at(step, cfg)
         for group in optimizer.param_groups:  # looked up each step: loading a checkpoint may replace the list
             group["lr"] = lr * group["lr_scale"]
-        batch = train_data.sample_batch(cfg.batch_size, cfg.ctx_len, data_rng).to(proc.device)
+        batch = next_batch(train_data, cfg, data_rng, proc)
         loss = train_step(proc, task, forward, batch, cfg.segment_len)
         if not math.isfinite(loss):
             bar.close()
             raise NonFiniteLoss(step + 1, loss, proc.checkpoint_path(run), saved_step)
         tokens_per_s = batch.num_tokens * proc.world_size / (time.perf_counter() - t0)
         step += 1
+        bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)   # drawn by update, at its rate
         bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_s:,.0f}")
         if proc.is_main and (step % cfg.log_every == 0 or step == 1 or step == cfg.max_steps):
             metrics.add({"step": step, "loss": loss, "lr": lr, "tokens_per_s": tokens_per_s})
         # the checkpoint comes before validation: a failing validation never costs the interval's work
@@ -339,8 +355,7 @@ def train(task, cfg: TrainConfig, train_data, out_dir, *, val_data=None, resume=
             if proc.is_main:
                 metrics.flush()
         if val_data is not None and (step % cfg.val_every == 0 or step == cfg.max_steps):
-            # every rank evaluates the same batches: under ZeRO-3 a forward pass is a collective
-            val_loss = evaluate(task, val_data, cfg, proc.device, proc.autocast)
+            val_loss = evaluate(task, val_data, cfg, proc.device, proc.autocast, proc.world_size)
             if proc.is_main:
                 metrics.add({"step": step, "val_loss": val_loss})
                 if progress:
@@ -353,11 +368,31 @@ def train(task, cfg: TrainConfig, train_data, out_dir, *, val_data=None, resume=
     return loss
 
 
-def rank_seed(seed: int, rank: int) -> int:
-    """Seed of rank `rank`'s data sampler: rank 0 draws exactly the single-process trainer's batches,
-    every other rank a stream of its own. A CPU generator keeps only the low 32 bits of its seed, so
-    the ranks are spread by an odd multiplier modulo 2**32 (distinct for every rank)."""
-    return (seed + rank * 0x9E3779B9) % 2**32
+def next_batch(data, cfg: TrainConfig, generator, proc):
+    """The step's batch of process `proc` (`rank_batch`), on its device (named "batch" in profiles)."""
+    with torch.profiler.record_function("batch"):
+        return rank_batch(data, cfg, generator, proc.rank, proc.world_size).to(proc.device)
+
+
+def rank_batch(data, cfg: TrainConfig, generator, rank: int = 0, world_size: int = 1):
+    """Process `rank`'s share of a step's global batch: the data order of every run.
+
+    A step's global batch is cfg.batch_size * world_size samples, drawn from `generator`, which every
+    rank seeds alike (cfg.seed) and advances alike; rank r trains on samples r * B .. (r + 1) * B - 1
+    of it (B = cfg.batch_size). So the samples of a step depend on the seed, the step and the global
+    batch size only, never on how many processes share them: one process with batch_size 8 trains on
+    exactly the windows of two with 4 each, and a run resumed on another number of processes with the
+    same global batch goes on with the very windows it would have had.
+
+    Data with `sample_indices(n, T, generator)` and `batch_at(indices, T)` (token streams) reads only
+    this rank's samples; data with only `sample_batch` draws the whole global batch and keeps its rows."""
+    B = cfg.batch_size
+    if world_size == 1:
+        return data.sample_batch(B, cfg.ctx_len, generator)
+    if hasattr(data, "sample_indices"):
+        indices = data.sample_indices(B * world_size, cfg.ctx_len, generator)
+        return data.batch_at(indices[rank * B:(rank + 1) * B], cfg.ctx_len)
+    return data.sample_batch(B * world_size, cfg.ctx_len, generator).rows(rank * B, (rank + 1) * B)
 
 
 def read_resume_state(path) -> dict:
@@ -412,16 +447,24 @@ class LocalProcess:
         return run.checkpoint
 
     def save(self, run: Run, task, step, data_rng, extra):
-        """The inference files first, then checkpoint.pt: the checkpoint is never newer than them."""
+        """The inference files first, then checkpoint.pt: the checkpoint is never newer than them.
+        A DeepSpeed checkpoint the run resumed from goes once this one is complete."""
         task.save_pretrained(run)
         state = {"task": task.state_dict(), "optimizer": self.optimizer.state_dict(), "step": step,
                  "data_rng": data_rng.get_state(), "torch_rng": torch.get_rng_state(), **extra}
         with atomic_path(run.checkpoint) as tmp:
             torch.save(state, tmp)
+        shutil.rmtree(run.deepspeed, ignore_errors=True)
 
     def load(self, run: Run, data_rng) -> int:
-        if not run.checkpoint.exists():
-            raise FileNotFoundError(f"cannot resume: {run.checkpoint} does not exist")
+        """Restore from checkpoint.pt, or from the DeepSpeed checkpoint of a run on any number of
+        processes (`full_state`)."""
+        source = resume_checkpoint(run)
+        if source != run.checkpoint:
+            from .full_state import load_into_optimizer, read_zero_checkpoint
+            state = read_zero_checkpoint(source, source / "rng_rank0.pt")
+            load_into_optimizer(state, self.task, self.optimizer)
+            return continue_from(state, data_rng, self.cfg.batch_size, self.is_main)
         state = read_resume_state(run.checkpoint)
         with restoring_from(run.checkpoint):
             self.task.load_state_dict(state["task"])
@@ -429,6 +472,32 @@ class LocalProcess:
             data_rng.set_state(state["data_rng"])
             torch.set_rng_state(state["torch_rng"])
             return int(state["step"])
+
+
+def resume_checkpoint(run: Run) -> Path:
+    """The checkpoint --resume continues: the plain trainer's checkpoint.pt, or the tag folder that
+    deepspeed/latest names. Each kind of process removes the other kind once its own checkpoint is
+    complete, so both are there only if a run stopped in between: then the newer one is taken."""
+    latest = run.deepspeed / "latest"
+    found = [path for path in (run.checkpoint, latest) if path.is_file()]
+    if not found:
+        raise FileNotFoundError(f"cannot resume: {run.folder} has no checkpoint "
+                                f"(neither {run.checkpoint.name} nor {run.deepspeed.name}/latest)")
+    newest = max(found, key=lambda path: path.stat().st_mtime_ns)
+    return run.checkpoint if newest == run.checkpoint else latest_deepspeed_checkpoint(run)
+
+
+def continue_from(state, data_rng, global_batch: int, is_main: bool) -> int:
+    """Take the RNG states of a `full_state.FullState` the process has loaded; returns its step.
+    The data order goes on from the saved generator: with the same global batch, on the windows the
+    run would have had; with another, on others (said once, on stderr)."""
+    with restoring_from(state.source):
+        data_rng.set_state(state.data_rng)
+        torch.set_rng_state(state.torch_rng)
+    if is_main and state.global_batch != global_batch:
+        print(f"note: {state.source} was written with a global batch of {state.global_batch} windows and this run "
+              f"has {global_batch}: its steps draw other windows than the run would have had", file=sys.stderr)
+    return state.step
 
 
 def complete_deepspeed_config(ds_config, cfg: TrainConfig, world_size: int, on_gpu: bool) -> dict:
@@ -465,9 +534,9 @@ class DeepSpeedProcess:
     """One rank of a DeepSpeed run (one process per GPU, or CPU processes over gloo): data parallel,
     the ZeRO stage and bf16 from the DeepSpeed config (see `complete_deepspeed_config`).
 
-    Each rank draws `cfg.batch_size` windows a step from its own sampler (`rank_seed`); the logged
-    loss is the mean over ranks, tokens/s counts all ranks. `resume` needs the same number of
-    processes as the run it continues."""
+    Each rank trains on its share of the step's global batch (`rank_batch`); the logged loss is the
+    mean over ranks, tokens/s counts all ranks. `resume` continues a checkpoint of any number of
+    processes and ZeRO stage, or a plain trainer's (`load`)."""
 
     def __init__(self, ds_config, cfg: TrainConfig):
         import deepspeed
@@ -485,7 +554,9 @@ class DeepSpeedProcess:
             torch.cuda.set_device(self.device)
         else:
             self.device = torch.device("cpu")
+        self.cfg = cfg
         self.ds_config = complete_deepspeed_config(ds_config, cfg, self.world_size, self.device.type == "cuda")
+        self.zero_stage = int(self.ds_config.get("zero_optimization", {}).get("stage", 0))
         self.autocast = contextlib.nullcontext()  # bf16 mode casts the weights themselves
         self.fused_optimizer = False   # ZeRO steps the optimizer on its own flat copies
         self.extra = {"deepspeed_config": self.ds_config}
@@ -498,6 +569,8 @@ class DeepSpeedProcess:
             deepspeed.zero.register_external_parameter(task, task.model.head.weight)
         # DeepSpeed broadcasts rank 0's weights, so every rank starts from the same model; ZeRO then
         # steps our AdamW on its own flat fp32 copies, group by group (each keeps its lr_scale)
+        from .full_state import group_names
+        self.task, self.group_names = task, group_names(task, optimizer)
         self.engine, *_ = deepspeed.initialize(model=task, optimizer=optimizer, config=self.ds_config)
         self.engine.checkpoint_engine = weights_only_checkpoint_engine(self.engine)
         return self.engine
@@ -540,15 +613,24 @@ class DeepSpeedProcess:
             for old in run.deepspeed.iterdir():  # only the newest checkpoint is kept, as in the plain trainer
                 if old.is_dir() and old.name != tag:
                     shutil.rmtree(old)
+            run.checkpoint.unlink(missing_ok=True)   # a plain trainer's, which the run resumed from
 
     def load(self, run: Run, data_rng) -> int:
-        """Restore weights, optimizer, step and this rank's RNG states from the tag `latest` names."""
-        folder = latest_deepspeed_checkpoint(run)
+        """Restore weights, optimizer, step and RNG states. A checkpoint of this number of processes
+        and ZeRO stage goes through DeepSpeed's own loading (exact); one of another number or stage,
+        or the plain trainer's checkpoint.pt, through `full_state` (every rank reads all the shards,
+        one tensor at a time, and keeps its part)."""
+        from .full_state import load_into_engine, read_plain_checkpoint, read_zero_checkpoint, zero_layout
+
+        folder = resume_checkpoint(run)
+        if folder == run.checkpoint or zero_layout(folder) != (self.world_size, self.zero_stage):
+            if folder == run.checkpoint:
+                state = read_plain_checkpoint(folder, self.group_names)
+            else:
+                state = read_zero_checkpoint(folder, folder / "rng_rank0.pt")
+            load_into_engine(state, self.task, self.engine)
+            return continue_from(state, data_rng, self.cfg.batch_size * self.world_size, self.is_main)
         tag = folder.name
-        saved_ranks = len(list(folder.glob("rng_rank*.pt")))
-        if saved_ranks != self.world_size:  # each rank needs its own sampler state
-            raise ValueError(f"cannot resume: {folder} was written by {saved_ranks} processes, "
-                             f"this run has {self.world_size}; launch the same number")
         with restoring_from(folder):  # DeepSpeed reads its shards through `weights_only_checkpoint_engine`
             _, client_state = self.engine.load_checkpoint(run.deepspeed, tag=tag)
             step = int(client_state["step"])
@@ -579,14 +661,13 @@ def weights_only_checkpoint_engine(engine):
     of its own (the loss scalers, the ZeRO stage, ZeRO-1/2's fragment addresses), which are allowed
     by name; anything else is refused with one line naming the file."""
     from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
-    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
-    from deepspeed.runtime.zero.config import ZeroStageEnum
-    from deepspeed.utils.tensor_fragment import fragment_address
+
+    from .full_state import deepspeed_data_classes
 
     if type(engine.checkpoint_engine) is not TorchCheckpointEngine:
         raise ValueError("DeepSpeed config: remove the checkpoint writer settings (\"checkpoint\": {\"writer\": ...}, "
                          "datastates); the trainer saves with DeepSpeed's torch engine and loads weights-only")
-    data_classes = (LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address)
+    data_classes = deepspeed_data_classes()
 
     class WeightsOnlyCheckpointEngine(TorchCheckpointEngine):
         def load(self, path, map_location=None):

@@ -80,6 +80,12 @@ class MappedTokens:
     def _map(self, batch: Batch) -> Batch:
         return Batch(self.table[batch.inputs], self.table[batch.targets])
 
+    def sample_indices(self, batch_size, ctx_len, generator=None):
+        return self.stream.sample_indices(batch_size, ctx_len, generator)
+
+    def batch_at(self, starts, ctx_len):
+        return self._map(self.stream.batch_at(starts, ctx_len))
+
     def sample_batch(self, batch_size, ctx_len, generator=None):
         return self._map(self.stream.sample_batch(batch_size, ctx_len, generator))
 
