@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from eaglefinch.kernels import to_device
+
 from .files import remove_stale_temporaries, temporary_beside
 
 SEPARATOR = 0
@@ -59,14 +61,7 @@ class Batch:
     def to(self, device) -> "Batch":
         """On `device`. To a GPU the CPU tensors go through pinned memory without blocking: the host
         queues the copy and goes on, instead of waiting for the GPU's queue to drain."""
-        device = torch.device(device)
-        to_gpu = device.type == "cuda"
-
-        def move(t):
-            if to_gpu and t.device.type == "cpu":
-                return t.pin_memory().to(device, non_blocking=True)
-            return t.to(device)
-        moved = {f.name: move(getattr(self, f.name)) for f in dataclasses.fields(self)
+        moved = {f.name: to_device(getattr(self, f.name), device) for f in dataclasses.fields(self)
                  if isinstance(getattr(self, f.name), torch.Tensor)}
         return dataclasses.replace(self, **moved)
 
