@@ -66,7 +66,8 @@ class VisualBatches:
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def batch(self, indices, ctx_len: int):
+    def batch_at(self, indices, ctx_len: int):
+        """The samples at `indices`, collated (padded to the longest, cut at ctx_len)."""
         samples = []
         for i in indices:
             pixels, layout = self.dataset[i]
@@ -75,12 +76,17 @@ class VisualBatches:
             samples.append((pixels, layout))
         return collate_visual(samples).truncated(ctx_len)
 
+    def sample_indices(self, batch_size: int, ctx_len: int, generator=None) -> list[int]:
+        """batch_size random sample indices; a process of several reads only its share of them
+        (`train.rank_batch`), not every rank's images."""
+        return torch.randint(len(self), (batch_size,), generator=generator).tolist()
+
     def sample_batch(self, batch_size: int, ctx_len: int, generator=None):
-        return self.batch(torch.randint(len(self), (batch_size,), generator=generator).tolist(), ctx_len)
+        return self.batch_at(self.sample_indices(batch_size, ctx_len, generator), ctx_len)
 
     def iter_batches(self, batch_size: int, ctx_len: int):
         for start in range(0, len(self), batch_size):
-            yield self.batch(range(start, min(start + batch_size, len(self))), ctx_len)
+            yield self.batch_at(range(start, min(start + batch_size, len(self))), ctx_len)
 
 
 def vocabulary_of(records: Sequence[VisualRecord], world: WorldTokenizer, n_image_tokens: int,

@@ -10,7 +10,7 @@ import torch
 
 from eaglefinch.cli import main as cli
 from eaglefinch.rwkv_core import RWKV, RWKVConfig, save_model
-from eaglefinch.rwkv_core.train import TrainConfig, param_groups, train
+from eaglefinch.rwkv_core.train import TrainConfig, param_groups, rank_batch, train
 from eaglefinch.text.subset import SubsetTokenizer
 from eaglefinch.text.tokenizer import WorldTokenizer
 from eaglefinch.visual.caption import answer, answer_ids, caption_files, prompt_ids
@@ -135,11 +135,32 @@ def test_frozen_parts_receive_no_gradient_and_the_trainer_updates_the_projector(
     assert any(k.startswith("vlm.model.") for k in changed) == (stage == 2)
 
 
+def test_each_rank_reads_only_its_share_of_the_global_batch(shapes, monkeypatch):
+    """Two processes' batches are the samples of one process's batch, in rank order, and each reads
+    only its own images (`train.rank_batch` through `sample_indices` / `batch_at`)."""
+    records = read_records(shapes / "train.jsonl")
+    vlm, tokenizer = random_vlm(records, n_layer=1)
+    data = VisualBatches(VisualDataset(records, vlm.encoder.preprocess, tokenizer.encode, vlm.n_image_tokens))
+    cfg = TrainConfig(batch_size=3, ctx_len=64)
+    whole = rank_batch(data, TrainConfig(batch_size=6, ctx_len=64), torch.Generator().manual_seed(3))
+    parts = [rank_batch(data, cfg, torch.Generator().manual_seed(3), rank, 2) for rank in (0, 1)]
+    assert torch.equal(torch.cat([p.pixels for p in parts]), whole.pixels)
+    assert [s for p in parts for s in p.image_spans] == list(whole.image_spans)
+    for b, (part, row) in enumerate([(p, r) for p in parts for r in range(3)]):
+        n = int(part.loss_mask[row].ne(0).nonzero().max()) + 1   # up to the last supervised token
+        assert torch.equal(part.inputs[row, :n], whole.inputs[b, :n])
+        assert torch.equal(part.loss_mask[row], whole.loss_mask[b, :part.loss_mask.shape[1]])
+    reads, read = [], type(data.dataset).__getitem__
+    monkeypatch.setattr(type(data.dataset), "__getitem__", lambda self, i: reads.append(i) or read(self, i))
+    rank_batch(data, cfg, torch.Generator().manual_seed(3), 1, 2)
+    assert len(reads) == 3                       # its own three samples' images, not all six
+
+
 def test_batches_supervise_only_answers_and_carry_each_image_span(shapes):
     records = read_records(shapes / "train_qa.jsonl")
     vlm, tokenizer = random_vlm(records, n_layer=2)
     data = VisualBatches(VisualDataset(records, vlm.encoder.preprocess, tokenizer.encode, vlm.n_image_tokens))
-    batch = data.batch([0, 1], ctx_len=200)
+    batch = data.batch_at([0, 1], ctx_len=200)
     inputs, targets, mask, pixels, spans = batch.inputs, batch.targets, batch.loss_mask, batch.pixels, batch.image_spans
     assert pixels.shape == (2, 3, 64, 64) and inputs.shape == targets.shape == mask.shape
     for b in range(2):
@@ -149,7 +170,7 @@ def test_batches_supervise_only_answers_and_carry_each_image_span(shapes):
         supervised = tokenizer.decode(targets[b][mask[b] > 0].tolist())
         assert supervised == "".join(f" {a}\n\n" for a in answers)
     with pytest.raises(Exception, match="beyond ctx_len"):
-        data.batch([0], ctx_len=10)
+        data.batch_at([0], ctx_len=10)
 
 
 def write_config(tmp_path, **visual):
