@@ -48,7 +48,6 @@ run cut short keeps what it measured.
 """
 import argparse
 import datetime
-import gc
 import json
 import statistics
 import sys
@@ -70,6 +69,7 @@ from eaglefinch.visual.encoder import DEFAULT_MODEL, VisionEncoder, register_mod
 from eaglefinch.visual.model import VisualConfig, VisualRWKV, pixel_digest
 from eaglefinch.visual.prompt import encode_conversation
 from eaglefinch.visual.train import VisualTask
+from gpu_memory import failure_status, free_memory, peak_gb   # bench/gpu_memory.py, beside this script
 
 CAPTION = ("A small red boat is tied to a wooden pier on a calm lake, with pine trees and a grey mountain "
            "behind it under a cloudy sky.")   # 31 World tokens with its leading space and "\n\n"
@@ -82,26 +82,6 @@ def log(*args):
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
-
-
-def is_oom(exc) -> bool:
-    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
-
-
-def reset_memory(device):
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-
-
-def peak_gb(device):
-    """Peak memory since the last reset_memory, and what was already allocated then (weights)."""
-    if device.type != "cuda":
-        return {}
-    return {"peak_allocated_GB": torch.cuda.max_memory_allocated() / 1e9,
-            "peak_reserved_GB": torch.cuda.max_memory_reserved() / 1e9}
 
 
 def allocated_gb(device):
@@ -182,7 +162,7 @@ def caption_row(vlm, tokenizer, tower, B, args, device):
     prompt_tokens = len(prompt_ids(vlm, tokenizer).ids)
     row = {"tower": tower, "image_tokens": vlm.n_image_tokens, "prompt_tokens": prompt_tokens, "batch": B,
            "max_new_tokens": args.max_new}
-    reset_memory(device)
+    free_memory(device)
     row.update(allocated_gb(device))
     try:
         caption_round(vlm, tokenizer, random_pixels(vlm, B, seed=10_000 + B), args.max_new, device)  # warm-up
@@ -199,7 +179,7 @@ def caption_row(vlm, tokenizer, tower, B, args, device):
             vlm.encoder(on_device)
             row["tower_ms_per_image"] = clock.lap() / B * 1e3   # the tower alone: no hash, copy or projector
     except Exception as exc:  # noqa: BLE001  a batch that fails is reported, the others still run
-        row["status"] = "does not fit" if is_oom(exc) else f"error: {type(exc).__name__}: {str(exc)[:400]}"
+        row["status"] = failure_status(exc)
         return {**row, **peak_gb(device)}
     encode, prefill, first, later = (statistics.median(part) for part in zip(*rounds))
     total = [sum(r) for r in rounds]
@@ -245,7 +225,7 @@ def train_row(vlm, tokenizer, stage, B, args, device):
     batch = caption_batch(vlm, tokenizer, B)
     T = batch.inputs.shape[1]
     row = {"stage": stage, "batch": B, "ctx": T, "checkpointing": cfg.grad_checkpointing, "compile": cfg.compile}
-    reset_memory(device)
+    free_memory(device)
     row.update(allocated_gb(device))
     task, optimizer = VisualTask(vlm), None
     try:
@@ -269,7 +249,7 @@ def train_row(vlm, tokenizer, stage, B, args, device):
                    step_ms_all=[t * 1e3 for t in times], first_step_s=times[0], encoder_ms=encoder_s * 1e3,
                    losses=losses)
     except Exception as exc:  # noqa: BLE001
-        row["status"] = "does not fit" if is_oom(exc) else f"error: {type(exc).__name__}: {str(exc)[:400]}"
+        row["status"] = failure_status(exc)
     row.update(peak_gb(device))
     del optimizer
     task.zero_grad(set_to_none=True)
@@ -364,7 +344,7 @@ def main():
                 log(train_line(row))
                 save()
         del vlm
-        reset_memory(device)
+        free_memory(device)
 
     clock = Clock(device)
     model = build_backbone(args, device, dtype).eval()

@@ -43,7 +43,6 @@ import argparse
 import collections
 import dataclasses
 import datetime
-import gc
 import gzip
 import json
 import math
@@ -63,6 +62,7 @@ from pathlib import Path
 import torch
 
 from flops import mfu, peak_bf16   # bench/flops.py, beside this script
+from gpu_memory import failure_status, free_memory   # bench/gpu_memory.py
 
 SCRIPT = Path(__file__).resolve()
 ROOT = SCRIPT.parents[1]
@@ -197,14 +197,6 @@ def overhead_variant(name: str, variant: str, setting: Setting, device, out: Pat
     if hasattr(proc, "engine"):
         proc.engine.destroy()
     return row   # its model and optimizer go with this frame; the caller frees the memory
-
-
-def free_memory():
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
 
 
 def count_syncs(step, steps: int) -> dict:
@@ -356,8 +348,7 @@ def scaling_worker(args):
         try:
             row = scaling_stage(setting, stage, cfg, device, n_params)
         except Exception as exc:  # noqa: BLE001  reported; the other stages still run
-            row = {"status": "does not fit" if "out of memory" in str(exc).lower() else
-                   f"error: {type(exc).__name__}: {str(exc)[:400]}"}
+            row = {"status": failure_status(exc)}
         row.update(zero=stage, leftover_GB=leftover, stage_s=time.perf_counter() - t0)
         result["stages"].append(row)
         if rank == 0:

@@ -29,7 +29,6 @@ forward). The JSON is rewritten after every run, so a run cut short keeps what i
 import argparse
 import dataclasses
 import datetime
-import gc
 import json
 import statistics
 import sys
@@ -43,6 +42,7 @@ from eaglefinch.rwkv_core.data import Batch
 from eaglefinch.rwkv_core.train import LocalProcess, NextTokenTask, TrainConfig, prepare, train_step
 from eaglefinch.rwkv_core.files import git_commit
 from flops import mfu, peak_bf16   # bench/flops.py, beside this script
+from gpu_memory import failure_status, free_memory, peak_gb   # bench/gpu_memory.py
 
 # the package is imported installed (`make install`), never from the repository root on sys.path: there
 # the folder `kernels` would shadow the `kernels` package that transformers (fla's models) imports
@@ -58,25 +58,6 @@ PARTS = ("WKV", "matmuls", "head + loss", "optimizer (clip + AdamW)", "elementwi
 
 def log(*args):
     print(*args, flush=True)
-
-
-def is_oom(exc) -> bool:
-    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
-
-
-def free_memory():
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-
-
-def peak_gb():
-    if not torch.cuda.is_available():
-        return {}
-    return {"peak_allocated_GB": torch.cuda.max_memory_allocated() / 1e9,
-            "peak_reserved_GB": torch.cuda.max_memory_reserved() / 1e9}
 
 
 def random_batch(B, T, vocab, device, seed=0):
@@ -158,7 +139,7 @@ class Ours:
             row["first_step_s"], times, row["losses"] = timed_steps(step, warmup, timed, device)
             throughput(row, B, T, times, self.n_params, self.n_non_embedding, peak)
         except Exception as exc:  # noqa: BLE001  a failing variant is reported, the others still run
-            row["status"] = "does not fit" if is_oom(exc) else f"error: {type(exc).__name__}: {str(exc)[:400]}"
+            row["status"] = failure_status(exc)
         row.update(peak_gb())
         del optimizer
         self.model.zero_grad(set_to_none=True)
@@ -276,7 +257,7 @@ def fla_run(model, B, T, args, peak, with_optimizer):
         row["first_step_s"], times, row["losses"] = timed_steps(step, args.warmup, args.steps, torch.device("cuda"))
         throughput(row, B, T, times, n_params, n_non_embedding, peak)
     except Exception as exc:  # noqa: BLE001
-        row["status"] = "does not fit" if is_oom(exc) else f"error: {type(exc).__name__}: {str(exc)[:400]}"
+        row["status"] = failure_status(exc)
     row.update(peak_gb())
     optimizer = None   # its state goes before the next run
     model.zero_grad(set_to_none=True)
