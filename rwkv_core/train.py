@@ -226,19 +226,25 @@ def plot_losses(run: Run):
 
 
 @torch.no_grad()
-def evaluate(task, val_data, cfg: TrainConfig, device, autocast, world_size: int = 1) -> float:
+def evaluate(task, val_data, cfg: TrainConfig, proc) -> float:
     """The mean loss of the first `cfg.val_batches` batches of the validation windows in order, each
     of the global batch size (batch_size x world_size): the same windows whatever the number of
-    processes. Under DeepSpeed every rank reads every batch (a ZeRO-3 forward is a collective)."""
+    processes. Process `proc` scores its rows of each batch, as `rank_batch` splits a training batch,
+    and `proc.mean` averages the ranks' equal shares; a smaller last batch every rank scores whole
+    (every rank runs every forward: under ZeRO-3 a forward is a collective)."""
     task.eval()
+    B, W = cfg.batch_size, proc.world_size
     losses = []
-    for i, batch in enumerate(val_data.iter_batches(cfg.batch_size * world_size, cfg.ctx_len)):
+    for i, batch in enumerate(val_data.iter_batches(B * W, cfg.ctx_len)):
         if i >= cfg.val_batches:
             break
-        batch = batch.to(device)
-        with autocast:  # in segments, as training reads them: memory grows with the segment there too
+        shared = W > 1 and len(batch.inputs) == B * W
+        if shared:
+            batch = batch.rows(proc.rank * B, (proc.rank + 1) * B)
+        batch = batch.to(proc.device)
+        with proc.autocast:  # in segments, as training reads them: memory grows with the segment there too
             loss = task(batch) if cfg.segment_len is None else task.loss_in_segments(batch, cfg.segment_len)
-        losses.append(loss.item())
+        losses.append(proc.mean(loss) if shared else loss.item())
     task.train()
     return sum(losses) / len(losses)
 
@@ -355,7 +361,7 @@ def train(task, cfg: TrainConfig, train_data, out_dir, *, val_data=None, resume=
             if proc.is_main:
                 metrics.flush()
         if val_data is not None and (step % cfg.val_every == 0 or step == cfg.max_steps):
-            val_loss = evaluate(task, val_data, cfg, proc.device, proc.autocast, proc.world_size)
+            val_loss = evaluate(task, val_data, cfg, proc)
             if proc.is_main:
                 metrics.add({"step": step, "val_loss": val_loss})
                 if progress:
