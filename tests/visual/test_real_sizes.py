@@ -14,7 +14,7 @@ from eaglefinch.rwkv_core.scheduler import LRUCache
 from eaglefinch.text.tokenizer import WorldTokenizer
 from eaglefinch.visual.caption import answer_ids, prompt_ids, stop_ids_of
 from eaglefinch.visual.encoder import VisionEncoder
-from eaglefinch.visual.model import VisualConfig, VisualRWKV
+from eaglefinch.visual.model import VisualConfig, VisualRWKV, pixel_digest, pixel_digests
 from eaglefinch.visual.shapes import make_splits, render
 
 NARROW_L14_336 = "Test-ViT-L-14-336-Narrow"   # ViT-L-14-336's image and patch size, 64 wide, 2 blocks
@@ -144,3 +144,12 @@ def test_a_bf16_tower_takes_the_fp32_preprocessing_output():
         ours = vlm.cached_image_embeds(pixels)   # a new key: the fp32 tokens are not reused
     assert ours.dtype == torch.bfloat16 and vlm.features.misses == 2
     torch.testing.assert_close(ours.float(), want, rtol=0.05, atol=0.05 * want.abs().max().item())
+
+
+def test_a_batch_hashes_as_its_images_one_by_one():
+    pixels = torch.randn(5, 3, 16, 16)
+    pixels[3] = pixels[1]
+    keys = pixel_digests(pixels, torch.float32)
+    assert keys == [pixel_digest(image, torch.float32) for image in pixels]
+    assert keys[3] == keys[1] and len(set(keys)) == 4
+    assert pixel_digests(pixels[:1], torch.bfloat16) != keys[:1]   # the tower's dtype is part of the key
