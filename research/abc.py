@@ -65,7 +65,8 @@ def run(args, out):
                                           eval_tokens=setting["eval_tokens"], archs=(arch,), progress=False,
                                           device=args.device)
                         return {**r[arch], "steps": r["steps"]}
-                    r = resumable(args, out, f"{arch}-seed{seed}", one_run)
+                    # keyed by the shipped config too: the setting only names it
+                    r = resumable(args, out, f"{arch}-seed{seed}", one_run, [setting, config.to_dict()])
                     steps = r["steps"]
                     per_arch[arch]["params"] = r["params"]
                     per_arch[arch]["bits_per_byte"].append(r["bits_per_byte"])

@@ -68,7 +68,7 @@ def run(args, out):
                 def one_run():
                     model, record = train_model(build(name, setting), setting, seed, data, args.device, args.steps)
                     return {**record, "heldout_loss": heldout_loss(model, setting, data)}
-                records[name].append(resumable(args, out, f"{name}-seed{seed}", one_run))
+                records[name].append(resumable(args, out, f"{name}-seed{seed}", one_run, setting))
                 bar.update(1)
 
     heldout = {name: [r["heldout_loss"] for r in rs] for name, rs in records.items()}

@@ -89,7 +89,7 @@ def run(args, out):
                             # per span: the mean loss of its bytes, read long and read short
                             "long": [long[:, a:b].double().mean().item() for a, b in table_spans],
                             "short": [short[:, a:b].double().mean().item() for a, b in table_spans]}
-                record = resumable(args, out, f"{arch}-seed{seed}", one_run)
+                record = resumable(args, out, f"{arch}-seed{seed}", one_run, setting)
                 r = results["models"][arch]
                 r["params"] = record["params"]
                 r["curves"].append(record["curve"])

@@ -59,7 +59,7 @@ def run(args, out):
                     model, record = train_model(lambda: build_variant(variant, cfg), setting, seed, data, args.device,
                                                 args.steps)
                     return {**record, "heldout_loss": heldout_loss(model, setting, data)}
-                record = resumable(args, out, f"{name}-seed{seed}", one_run)
+                record = resumable(args, out, f"{name}-seed{seed}", one_run, setting)
                 heldout[name].append(record["heldout_loss"])
                 params[name] = record["params"]
                 seconds[name].append(record["seconds"])

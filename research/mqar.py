@@ -192,7 +192,7 @@ def run(args, out: Path):
         for arch, C, T, seed in runs:
             before = bar.n
             r = resumable(args, out, f"{arch}-C{C}-T{T}-seed{seed}",
-                          lambda: train_recall(arch, C, T, pairs[T], seed, settings, device, bar))
+                          lambda: train_recall(arch, C, T, pairs[T], seed, settings, device, bar), settings)
             bar.update(settings.steps - (bar.n - before))   # a run read back from its file counts its steps too
             results.append({"arch": arch, "width": C, "seq_len": T, "num_pairs": pairs[T], "seed": seed, **r})
 

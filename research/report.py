@@ -1,5 +1,6 @@
 """What every experiment writes: results.json (the numbers, the settings, where and when they ran),
 results.md (a Markdown table a reader can paste) and plots, all into the experiment's --out folder."""
+import dataclasses
 import datetime
 import json
 import math
@@ -36,13 +37,15 @@ def run_options(args) -> dict:
     return json.loads(json.dumps({k: v for k, v in vars(args).items() if k not in skip}, default=str))
 
 
-def resumable(args, out: Path, name: str, compute) -> dict:
+def resumable(args, out: Path, name: str, compute, setting) -> dict:
     """One run's record (a JSON-able dict): `compute()`, written to out/runs/<name>.json as soon as it
     is done, or read back from there when an earlier start of the experiment with the same options
-    wrote it. An experiment stopped midway (a time limit, Ctrl-C) and started again computes only the
-    runs it lacks; a record made under other options is computed again."""
+    and the same `setting` (the scale's settings as the run uses them: a dict or a dataclass) wrote
+    it. An experiment stopped midway (a time limit, Ctrl-C) and started again computes only the runs
+    it lacks; a record made under other options, or before the scale's settings were edited, is
+    computed again."""
     path = out / "runs" / f"{name}.json"
-    options = run_options(args)
+    options = {**run_options(args), "setting": plain(setting)}
     if path.exists():
         saved = json.loads(path.read_text())
         if saved.get("options") == options:
@@ -51,6 +54,13 @@ def resumable(args, out: Path, name: str, compute) -> dict:
     path.parent.mkdir(exist_ok=True)
     write_json_atomic(path, {"options": options, "record": record})
     return record
+
+
+def plain(value):
+    """`value` as it reads back from JSON (dataclasses as dicts, tuples as lists, the rest as str)."""
+    def default(v):
+        return dataclasses.asdict(v) if dataclasses.is_dataclass(v) else str(v)
+    return json.loads(json.dumps(value, default=default))
 
 
 INTERNAL_OPTIONS = {"func", "experiment_module", "started", "domain", "debug", "experiment"}

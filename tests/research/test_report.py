@@ -1,5 +1,6 @@
 """The statistics the experiments judge claims by (research/report.py), against hand-computed values."""
 import argparse
+import dataclasses
 import json
 import math
 
@@ -42,18 +43,28 @@ def test_markdown_table():
         "| a | b |\n|---|---|\n| 1 | 0.1235 |\n| x | nan |\n"
 
 
-def test_a_run_is_computed_once_per_options_and_read_back_after(tmp_path):
+def test_a_run_is_computed_once_per_options_and_setting_and_read_back_after(tmp_path):
     calls = []
 
     def compute():
         calls.append(1)
         return {"loss": 1.5, "curve": (1, 2), "nan": float("nan")}
 
+    @dataclasses.dataclass
+    class Setting:
+        widths: tuple = (64, 128)
+
     args = argparse.Namespace(experiment="ablation", scale="tiny", steps=2, seeds=3, out=tmp_path, started={})
-    first = resumable(args, tmp_path, "finch-seed0", compute)
-    again = resumable(argparse.Namespace(**{**vars(args), "seeds": 5, "out": tmp_path / "x"}), tmp_path, "finch-seed0", compute)
+    first = resumable(args, tmp_path, "finch-seed0", compute, Setting())
+    again = resumable(argparse.Namespace(**{**vars(args), "seeds": 5, "out": tmp_path / "x"}), tmp_path, "finch-seed0",
+                      compute, Setting())
     assert len(calls) == 1 and first["curve"] == again["curve"] == [1, 2] and math.isnan(again["nan"])
     # other options that change what a run computes: computed again, and the file now holds the new record
-    resumable(argparse.Namespace(**{**vars(args), "steps": 3}), tmp_path, "finch-seed0", compute)
+    resumable(argparse.Namespace(**{**vars(args), "steps": 3}), tmp_path, "finch-seed0", compute, Setting())
     assert len(calls) == 2
     assert json.loads((tmp_path / "runs" / "finch-seed0.json").read_text())["options"]["steps"] == 3
+    # the scale's settings edited (the same options): computed again too
+    args.steps = 3
+    resumable(args, tmp_path, "finch-seed0", compute, Setting(widths=(64,)))
+    resumable(args, tmp_path, "finch-seed0", compute, Setting(widths=(64,)))
+    assert len(calls) == 3
