@@ -317,17 +317,23 @@ class TokenStream:
         """
         return self.batch_at(self.sample_indices(batch_size, ctx_len, generator), ctx_len)
 
+    def iter_indices(self, batch_size: int, ctx_len: int):
+        """Yield the window starts of `iter_batches`' batches, a list per batch (for a process of
+        several to read only its share of each with `batch_at`)."""
+        self._check_ctx_len(batch_size, ctx_len)
+        n_windows = (len(self) - 1) // ctx_len
+        for first in range(0, n_windows, batch_size):
+            last = min(first + batch_size, n_windows)
+            yield [i * ctx_len for i in range(first, last)]
+
     def iter_batches(self, batch_size: int, ctx_len: int):
         """Yield Batches over non-overlapping windows in stream order, for validation and evaluation.
 
         Window i starts at i * ctx_len, so every target token is scored exactly once; the last
         (len - 1) % ctx_len targets, too few for a window, are left out. The last batch may be smaller.
         """
-        self._check_ctx_len(batch_size, ctx_len)
-        n_windows = (len(self) - 1) // ctx_len
-        for first in range(0, n_windows, batch_size):
-            last = min(first + batch_size, n_windows)
-            yield self.batch_at([i * ctx_len for i in range(first, last)], ctx_len)
+        for starts in self.iter_indices(batch_size, ctx_len):
+            yield self.batch_at(starts, ctx_len)
 
 
 class TokenDataset(TokenStream):

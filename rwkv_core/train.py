@@ -229,19 +229,20 @@ def plot_losses(run: Run):
 def evaluate(task, val_data, cfg: TrainConfig, proc) -> float:
     """The mean loss of the first `cfg.val_batches` batches of the validation windows in order, each
     of the global batch size (batch_size x world_size): the same windows whatever the number of
-    processes. Process `proc` scores its rows of each batch, as `rank_batch` splits a training batch,
-    and `proc.mean` averages the ranks' equal shares; a smaller last batch every rank scores whole
-    (every rank runs every forward: under ZeRO-3 a forward is a collective)."""
+    processes. Process `proc` reads and scores its rows of each batch (`iter_indices`, `batch_at`),
+    as `rank_batch` splits a training batch, and `proc.mean` averages the ranks' equal shares; a
+    smaller last batch every rank scores whole (every rank runs every forward: under ZeRO-3 a
+    forward is a collective)."""
     task.eval()
     B, W = cfg.batch_size, proc.world_size
     losses = []
-    for i, batch in enumerate(val_data.iter_batches(B * W, cfg.ctx_len)):
+    for i, indices in enumerate(val_data.iter_indices(B * W, cfg.ctx_len)):
         if i >= cfg.val_batches:
             break
-        shared = W > 1 and len(batch.inputs) == B * W
+        shared = W > 1 and len(indices) == B * W
         if shared:
-            batch = batch.rows(proc.rank * B, (proc.rank + 1) * B)
-        batch = batch.to(proc.device)
+            indices = indices[proc.rank * B:(proc.rank + 1) * B]
+        batch = val_data.batch_at(indices, cfg.ctx_len).to(proc.device)
         with proc.autocast:  # in segments, as training reads them: memory grows with the segment there too
             loss = task(batch) if cfg.segment_len is None else task.loss_in_segments(batch, cfg.segment_len)
         losses.append(proc.mean(loss) if shared else loss.item())
@@ -300,7 +301,8 @@ STEP_PARTS = ("batch", "forward", "backward", "forward + backward in segments", 
 def train(task, cfg: TrainConfig, train_data, out_dir, *, val_data=None, resume=False, extra=None,
           progress=True, deepspeed_config=None, device=None):
     """Train `task` on windows drawn from `train_data` (anything with `sample_batch(B, T, generator)`);
-    `val_data` needs `iter_batches(B, T)`. Writes the run folder; returns the last step's loss.
+    `val_data` needs `iter_indices(B, T)` and `batch_at(indices, T)`. Writes the run folder; returns the
+    last step's loss.
     `device`: where to train (default: the GPU if there is one, else the CPU; not with DeepSpeed).
     `progress`: a progress bar and each validation loss on the terminal (False: quiet).
 

@@ -89,6 +89,9 @@ class MappedTokens:
     def sample_batch(self, batch_size, ctx_len, generator=None):
         return self._map(self.stream.sample_batch(batch_size, ctx_len, generator))
 
+    def iter_indices(self, batch_size, ctx_len):
+        return self.stream.iter_indices(batch_size, ctx_len)
+
     def iter_batches(self, batch_size, ctx_len):
         for batch in self.stream.iter_batches(batch_size, ctx_len):
             yield self._map(batch)

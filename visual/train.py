@@ -84,9 +84,14 @@ class VisualBatches:
     def sample_batch(self, batch_size: int, ctx_len: int, generator=None):
         return self.batch_at(self.sample_indices(batch_size, ctx_len, generator), ctx_len)
 
-    def iter_batches(self, batch_size: int, ctx_len: int):
+    def iter_indices(self, batch_size: int, ctx_len: int):
+        """The sample indices of `iter_batches`' batches, in order, a list per batch."""
         for start in range(0, len(self), batch_size):
-            yield self.batch_at(range(start, min(start + batch_size, len(self))), ctx_len)
+            yield list(range(start, min(start + batch_size, len(self))))
+
+    def iter_batches(self, batch_size: int, ctx_len: int):
+        for indices in self.iter_indices(batch_size, ctx_len):
+            yield self.batch_at(indices, ctx_len)
 
 
 def vocabulary_of(records: Sequence[VisualRecord], world: WorldTokenizer, n_image_tokens: int,

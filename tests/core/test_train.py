@@ -178,3 +178,47 @@ def test_the_command_line_reports_a_non_finite_loss_in_one_line(tmp_path, capsys
     assert errors[0].startswith("eaglefinch: error: step 2: the training loss is nan")
     assert f"{run / 'checkpoint.pt'} at step 1" in errors[0]
     assert read_torch_file(run / "checkpoint.pt")["step"] == 1
+
+
+
+class MeanInputTask:
+    """A stand-in task whose loss is its batch's mean input id: it tells windows apart."""
+    def eval(self):
+        pass
+
+    def train(self):
+        pass
+
+    def __call__(self, batch):
+        return batch.inputs.double().mean()
+
+
+def test_validation_reads_only_this_processs_rows_of_each_global_batch(monkeypatch):
+    """Under 2 processes each reads and scores its half of every global batch (batch_size x 2 windows),
+    a smaller last batch whole, and the ranks' averaged losses are one process's."""
+    import contextlib
+    import types
+
+    import numpy as np
+
+    from eaglefinch.rwkv_core.data import TokenStream
+    from eaglefinch.rwkv_core.train import evaluate
+
+    stream = TokenStream([np.arange(1, 5 * 8 + 2)], "val")   # 5 windows of 8: a global batch of 4, then 1
+    reads, batch_at = [], TokenStream.batch_at
+    monkeypatch.setattr(TokenStream, "batch_at",
+                        lambda self, starts, T: reads.append(list(starts)) or batch_at(self, starts, T))
+
+    def rank_means(rank):
+        """(the windows rank `rank` of 2 read, the losses it handed to proc.mean)"""
+        reads.clear()
+        shared = []
+        proc = types.SimpleNamespace(rank=rank, world_size=2, device=torch.device("cpu"),
+                                     autocast=contextlib.nullcontext(),
+                                     mean=lambda loss: shared.append(float(loss)) or 0.0)
+        evaluate(MeanInputTask(), stream, TrainConfig(batch_size=2, ctx_len=8, val_batches=10), proc)
+        return list(reads), shared
+
+    (reads0, shares0), (reads1, shares1) = rank_means(0), rank_means(1)
+    assert reads0 == [[0, 8], [32]] and reads1 == [[16, 24], [32]]
+    assert [(a + b) / 2 for a, b in zip(shares0, shares1)] == [float(MeanInputTask()(batch_at(stream, [0, 8, 16, 24], 8)))]
