@@ -34,7 +34,7 @@ def run_options(args) -> dict:
     """The options that decide what each run of an experiment computes: all but where the results go
     (--out), how many seeds there are (each run names its own) and the bookkeeping the CLI adds."""
     skip = INTERNAL_OPTIONS | {"out", "seeds"}
-    return json.loads(json.dumps({k: v for k, v in vars(args).items() if k not in skip}, default=str))
+    return plain({k: v for k, v in vars(args).items() if k not in skip})
 
 
 def resumable(args, out: Path, name: str, compute, setting) -> dict:
